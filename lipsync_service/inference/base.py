@@ -1,0 +1,66 @@
+"""The generator contract (SPEC section 6) and the interface every inference backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+# Tensor names of the Triton model `lipsync_generator` and of the ONNX graph.
+INPUT_FACE = "face"
+INPUT_MEL = "mel"
+OUTPUT_FACE = "output"
+MEL_BINS = 80
+MEL_STEPS = 16
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a generator model expects, read from the model itself at start-up.
+
+    Attributes:
+        name: model name (Triton) or file stem (embedded).
+        face_size: S of the [B, 6, S, S] face input.
+        max_batch_size: the largest batch the backend accepts.
+        channel_order: "bgr" for Wav2Lip checkpoints and our own models.
+        description: short text for ServiceInfo.model_info.
+    """
+
+    name: str
+    face_size: int
+    max_batch_size: int
+    channel_order: str = "bgr"
+    description: str = ""
+
+
+class GeneratorBackend(ABC):
+    """Runs the generator on batches. Implementations: ONNX Runtime, Triton, TensorRT.
+
+    Errors are translated at this boundary: InferenceUnavailable when the server cannot be
+    reached, InferenceError for a failed request.
+    """
+
+    @property
+    @abstractmethod
+    def spec(self) -> ModelSpec:
+        """The loaded model's contract."""
+
+    @abstractmethod
+    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        """Run one batch.
+
+        Args:
+            face: float32 [B, 6, S, S] in [0, 1] (masked target crop, then reference crop).
+            mel: float32 [B, 1, 80, 16].
+
+        Returns:
+            float32 [B, 3, S, S] in [0, 1].
+
+        Raises:
+            InferenceUnavailable: the backend cannot be reached.
+            InferenceError: the request failed.
+        """
+
+    def close(self) -> None:
+        """Release sessions, channels and device memory."""

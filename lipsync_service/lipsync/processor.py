@@ -1,0 +1,66 @@
+"""The lip-sync stage as an interface: frames with timing, audio and speaker data in, frames out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from lipsync_service.media.types import FrameJob, SpeechAudio, VideoInfo
+
+
+class FrameProcessor(ABC):
+    """Streaming frame processor.
+
+    The pipeline calls `start` once, then `push` for every output frame in order, then `flush`.
+    `push` may hold frames back (look-ahead for smoothing) and returns those now ready, in order;
+    `flush` returns the rest. Every pushed frame comes back exactly once.
+    """
+
+    #: Seconds of speech past a frame's time that must be decoded before that frame is pushed.
+    audio_lookahead_s: float = 0.0
+
+    @abstractmethod
+    def start(self, video: VideoInfo, audio: SpeechAudio) -> None:
+        """Prepare for a stream with these properties."""
+
+    @abstractmethod
+    def push(self, job: FrameJob) -> list[FrameJob]:
+        """Accept the next frame; return the frames that are finished, in order."""
+
+    @abstractmethod
+    def flush(self) -> list[FrameJob]:
+        """Finish and return every frame still held."""
+
+    def close(self) -> None:
+        """Release resources; called once, also after a failure."""
+
+    @property
+    def model_info(self) -> str:
+        """What the service reports as model_info."""
+        return "none"
+
+
+class PassThroughProcessor(FrameProcessor):
+    """Returns every frame untouched. Used until a lip-sync model is configured, and for bypass."""
+
+    def start(self, video: VideoInfo, audio: SpeechAudio) -> None:
+        return None
+
+    def push(self, job: FrameJob) -> list[FrameJob]:
+        return [job]
+
+    def flush(self) -> list[FrameJob]:
+        return []
+
+    @property
+    def model_info(self) -> str:
+        return "passthrough"
+
+
+def drain(processor: FrameProcessor, jobs: Iterable[FrameJob]) -> list[FrameJob]:
+    """Run jobs through a processor and return all output frames (for tests and offline use)."""
+    out: list[FrameJob] = []
+    for job in jobs:
+        out.extend(processor.push(job))
+    out.extend(processor.flush())
+    return out

@@ -1,0 +1,82 @@
+"""Data passed between media stages: stream facts, frames with their timing, speech audio access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Protocol
+
+import av
+import numpy as np
+
+from lipsync_service.speakers import FrameSpeakers
+
+# Sample rate of the audio the lip-sync model sees.
+MODEL_SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Facts about the input video stream, known once its header is parsed.
+
+    Attributes:
+        width, height: frame size in pixels.
+        fps: constant frame rate of the input (frames per second, exact).
+        pix_fmt: pixel format as decoded (frames reach the processor in yuv420p).
+        frame_count: number of frames if the container says so (None for fragmented/streamed input).
+        codec: input codec name (always "h264" after validation).
+    """
+
+    width: int
+    height: int
+    fps: Fraction
+    pix_fmt: str
+    frame_count: int | None
+    codec: str = "h264"
+
+    @property
+    def frame_duration_s(self) -> float:
+        return float(1 / self.fps)
+
+
+@dataclass
+class FrameJob:
+    """One output frame on its way through the processor.
+
+    Attributes:
+        index: output frame number, 0-based; output pts is index / fps.
+        source_index: which input frame this is (differs from index when the video is extended).
+        frame: the decoded picture, yuv420p. A processor that leaves a frame alone returns this object
+            unchanged so the encoder sees exactly the decoded planes (bit-identical in lossless mode).
+        speakers: per-frame speaker data from the client, or None when not provided.
+        bypass: the client asked for this frame to be copied unchanged.
+        changed: set by the processor when it altered any pixel.
+    """
+
+    index: int
+    source_index: int
+    frame: av.VideoFrame
+    speakers: FrameSpeakers | None = None
+    bypass: bool = False
+    changed: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+class SpeechAudio(Protocol):
+    """The speech track at the model's rate (16 kHz mono float32), as it is decoded.
+
+    In streaming mode audio may still be arriving; `wait_for` blocks until the requested time is
+    decoded or the track has ended.
+    """
+
+    sample_rate: int
+
+    def wait_for(self, end_s: float) -> None:
+        """Block until audio up to end_s is decoded or the input has ended."""
+
+    def read(self, start_s: float, end_s: float) -> np.ndarray:
+        """Samples in [start_s, end_s) as float32 mono; zeros where there is no speech."""
+
+    @property
+    def duration_s(self) -> float | None:
+        """Duration of the whole speech track once fully decoded, else None."""

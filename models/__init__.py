@@ -1,0 +1,1 @@
+"""Networks, training, checkpoint import and export for the lip-sync service (needs torch)."""
