@@ -1,0 +1,245 @@
+"""Face detection: MTCNN (P-Net, R-Net, O-Net) on ONNX Runtime, run on a downscaled copy of the frame.
+
+Why MTCNN from facenet-pytorch. The detector's weights must come inside a registry package, nothing may be
+downloaded at run time, and it must run through ONNX Runtime. Candidates checked:
+- facenet-pytorch 2.6.0 ships MTCNN's three small networks in its wheel (facenet_pytorch/data/*.pt, 2 MB)
+  under the MIT licence (LICENSE.md in the wheel, (c) 2019 Timothy Esler; the weights were ported from
+  David Sandberg's MIT-licensed facenet port of the original MTCNN). tools/export_mtcnn_onnx.py converts
+  them to ONNX once (torch as a build step); the three ONNX files (2 MB) are committed under
+  core/assets/mtcnn with that licence notice. It gives boxes and five landmarks (eyes, nose, mouth corners)
+  that place the mouth mask. facenet-pytorch itself is not a dependency (it pins torch<2.3).
+- mediapipe 0.10.x (BlazeFace, Face Mesh) pins protobuf<5, which our gRPC/Triton stack cannot use.
+- OpenCV's FaceDetectorYN needs a YuNet ONNX file that no PyPI package in our index ships;
+  mtcnn-onnx-simple ships code only (no weights).
+- OpenCV's Haar cascades (cv2.data) ship with opencv but miss turned and dimly lit faces and give no
+  landmarks.
+Measured on this machine (2 shared CPU cores), see the core report and benchmarks/bench_pipeline.py:
+detection runs on the frame scaled so its shorter side is `detect_side` pixels (faces in talking-head
+video are large), which keeps it to a few milliseconds per frame whatever the input size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from lipsync_service.errors import InternalError
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "mtcnn"
+# Per-stage score thresholds and the pyramid factor of the published MTCNN.
+THRESHOLDS = (0.6, 0.7, 0.7)
+PYRAMID_FACTOR = 0.709
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in frame pixels.
+
+    Attributes:
+        box: (x1, y1, x2, y2).
+        score: O-Net confidence in [0, 1].
+        landmarks: [5, 2] (x, y): left eye, right eye, nose, left and right mouth corners.
+    """
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray | None = None
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.width) * max(0.0, self.height)
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best first."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        denom = np.minimum(area[i], area[rest]) if mode == "min" else area[i] + area[rest] - inter
+        order = rest[inter / denom <= threshold]
+    return np.asarray(keep, np.int64)
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
+    """Apply the networks' box offsets (fractions of the box size)."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    out = boxes.copy()
+    out[:, 0] += reg[:, 0] * w
+    out[:, 1] += reg[:, 1] * h
+    out[:, 2] += reg[:, 2] * w
+    out[:, 3] += reg[:, 3] * h
+    return out
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """Grow each box to a square around its centre (the next stage takes square crops)."""
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    out = boxes.copy()
+    out[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
+    out[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
+    out[:, 2] = out[:, 0] + side
+    out[:, 3] = out[:, 1] + side
+    return out
+
+
+def _normalise(img: np.ndarray) -> np.ndarray:
+    """uint8 HWC RGB (or NHWC) -> float32 NCHW in MTCNN's input range."""
+    x = (img.astype(np.float32) - 127.5) * 0.0078125
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def _crops(img: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Zero-padded square crops of boxes resized to size x size, as a uint8 NHWC batch."""
+    h, w = img.shape[:2]
+    out = np.zeros((len(boxes), size, size, 3), np.uint8)
+    for k, (x1, y1, x2, y2) in enumerate(np.round(boxes[:, :4]).astype(np.int64)):
+        bw, bh = int(x2 - x1 + 1), int(y2 - y1 + 1)
+        if bw <= 1 or bh <= 1:
+            continue
+        patch = np.zeros((bh, bw, 3), np.uint8)
+        sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2 + 1, w), min(y2 + 1, h)
+        if sx2 <= sx1 or sy2 <= sy1:
+            continue
+        patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = img[sy1:sy2, sx1:sx2]
+        out[k] = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+class FaceDetector:
+    """MTCNN face detector on ONNX Runtime.
+
+    Thread-compatible: one instance per stream (ORT sessions are thread-safe, the small state is not shared).
+    """
+
+    def __init__(self, model_dir: Path = ASSETS_DIR, detect_side: int = 320, min_face_frac: float = 0.12,
+                 threads: int = 1) -> None:
+        """Args:
+            model_dir: folder with pnet.onnx, rnet.onnx, onet.onnx.
+            detect_side: the frame is scaled so its shorter side is this many pixels before detection
+                (never enlarged).
+            min_face_frac: smallest face searched for, as a fraction of the frame's shorter side.
+            threads: ONNX Runtime intra-op threads per network.
+
+        Raises:
+            InternalError: the model files are missing or unreadable (a broken installation).
+        """
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._nets = {
+                name: ort.InferenceSession(str(model_dir / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+                for name in ("pnet", "rnet", "onet")
+            }
+        except Exception as exc:  # ORT raises its own exception types; this is an installation fault
+            raise InternalError(f"face detector models could not be loaded from {model_dir}: {exc}") from exc
+        self.detect_side = detect_side
+        self.min_face_frac = min_face_frac
+
+    def _run(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
+        return self._nets[name].run(None, {"image": batch})
+
+    def detect_rgb(self, img: np.ndarray) -> list[Face]:
+        """Faces in an RGB uint8 image, in that image's pixels, best score first."""
+        h, w = img.shape[:2]
+        min_face = max(12.0, self.min_face_frac * min(h, w))
+        m = 12.0 / min_face
+        scales = []
+        side = min(h, w) * m
+        while side >= 12:
+            scales.append(m * PYRAMID_FACTOR ** len(scales))
+            side *= PYRAMID_FACTOR
+        # Stage 1: P-Net over the image pyramid proposes windows.
+        proposals = []
+        for s in scales:
+            sh, sw = int(math.ceil(h * s)), int(math.ceil(w * s))
+            level = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+            prob, reg = self._run("pnet", _normalise(level)[None])
+            rows, cols = np.nonzero(prob[0] >= THRESHOLDS[0])
+            if rows.size == 0:
+                continue
+            score = prob[0, rows, cols]
+            offsets = reg[0][:, rows, cols].T
+            x1 = np.floor((2 * cols + 1) / s)
+            y1 = np.floor((2 * rows + 1) / s)
+            x2 = np.floor((2 * cols + 12) / s)
+            y2 = np.floor((2 * rows + 12) / s)
+            boxes = np.stack([x1, y1, x2, y2], axis=1)
+            keep = _nms(boxes, score, 0.5)
+            proposals.append(np.concatenate([boxes[keep], score[keep, None], offsets[keep]], axis=1))
+        if not proposals:
+            return []
+        cand = np.concatenate(proposals)
+        cand = cand[_nms(cand[:, :4], cand[:, 4], 0.7)]
+        boxes = _square(_regress(cand[:, :4], cand[:, 5:9]))
+        # Stage 2: R-Net rejects most windows and refines the rest.
+        prob, reg = self._run("rnet", _normalise(_crops(img, boxes, 24)))
+        keep = prob >= THRESHOLDS[1]
+        boxes, prob, reg = boxes[keep], prob[keep], reg[keep]
+        if len(boxes) == 0:
+            return []
+        keep = _nms(boxes, prob, 0.7)
+        boxes = _square(_regress(boxes[keep], reg[keep]))
+        # Stage 3: O-Net gives the final boxes and the five landmarks.
+        prob, reg, marks = self._run("onet", _normalise(_crops(img, boxes, 48)))
+        keep = prob >= THRESHOLDS[2]
+        boxes, prob, reg, marks = boxes[keep], prob[keep], reg[keep], marks[keep]
+        if len(boxes) == 0:
+            return []
+        bw = (boxes[:, 2] - boxes[:, 0])[:, None]
+        bh = (boxes[:, 3] - boxes[:, 1])[:, None]
+        pts = np.stack([boxes[:, 0:1] + bw * marks[:, 0:5], boxes[:, 1:2] + bh * marks[:, 5:10]], axis=2)
+        boxes = _regress(boxes, reg)
+        keep = _nms(boxes, prob, 0.7, mode="min")
+        return [Face(box=tuple(float(v) for v in boxes[k]), score=float(prob[k]), landmarks=pts[k].astype(np.float32))
+                for k in keep]
+
+    def detect_frame(self, frame: av.VideoFrame) -> list[Face]:
+        """Faces in a decoded video frame, in the frame's pixels.
+
+        The frame is scaled (and converted to RGB) by swscale in one step, so detection costs about the
+        same for 720p and 4K input.
+        """
+        scale = min(1.0, self.detect_side / min(frame.width, frame.height))
+        dw = max(2, int(round(frame.width * scale)))
+        dh = max(2, int(round(frame.height * scale)))
+        small = frame.reformat(width=dw, height=dh, format="rgb24", interpolation="AREA").to_ndarray()
+        faces = self.detect_rgb(small)
+        fx, fy = frame.width / dw, frame.height / dh
+        return [
+            Face(
+                box=(f.box[0] * fx, f.box[1] * fy, f.box[2] * fx, f.box[3] * fy),
+                score=f.score,
+                landmarks=None if f.landmarks is None else f.landmarks * np.array([fx, fy], np.float32),
+            )
+            for f in faces
+        ]
