@@ -102,6 +102,7 @@ def _write_audio(path: Path, fmt: str, codec: str, samples: np.ndarray, rate: in
     layout = "mono" if channels == 1 else "stereo" if channels == 2 else f"{channels}c"
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout, **stream_kw)
+        out.start_encoding()  # writes the header even when there are no samples
         step = 1024
         for start in range(0, samples.shape[1], step):
             chunk = np.ascontiguousarray(samples[:, start:start + step])

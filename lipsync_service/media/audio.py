@@ -1,0 +1,408 @@
+"""Audio input: decode speech/background WAV or MP3 in a thread into mono float32 at the model and output rates."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+from lipsync_service.config import AudioCodec
+from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError, ResourceExhausted
+from lipsync_service.media.pipe import ByteStream
+from lipsync_service.media.types import MODEL_SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+#: Sample rate of the audio written into the output file (Opus only takes 48 kHz; MP3 is fine with it too).
+OUTPUT_SAMPLE_RATE = 48000
+
+# libavformat reads up to 5 MB / 5 s of input to "find stream info" before returning from open; on a
+# streamed upload that stalls decoding. WAV headers and MP3 frame headers say everything needed.
+_OPEN_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
+
+# Bytes looked at before decoding, to tell a WAV from an MP3 and give a precise mismatch message.
+_SNIFF_BYTES = 12
+
+
+def _looks_like_wav(head: bytes) -> bool:
+    return head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE"
+
+
+def _looks_like_mp3(head: bytes) -> bool:
+    return head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+
+
+class _PrefixedReader:
+    """A non-seekable reader that replays bytes already read from the source (for sniffing)."""
+
+    def __init__(self, head: bytes, source: BinaryIO) -> None:
+        self._head = head
+        self._source = source
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n is None or n < 0:
+                data, self._head = self._head + self._source.read(), b""
+                return data
+            data, self._head = self._head[:n], self._head[n:]
+            return data
+        return self._source.read(n)
+
+
+class _Samples:
+    """Mono float32 samples at one rate, stored as a list of chunks that only grows at the end.
+
+    The front can be released (see `AudioTrack` keep_behind_s) so a long track does not stay in memory
+    once the consumer has moved past it; released chunks become None so indices stay valid.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.chunks: list[np.ndarray | None] = []
+        self.starts: list[int] = []  # absolute index of each chunk's first sample
+        self.head = 0  # first chunk not released
+        self.total = 0  # samples appended so far (absolute end)
+
+    @property
+    def released(self) -> int:
+        """Samples before this absolute index are gone."""
+        return self.starts[self.head] if self.head < len(self.starts) else self.total
+
+    def append(self, data: np.ndarray) -> None:
+        if data.size:
+            self.chunks.append(data)
+            self.starts.append(self.total)
+            self.total += data.size
+
+    def trim_end(self, new_total: int) -> None:
+        """Shorten (new_total < total) or zero-pad (new_total > total) the end."""
+        if new_total > self.total:
+            self.append(np.zeros(new_total - self.total, np.float32))
+            return
+        while self.total > new_total and len(self.chunks) > self.head:
+            last = self.chunks[-1]
+            cut = self.total - new_total
+            if cut >= last.size:
+                self.chunks.pop()
+                self.starts.pop()
+                self.total -= last.size
+            else:
+                self.chunks[-1] = last[: last.size - cut]
+                self.total -= cut
+
+    def release_before(self, index: int) -> None:
+        while self.head < len(self.chunks) - 1 and self.starts[self.head + 1] <= index:
+            self.chunks[self.head] = None
+            self.head += 1
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        out = np.zeros(max(0, count), np.float32)
+        lo, hi = max(start, 0), min(start + count, self.total)
+        if hi <= lo:
+            return out
+        if lo < self.released:
+            raise InternalError(
+                f"audio samples [{lo}, {hi}) at {self.rate} Hz were already released: reads must move forward"
+            )
+        i = max(self.head, bisect.bisect_right(self.starts, lo) - 1)
+        while i < len(self.chunks) and self.starts[i] < hi:
+            chunk_start = self.starts[i]
+            chunk = self.chunks[i]
+            a, b = max(lo, chunk_start), min(hi, chunk_start + chunk.size)
+            if b > a:
+                out[a - start:b - start] = chunk[a - chunk_start:b - chunk_start]
+            i += 1
+        return out
+
+
+class _ModelView:
+    """The track at 16 kHz, as the `SpeechAudio` protocol the lip-sync processor reads."""
+
+    sample_rate = MODEL_SAMPLE_RATE
+
+    def __init__(self, track: AudioTrack) -> None:
+        self._track = track
+
+    def wait_for(self, end_s: float) -> None:
+        self._track.wait_for(end_s)
+
+    def read(self, start_s: float, end_s: float) -> np.ndarray:
+        return self._track.read_model(start_s, end_s)
+
+    @property
+    def duration_s(self) -> float | None:
+        return self._track.duration_s
+
+
+class AudioTrack:
+    """Decodes one audio input (speech or background: WAV or MP3, any rate, any channels) in a worker thread,
+    into float32 mono PCM at two rates: 16 kHz for the model and OUTPUT_SAMPLE_RATE for the output file.
+
+    Channels are averaged (so a stereo file with equal channels keeps its level). Timing is sample-accurate:
+    once decoded, each rate holds exactly round(duration * rate) samples, starting at the first input sample.
+
+    Reads are expected to move forward, as the pipeline does: samples more than `keep_behind_s` before the
+    start of the latest read are released so that a long track does not stay in memory.
+    """
+
+    def __init__(self, source: BinaryIO, codec: AudioCodec, *, name: str = "speech",
+                 max_duration_s: float = 3600.0, keep_behind_s: float = 30.0) -> None:
+        """Prepare (but do not start) decoding.
+
+        Args:
+            source: readable binary file-like, possibly non-seekable (a ByteStream while streaming, an open
+                file or BytesIO otherwise). Reads may block while bytes arrive.
+            codec: the container the client declared: AudioCodec.WAV or AudioCodec.MP3.
+            name: which input this is ("speech" or "background"), used in error messages.
+            max_duration_s: longer inputs fail with ResourceExhausted.
+            keep_behind_s: seconds kept before the latest read position (see class docstring).
+
+        Raises:
+            InvalidInput: the codec is not an input audio codec.
+        """
+        if codec not in (AudioCodec.WAV, AudioCodec.MP3):
+            raise InvalidInput(f"{name} audio: codec {codec.value} is not supported as input; use WAV or MP3")
+        self.name = name
+        self._source = source
+        self._codec = codec
+        self._max_duration_s = max_duration_s
+        self._keep_behind_s = keep_behind_s
+        self._model = _Samples(MODEL_SAMPLE_RATE)
+        self._output = _Samples(OUTPUT_SAMPLE_RATE)
+        self._cond = threading.Condition()
+        self._done = False
+        self._error: LipsyncError | None = None
+        self._stop = False
+        self._source_samples = 0
+        self._source_rate: int | None = None
+        self._source_channels: int | None = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.model = _ModelView(self)
+
+    # Lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the decoder thread."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name=f"audio-{self.name}", daemon=False)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop decoding and join the thread; aborts the source when it is a ByteStream. Never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self._cond:
+                self._stop = True
+                self._cond.notify_all()
+            if isinstance(self._source, ByteStream):
+                # Wakes the decoder if it is blocked waiting for upload bytes.
+                self._source.abort(Cancelled(f"{self.name} audio: track closed"))
+            if self._thread is not None:
+                self._thread.join(timeout=30)
+                if self._thread.is_alive():
+                    log.warning("%s audio decoder did not stop within 30 s", self.name)
+        except Exception:  # close must never raise: it runs in cleanup paths
+            log.exception("closing %s audio failed", self.name)
+
+    # Consumer side -----------------------------------------------------------------------------
+
+    def wait_for(self, end_s: float, timeout: float | None = None) -> None:
+        """Block until audio up to end_s is decoded at both rates, or the input has ended.
+
+        Args:
+            end_s: seconds from the start of the track.
+            timeout: seconds to wait at most (None: no limit).
+
+        Raises:
+            InvalidInput: decoding failed (wrong codec, not audio, corrupt, empty).
+            ResourceExhausted: the input is longer than max_duration_s.
+            InputTimeout: timeout passed before the audio arrived.
+            Cancelled: the track was closed or its stream aborted.
+        """
+        need_model = int(np.ceil(end_s * MODEL_SAMPLE_RATE - 1e-6))
+        need_output = int(np.ceil(end_s * OUTPUT_SAMPLE_RATE - 1e-6))
+
+        def ready() -> bool:
+            return (self._done or self._error is not None or self._stop
+                    or (self._model.total >= need_model and self._output.total >= need_output))
+
+        with self._cond:
+            if not self._cond.wait_for(ready, timeout):
+                raise InputTimeout(
+                    f"{self.name} audio: no audio up to {end_s:.2f} s after waiting {timeout:g} s; "
+                    "send the audio along with the video"
+                )
+            if self._error is not None:
+                raise self._error
+            if self._stop and not self._done:
+                raise Cancelled(f"{self.name} audio: track closed")
+
+    def read_output(self, start: int, count: int) -> np.ndarray:
+        """Samples [start, start+count) at OUTPUT_SAMPLE_RATE, float32 mono, zeros past the end.
+
+        The caller waits (`wait_for`) first; samples not decoded yet read as zeros.
+        """
+        with self._cond:
+            self._release(self._output, start)
+            return self._output.read(start, count)
+
+    def read_model(self, start_s: float, end_s: float) -> np.ndarray:
+        """Samples in [start_s, end_s) at 16 kHz, float32 mono; zeros before 0 and past the end."""
+        start = int(round(start_s * MODEL_SAMPLE_RATE))
+        count = int(round(end_s * MODEL_SAMPLE_RATE)) - start
+        with self._cond:
+            self._release(self._model, start)
+            return self._model.read(start, count)
+
+    @property
+    def duration_s(self) -> float | None:
+        """Exact duration (input samples / input rate) once fully decoded, else None."""
+        with self._cond:
+            if not self._done or not self._source_rate:
+                return None
+            return self._source_samples / self._source_rate
+
+    @property
+    def source_rate(self) -> int | None:
+        """The input's sample rate, once its first frame is decoded."""
+        return self._source_rate
+
+    @property
+    def source_channels(self) -> int | None:
+        """The input's channel count, once its first frame is decoded."""
+        return self._source_channels
+
+    @property
+    def done(self) -> bool:
+        """True once the whole input is decoded (successfully)."""
+        with self._cond:
+            return self._done
+
+    def _release(self, samples: _Samples, start: int) -> None:
+        samples.release_before(start - int(self._keep_behind_s * samples.rate))
+
+    # Decoder thread ----------------------------------------------------------------------------
+
+    def _fail(self, error: LipsyncError) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = error
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        try:
+            self._decode()
+        except LipsyncError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug or an unexpected PyAV failure: never leave waiters hanging
+            log.exception("%s audio decoder crashed", self.name)
+            self._fail(InternalError(f"{self.name} audio: decoder failed: {exc}"))
+
+    def _sniff(self) -> _PrefixedReader:
+        head = b""
+        while len(head) < _SNIFF_BYTES:
+            chunk = self._source.read(_SNIFF_BYTES - len(head))
+            if not chunk:
+                break
+            head += chunk
+        what = f"{self.name} audio"
+        if not head:
+            raise InvalidInput(f"{what}: no data was received")
+        declared = self._codec.value.upper()
+        if self._codec is AudioCodec.WAV and not _looks_like_wav(head):
+            hint = " (it looks like MP3: set the codec to MP3)" if _looks_like_mp3(head) else ""
+            raise InvalidInput(f"{what}: the data is not a WAV file{hint}; the declared codec is {declared}")
+        if self._codec is AudioCodec.MP3 and _looks_like_wav(head):
+            raise InvalidInput(f"{what}: the data is a WAV file but the declared codec is {declared}; "
+                               "set the codec to WAV")
+        return _PrefixedReader(head, self._source)
+
+    def _decode(self) -> None:
+        what = f"{self.name} audio"
+        fmt = "wav" if self._codec is AudioCodec.WAV else "mp3"
+        reader = self._sniff()
+        try:
+            container = av.open(reader, mode="r", format=fmt, container_options=_OPEN_OPTIONS)
+        except av.error.FFmpegError as exc:
+            raise InvalidInput(f"{what}: cannot read the {fmt.upper()} data ({exc.strerror or exc})") from exc
+        try:
+            if not container.streams.audio:
+                raise InvalidInput(f"{what}: no audio stream in the {fmt.upper()} data")
+            stream = container.streams.audio[0]
+            resamplers: dict[int, av.AudioResampler] = {}
+            targets = {MODEL_SAMPLE_RATE: self._model, OUTPUT_SAMPLE_RATE: self._output}
+            max_samples: int | None = None
+            try:
+                for frame in container.decode(stream):
+                    if self._stop:
+                        return
+                    if self._source_rate is None:
+                        self._source_rate = frame.sample_rate
+                        self._source_channels = len(frame.layout.channels)
+                        max_samples = int(self._max_duration_s * frame.sample_rate)
+                        # Keep the input's channels through resampling and average them ourselves:
+                        # swresample's default stereo->mono matrix adds 3 dB.
+                        resamplers = {rate: av.AudioResampler(format="fltp", layout=frame.layout, rate=rate)
+                                      for rate in targets}
+                    elif frame.sample_rate != self._source_rate or len(frame.layout.channels) != self._source_channels:
+                        raise InvalidInput(f"{what}: the sample rate or channel count changes mid-stream "
+                                           f"({self._source_rate} Hz x{self._source_channels} -> "
+                                           f"{frame.sample_rate} Hz x{len(frame.layout.channels)})")
+                    self._push(resamplers, targets, frame)
+                    self._source_samples += frame.samples
+                    if max_samples is not None and self._source_samples > max_samples:
+                        raise ResourceExhausted(f"{what} is longer than the limit of {self._max_duration_s:g} s")
+                if resamplers:
+                    self._push(resamplers, targets, None)
+            except av.error.FFmpegError as exc:
+                at = self._source_samples / self._source_rate if self._source_rate else 0.0
+                raise InvalidInput(f"{what}: the {fmt.upper()} data is corrupt or truncated after {at:.2f} s "
+                                   f"({exc.strerror or exc})") from exc
+        finally:
+            container.close()
+        if self._source_samples == 0:
+            raise InvalidInput(f"{what}: the {fmt.upper()} data contains no audio samples")
+        with self._cond:
+            # Make each rate hold exactly round(duration * rate) samples: swresample may end one off.
+            for rate, samples in targets.items():
+                samples.trim_end(int(round(self._source_samples * rate / self._source_rate)))
+            self._done = True
+            self._cond.notify_all()
+
+    def _push(self, resamplers: dict[int, av.AudioResampler], targets: dict[int, _Samples],
+              frame: av.AudioFrame | None) -> None:
+        converted: dict[int, list[np.ndarray]] = {}
+        for rate, resampler in resamplers.items():
+            converted[rate] = [out.to_ndarray().mean(axis=0, dtype=np.float32) for out in resampler.resample(frame)]
+        with self._cond:
+            for rate, arrays in converted.items():
+                for array in arrays:
+                    targets[rate].append(np.ascontiguousarray(array, dtype=np.float32))
+            self._cond.notify_all()
+
+
+def mix(speech: np.ndarray, background: np.ndarray, volume: float) -> np.ndarray:
+    """Speech with background under it: speech + volume * background, clipped to [-1, 1].
+
+    Args:
+        speech: float32 mono samples.
+        background: float32 mono samples at the same rate; truncated or zero-padded to the speech's length.
+        volume: background gain, 0.0-1.0.
+
+    Returns:
+        float32 array of the speech's length.
+    """
+    out = np.array(speech, dtype=np.float32, copy=True)
+    n = min(out.size, background.size)
+    if n and volume:
+        out[:n] += np.float32(volume) * background[:n].astype(np.float32, copy=False)
+    np.clip(out, -1.0, 1.0, out=out)
+    return out

@@ -1,0 +1,212 @@
+"""Audio input: WAV/MP3 of any rate and layout decode to sample-accurate mono at 16 kHz and 48 kHz."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from lipsync_service.config import AudioCodec
+from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, ResourceExhausted
+from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, mix
+from lipsync_service.media.pipe import ByteStream
+from tests import synth
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def decode(data: bytes, codec: AudioCodec = AudioCodec.WAV, **kw) -> AudioTrack:
+    track = AudioTrack(io.BytesIO(data), codec, **kw)
+    track.start()
+    try:
+        track.wait_for(1e9, timeout=30)
+    finally:
+        track.close()
+    return track
+
+
+def rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 96000])
+@pytest.mark.parametrize("sample_format", ["s16", "s24", "s32", "flt"])
+def test_wav_any_rate_and_format_decodes_in_phase_at_both_rates(tmp_path, rate, sample_format):
+    seconds = 1.37
+    path = synth.make_wav(tmp_path / "a.wav", seconds=seconds, rate=rate, sample_format=sample_format, freq=300)
+    track = decode(path.read_bytes())
+
+    assert track.source_rate == rate and track.source_channels == 1
+    assert track.duration_s == pytest.approx(round(seconds * rate) / rate, abs=1e-9)
+    model = track.read_model(0, track.duration_s)
+    assert model.size == round(track.duration_s * 16000)
+    output = track.read_output(0, round(track.duration_s * OUTPUT_SAMPLE_RATE) + 100)
+    # Exactly round(duration * rate) samples at each rate: the padding after them is silence.
+    assert np.all(output[-100:] == 0) and np.any(output[-200:-100] != 0)
+    # Same phase as an ideal tone over the whole clip (no offset, no drift); edges skipped for the filter.
+    for got, out_rate in ((model, 16000), (output[:-100], OUTPUT_SAMPLE_RATE)):
+        ideal = synth.tone(track.duration_s, out_rate, 300)
+        edge = out_rate // 50
+        err = np.abs(got[edge:-edge] - ideal[edge:got.size - edge]).max()
+        assert err < 0.01, (out_rate, err)
+
+
+def test_stereo_is_averaged_not_summed(tmp_path):
+    # synth writes channel 1 at half the level of channel 0: the mean is 0.75 of channel 0.
+    path = synth.make_wav(tmp_path / "st.wav", seconds=1.0, rate=44100, channels=2, freq=500)
+    track = decode(path.read_bytes())
+    assert track.source_channels == 2
+    level = rms(track.read_output(2400, 40000))
+    assert level == pytest.approx(0.75 * 0.5 / np.sqrt(2), rel=0.02)
+
+
+def test_u8_wav_and_model_view(tmp_path):
+    path = synth.make_wav(tmp_path / "u8.wav", seconds=0.5, rate=8000, sample_format="u8")
+    track = decode(path.read_bytes())
+    view = track.model
+    assert view.sample_rate == 16000
+    assert view.duration_s == pytest.approx(0.5)
+    np.testing.assert_array_equal(view.read(0.1, 0.3), track.read_model(0.1, 0.3))
+    assert rms(view.read(0.1, 0.4)) == pytest.approx(0.5 / np.sqrt(2), rel=0.03)
+
+
+def test_reads_outside_the_track_are_silence(tmp_path):
+    path = synth.make_wav(tmp_path / "a.wav", seconds=0.5, rate=16000)
+    track = decode(path.read_bytes())
+    before = track.read_model(-0.1, 0.1)
+    assert before.size == 3200 and np.all(before[:1600] == 0) and np.any(before[1600:] != 0)
+    after = track.read_output(24000 - 10, 100)
+    assert after.size == 100 and np.any(after[:10] != 0) and np.all(after[10:] == 0)
+    assert np.all(track.read_output(10**6, 480) == 0)
+
+
+@pytest.mark.parametrize("rate", [16000, 44100, 48000])
+def test_mp3_decodes_aligned_with_the_wav_original(tmp_path, rate):
+    wav = synth.make_wav(tmp_path / "n.wav", seconds=1.0, rate=rate, kind="noise")
+    mp3 = synth.make_mp3(tmp_path / "n.mp3", seconds=1.0, rate=rate, kind="noise")
+    ref = decode(wav.read_bytes()).read_output(0, 48000)
+    track = decode(mp3.read_bytes(), AudioCodec.MP3)
+    got = track.read_output(0, 48000)
+    # Encoder priming is removed: the best alignment with the original is at lag 0.
+    lags = range(-1500, 1501, 1)
+    scores = [float(np.dot(got[4000 + lag:40000 + lag], ref[4000:40000])) for lag in lags]
+    assert list(lags)[int(np.argmax(scores))] == 0
+    # MP3 may carry up to one frame (1152 samples) of encoder padding at the end.
+    assert 1.0 <= track.duration_s <= 1.0 + 1152 / rate + 1e-6
+
+
+def test_streamed_input_is_decoded_while_it_arrives(tmp_path):
+    data = synth.make_wav(tmp_path / "a.wav", seconds=2.0, rate=44100, channels=2).read_bytes()
+    stream = ByteStream(capacity=1 << 20, name="speech")
+    track = AudioTrack(stream, AudioCodec.WAV)
+    track.start()
+    try:
+        # The first half arrives in small pieces; the rest is held back until the first second is decoded.
+        half = len(data) // 2
+        for i in range(0, half, 1000):
+            stream.write(data[i:min(i + 1000, half)])
+            time.sleep(0.001)
+        track.wait_for(0.9, timeout=10)
+        assert track.duration_s is None and not stream.closed
+        stream.write(data[half:])
+        stream.close()
+        track.wait_for(1e9, timeout=30)
+        assert track.duration_s == pytest.approx(2.0)
+    finally:
+        track.close()
+    whole = decode(data)
+    np.testing.assert_array_equal(track.read_output(0, 96000), whole.read_output(0, 96000))
+
+
+@pytest.mark.parametrize(
+    ("maker", "declared", "message"),
+    [
+        ("mp3", AudioCodec.WAV, "speech audio: the data is not a WAV file (it looks like MP3"),
+        ("wav", AudioCodec.MP3, "speech audio: the data is a WAV file but the declared codec is MP3"),
+        ("garbage", AudioCodec.WAV, "speech audio: the data is not a WAV file"),
+        ("garbage", AudioCodec.MP3, "speech audio: cannot read the MP3 data"),
+        ("empty", AudioCodec.WAV, "speech audio: no data was received"),
+        ("header_only", AudioCodec.WAV, "speech audio: the WAV data contains no audio samples"),
+    ],
+)
+def test_bad_speech_input_is_invalid_input_naming_the_problem(tmp_path, maker, declared, message):
+    if maker == "mp3":
+        data = synth.make_mp3(tmp_path / "a.mp3", seconds=0.5).read_bytes()
+    elif maker == "wav":
+        data = synth.make_wav(tmp_path / "a.wav", seconds=0.5).read_bytes()
+    elif maker == "garbage":
+        data = bytes(range(256)) * 64
+    elif maker == "header_only":
+        data = synth.make_wav(tmp_path / "a.wav", seconds=0.0).read_bytes()
+    else:
+        data = b""
+    with pytest.raises(InvalidInput) as err:
+        decode(data, declared)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_background_errors_name_the_background(tmp_path):
+    with pytest.raises(InvalidInput, match="^background audio: "):
+        decode(b"not audio at all" * 10, name="background")
+
+
+def test_unsupported_input_codec_is_rejected():
+    with pytest.raises(InvalidInput, match="use WAV or MP3"):
+        AudioTrack(io.BytesIO(b""), AudioCodec.OPUS)
+
+
+def test_longer_than_the_limit_is_resource_exhausted(tmp_path):
+    data = synth.make_wav(tmp_path / "a.wav", seconds=2.0, rate=8000).read_bytes()
+    with pytest.raises(ResourceExhausted, match="longer than the limit of 1 s"):
+        decode(data, max_duration_s=1.0)
+
+
+def test_wait_for_times_out_when_no_audio_arrives():
+    stream = ByteStream(name="speech")
+    track = AudioTrack(stream, AudioCodec.WAV)
+    track.start()
+    try:
+        with pytest.raises(InputTimeout, match="speech audio: no audio up to 1.00 s"):
+            track.wait_for(1.0, timeout=0.2)
+    finally:
+        track.close()
+
+
+def test_close_stops_a_decoder_blocked_on_its_stream_and_is_idempotent(tmp_path):
+    data = synth.make_wav(tmp_path / "a.wav", seconds=1.0).read_bytes()
+    stream = ByteStream(name="speech")
+    stream.write(data[:2000])  # header and a little audio; the rest never comes
+    track = AudioTrack(stream, AudioCodec.WAV)
+    track.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    track.close()
+    track.close()
+    assert time.monotonic() - started < 5
+    assert not track._thread.is_alive()
+    with pytest.raises(Cancelled):
+        track.wait_for(0.9)
+
+
+def test_consumed_audio_is_released_and_rereading_it_is_an_error(tmp_path):
+    data = synth.make_wav(tmp_path / "a.wav", seconds=3.0, rate=48000).read_bytes()
+    track = decode(data, keep_behind_s=0.5)
+    assert np.any(track.read_output(2 * 48000, 4800) != 0)
+    with pytest.raises(InternalError, match="already released"):
+        track.read_output(0, 4800)
+    # Within keep_behind_s of the latest read is still there.
+    assert np.any(track.read_output(int(1.6 * 48000), 480) != 0)
+
+
+def test_mix_adds_background_at_volume_and_clips():
+    speech = np.full(100, 0.5, np.float32)
+    background = np.full(80, 0.8, np.float32)
+    out = mix(speech, background, 0.25)
+    assert out.dtype == np.float32 and out.size == 100
+    np.testing.assert_allclose(out[:80], 0.7)
+    np.testing.assert_allclose(out[80:], 0.5)
+    assert mix(speech, background, 1.0).max() == 1.0
+    np.testing.assert_array_equal(mix(speech, background, 0.0), speech)
