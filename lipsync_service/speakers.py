@@ -71,6 +71,12 @@ class SpeakerData:
             )
             return self._frames.get(frame_id)
 
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called: no more data will come."""
+        with self._cond:
+            return self._closed
+
     def __len__(self) -> int:
         return len(self._frames)
 
