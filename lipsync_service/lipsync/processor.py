@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from lipsync_service.media.types import FrameJob, SpeechAudio, VideoInfo
+
+if TYPE_CHECKING:
+    from lipsync_service.config import JobConfig
 
 
 class FrameProcessor(ABC):
@@ -18,6 +22,10 @@ class FrameProcessor(ABC):
 
     #: Seconds of speech past a frame's time that must be decoded before that frame is pushed.
     audio_lookahead_s: float = 0.0
+
+    def configure(self, cfg: JobConfig) -> None:
+        """Take the job's client options (e.g. head_movement_speed) before `start`; ignored by default."""
+        return None
 
     @abstractmethod
     def start(self, video: VideoInfo, audio: SpeechAudio) -> None:
