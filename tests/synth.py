@@ -215,7 +215,8 @@ def probe(path: str | Path | bytes) -> dict:
     src = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else str(path)
     info: dict = {"frame_count": 0, "fps": None, "width": None, "height": None, "pix_fmt": None,
                   "video_codec": None, "pts": [], "keyframes": [], "audio_codec": None, "audio_rate": None,
-                  "audio_channels": None, "audio_samples": 0, "audio_duration": None, "audio_start": None}
+                  "audio_channels": None, "audio_samples": 0, "audio_duration": None, "audio_start": None,
+                  "audio_end": None}
     with av.open(src) as container:
         if container.streams.video:
             vs = container.streams.video[0]
@@ -234,8 +235,11 @@ def probe(path: str | Path | bytes) -> dict:
             info.update(audio_codec=aus.codec_context.name, audio_rate=aus.codec_context.sample_rate,
                         audio_channels=aus.codec_context.channels)
             for frame in container.decode(aus):
-                if info["audio_start"] is None and frame.pts is not None:
-                    info["audio_start"] = float(frame.pts * frame.time_base)
+                if frame.pts is not None:
+                    start = float(frame.pts * frame.time_base)
+                    if info["audio_start"] is None:
+                        info["audio_start"] = start
+                    info["audio_end"] = start + frame.samples / frame.sample_rate
                 info["audio_samples"] += frame.samples
             info["audio_duration"] = info["audio_samples"] / info["audio_rate"]
     return info

@@ -57,14 +57,14 @@ def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264S
     Mapping:
         lossless: qp=0 (x264's lossless mode; yuv420p in, identical planes out), preset veryfast,
             an IDR every second (round(fps) frames: lossless frames are large, so a long GOP saves size).
-        lossy: bit_rate = bitrate_mbps * 1e6 (average, ABR), maxrate = that bitrate and bufsize = twice
-            it (VBV, so no stretch of the stream runs far above the requested rate), an IDR every
+        lossy: bit_rate = bitrate_mbps * 1e6 (average, ABR), maxrate = bufsize = that bitrate (a one-second
+            VBV buffer, so no stretch of the stream runs far above the requested rate), an IDR every
             idr_interval frames, preset veryfast, profile high.
         custom (keys of config.CUSTOM_ENCODING_KEYS):
             preset -> x264 preset (default veryfast); tune -> x264 tune; profile -> H.264 profile;
             crf -> constant rate factor; qp -> constant quantizer (0 = lossless; needs profile high444
             or no profile); bitrate_mbps -> average bitrate (bit_rate); max_bitrate_mbps -> VBV maxrate
-            with bufsize = twice it; idr_interval -> IDR every N frames (default 8, as the lossy default);
+            with bufsize = the same (one second); idr_interval -> IDR every N frames (default 8, as the lossy default);
             bframes -> maximum consecutive B-frames. crf or qp take precedence over bitrate_mbps (x264
             uses one rate-control mode; with max_bitrate_mbps, crf becomes capped CRF).
         Every mode: keyint == min-keyint, scenecut=0 and closed GOP, so keyframes fall exactly every
@@ -86,7 +86,7 @@ def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264S
     if encoding.mode is EncodingMode.LOSSY:
         rate = int(round(encoding.bitrate_mbps * 1_000_000))
         gop = int(encoding.idr_interval)
-        options = {"preset": DEFAULT_PRESET, "profile": "high", "maxrate": str(rate), "bufsize": str(2 * rate),
+        options = {"preset": DEFAULT_PRESET, "profile": "high", "maxrate": str(rate), "bufsize": str(rate),
                    "x264-params": _gop_params(gop)}
         return X264Settings(options, rate, gop)
     custom = encoding.custom
@@ -110,7 +110,7 @@ def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264S
     if "max_bitrate_mbps" in custom:
         maxrate = int(round(float(custom["max_bitrate_mbps"]) * 1_000_000))
         options["maxrate"] = str(maxrate)
-        options["bufsize"] = str(2 * maxrate)
+        options["bufsize"] = str(maxrate)
     bframes = int(custom["bframes"]) if "bframes" in custom else None
     options["x264-params"] = _gop_params(gop, bframes)
     return X264Settings(options, bit_rate, gop)

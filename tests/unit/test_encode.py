@@ -1,0 +1,299 @@
+"""Output encoding: the fragmented MP4 decodes with exact frames, timestamps, GOPs, codecs and options."""
+
+from __future__ import annotations
+
+import io
+import re
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from lipsync_service.config import (AudioCodec, EncodingMode, InvalidInput, VideoEncodingSpec,
+                                    validate_custom_encoding)
+from lipsync_service.errors import Cancelled, InternalError
+from lipsync_service.media.encode import OutputWriter, encoder_options
+from lipsync_service.media.types import VideoInfo
+from tests import synth
+
+pytestmark = pytest.mark.timeout(120)
+
+LOSSY = VideoEncodingSpec()
+LOSSLESS = VideoEncodingSpec(mode=EncodingMode.LOSSLESS)
+
+
+def custom(**options) -> VideoEncodingSpec:
+    return VideoEncodingSpec(mode=EncodingMode.CUSTOM, custom=validate_custom_encoding(options))
+
+
+def info(width: int = 160, height: int = 120, fps: Fraction = Fraction(25)) -> VideoInfo:
+    return VideoInfo(width=width, height=height, fps=fps, pix_fmt="yuv420p", frame_count=None)
+
+
+def numbered_frames(n: int, width: int = 160, height: int = 120) -> list[av.VideoFrame]:
+    return [av.VideoFrame.from_ndarray(synth.draw_frame(i, width, height), format="rgb24").reformat(format="yuv420p")
+            for i in range(n)]
+
+
+def noise_frames(n: int, width: int, height: int) -> list[av.VideoFrame]:
+    rng = np.random.default_rng(7)
+    return [av.VideoFrame.from_ndarray(rng.integers(16, 236, (height * 3 // 2, width), dtype=np.uint8),
+                                       format="yuv420p") for _ in range(n)]
+
+
+def encode(frames, encoding=LOSSY, audio_codec=AudioCodec.OPUS, *, video=None, audio=None, threads=0):
+    """Encode frames (and audio spread over them, one frame's worth before each frame) to MP4 bytes."""
+    chunks: list[bytes] = []
+    video = video or info(frames[0].width, frames[0].height)
+    writer = OutputWriter(chunks.append, video, encoding, audio_codec, threads=threads)
+    per_frame = int(round(48000 / video.fps)) if audio is None else None
+    for i, frame in enumerate(frames):
+        writer.write_frame(frame, i)
+        if audio is None:
+            writer.write_audio(synth.tone(per_frame / 48000, 48000))
+    if audio is not None:
+        writer.write_audio(audio)
+    writer.close()
+    return b"".join(chunks), writer
+
+
+def planes(frame: av.VideoFrame) -> list[np.ndarray]:
+    """Y, U, V of a yuv420p frame without the line padding."""
+    out = []
+    for plane in frame.planes:
+        rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        out.append(rows[:, :plane.width])
+    return out
+
+
+def x264_options(data: bytes) -> dict[str, str]:
+    """The option string x264 writes into its SEI message, as a dict."""
+    match = re.search(rb"x264 - core .*? - options: ([ -~]*)", data)
+    assert match, "no x264 SEI in the output"
+    return dict(item.split("=", 1) for item in match.group(1).decode().split() if "=" in item)
+
+
+def video_packets(data: bytes) -> list[av.Packet]:
+    with av.open(io.BytesIO(data)) as container:
+        return [p for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def nal_types(packet: av.Packet) -> set[int]:
+    """NAL unit types in an AVCC (4-byte length prefixed) packet."""
+    raw, types, pos = bytes(packet), set(), 0
+    while pos + 4 <= len(raw):
+        size = int.from_bytes(raw[pos:pos + 4], "big")
+        types.add(raw[pos + 4] & 0x1F)
+        pos += 4 + size
+    return types
+
+
+def test_default_lossy_round_trip_frames_timestamps_idr_and_opus():
+    data, writer = encode(numbered_frames(50))
+    probe = synth.probe(data)
+    assert writer.frames_written == 50 and probe["frame_count"] == 50
+    assert probe["video_codec"] == "h264" and probe["pix_fmt"] == "yuv420p"
+    assert probe["fps"] == 25
+    # Timestamps start at 0 and step by exactly one frame.
+    np.testing.assert_allclose(probe["pts"], np.arange(50) / 25, atol=1e-6)
+    # Default: an IDR every 8 frames.
+    assert probe["keyframes"] == list(range(0, 50, 8))
+    assert probe["audio_codec"] == "opus" and probe["audio_rate"] == 48000 and probe["audio_channels"] == 1
+    assert abs(probe["audio_end"] - 2.0) < 1 / 25
+    assert probe["audio_start"] <= 0.0
+    decoded = [synth.read_frame_number(f.to_ndarray(format="gray")) for f in synth.decode_frames(data)]
+    assert decoded == list(range(50))
+
+
+def test_idr_interval_is_exact_and_every_keyframe_is_an_idr_whatever_the_input_gop(tmp_path):
+    # Decoded input frames carry their own picture types (I every 7 frames here): the output ignores them.
+    source = synth.make_video(tmp_path / "in.mp4", seconds=2.0, gop=7)
+    frames = synth.decode_frames(source)
+    data, _ = encode(frames, VideoEncodingSpec(mode=EncodingMode.LOSSY, bitrate_mbps=2, idr_interval=5))
+    assert synth.probe(data)["keyframes"] == list(range(0, 50, 5))
+    packets = video_packets(data)
+    assert len(packets) == 50
+    for index, packet in enumerate(sorted(packets, key=lambda p: p.pts)):
+        assert packet.is_keyframe == (index % 5 == 0)
+        assert (5 in nal_types(packet)) == (index % 5 == 0), f"frame {index}: NAL types {nal_types(packet)}"
+
+
+def test_bitrate_is_honoured_on_a_noisy_clip():
+    # Noise needs far more than 2 Mbps (raw: 69 Mbps), so the rate control is what limits the size.
+    frames = noise_frames(75, 320, 240)
+    data, _ = encode(frames, VideoEncodingSpec(mode=EncodingMode.LOSSY, bitrate_mbps=2, idr_interval=8))
+    video_bits = 8 * sum(p.size for p in video_packets(data))
+    mbps = video_bits / (75 / 25) / 1e6
+    assert 1.5 <= mbps <= 2.5, mbps
+    options = x264_options(data)
+    assert options["bitrate"] == "2000" and options["vbv_maxrate"] == "2000" and options["vbv_bufsize"] == "2000"
+
+
+def test_lossless_round_trip_is_bit_identical_in_every_plane(tmp_path):
+    source = synth.make_video(tmp_path / "in.mp4", seconds=1.0, size=(96, 64), gop=4)
+    frames = synth.decode_frames(source) + noise_frames(5, 96, 64)
+    data, _ = encode(frames, LOSSLESS, AudioCodec.MP3)
+    out = synth.decode_frames(data)
+    assert len(out) == len(frames)
+    for index, (a, b) in enumerate(zip(frames, out)):
+        for plane, (pa, pb) in enumerate(zip(planes(a), planes(b))):
+            assert pa.shape == pb.shape and np.array_equal(pa, pb), (index, plane)
+    assert x264_options(data)["qp"] == "0"
+
+
+def test_lossy_is_not_bit_identical_so_the_lossless_check_can_fail():
+    frames = noise_frames(4, 96, 64)
+    data, _ = encode(frames, VideoEncodingSpec(mode=EncodingMode.LOSSY, bitrate_mbps=1, idr_interval=8))
+    out = synth.decode_frames(data)
+    assert not np.array_equal(planes(frames[1])[0], planes(out[1])[0])
+
+
+def test_mp3_audio_is_sample_accurate_from_zero():
+    rate = 48000
+    audio = np.random.default_rng(3).uniform(-0.5, 0.5, 2 * rate).astype(np.float32)
+    data, writer = encode(numbered_frames(50), LOSSY, AudioCodec.MP3, audio=audio)
+    probe = synth.probe(data)
+    assert probe["audio_codec"] in ("mp3", "mp3float") and probe["audio_rate"] == rate
+    assert writer.audio_samples_written == 2 * rate
+    assert abs(probe["audio_end"] - 2.0) < 1 / 25
+    # Place decoded samples by their timestamps: the sample at time t is the input sample at time t.
+    placed = np.zeros(3 * rate, np.float32)
+    with av.open(io.BytesIO(data)) as container:
+        for frame in container.decode(container.streams.audio[0]):
+            start = int(round(frame.pts * frame.time_base * rate))
+            samples = frame.to_ndarray().reshape(-1)
+            if start < 0:
+                samples, start = samples[-start:], 0
+            placed[start:start + samples.size] = samples[: placed.size - start]
+    lags = list(range(-600, 601))
+    scores = [float(np.dot(placed[5000 + lag:80000 + lag], audio[5000:80000])) for lag in lags]
+    assert lags[int(np.argmax(scores))] == 0
+
+
+def test_opus_audio_is_aligned_with_the_video_start():
+    rate = 48000
+    audio = np.random.default_rng(4).uniform(-0.5, 0.5, rate).astype(np.float32)
+    data, _ = encode(numbered_frames(25), LOSSY, AudioCodec.OPUS, audio=audio)
+    decoded, _ = synth.decode_audio(data)
+    lags = list(range(-600, 601))
+    scores = [float(np.dot(decoded[5000 + lag:40000 + lag], audio[5000:40000])) for lag in lags]
+    assert lags[int(np.argmax(scores))] == 0
+
+
+def test_custom_options_reach_x264():
+    spec = custom(preset="ultrafast", tune="zerolatency", profile="baseline", crf=20, bframes=0, idr_interval=6,
+                  max_bitrate_mbps=3)
+    data, _ = encode(numbered_frames(20), spec)
+    options = x264_options(data)
+    assert options["rc"] == "crf" and options["crf"] == "20.0"
+    assert options["bframes"] == "0" and options["keyint"] == "6" and options["vbv_maxrate"] == "3000"
+    assert options["cabac"] == "0"  # baseline profile (and the ultrafast preset)
+    assert synth.probe(data)["keyframes"] == [0, 6, 12, 18]
+    with av.open(io.BytesIO(data)) as container:
+        assert "Baseline" in container.streams.video[0].codec_context.profile
+
+
+def test_custom_qp_bitrate_and_bframes():
+    data, _ = encode(numbered_frames(16), custom(qp=30, bframes=2))
+    options = x264_options(data)
+    assert options["rc"] == "cqp" and options["qp"] == "30" and options["bframes"] == "2"
+    np.testing.assert_allclose(synth.probe(data)["pts"], np.arange(16) / 25, atol=1e-6)
+    data, _ = encode(numbered_frames(16), custom(bitrate_mbps=1.5))
+    options = x264_options(data)
+    assert options["rc"] == "abr" and options["bitrate"] == "1500" and options["keyint"] == "8"
+
+
+def test_custom_unknown_keys_and_impossible_combinations_are_invalid_input():
+    with pytest.raises(InvalidInput, match="unknown key 'gop'"):
+        custom(gop=5)
+    with pytest.raises(InvalidInput, match="qp=0 \\(lossless\\) needs profile 'high444'"):
+        encoder_options(custom(qp=0, profile="main"), 25)
+
+
+def test_encoder_options_mapping():
+    lossy = encoder_options(VideoEncodingSpec(mode=EncodingMode.LOSSY, bitrate_mbps=30, idr_interval=8), 25)
+    assert lossy.bit_rate == 30_000_000 and lossy.gop_size == 8
+    assert lossy.options["maxrate"] == "30000000" and lossy.options["bufsize"] == "30000000"
+    assert "keyint=8:min-keyint=8:scenecut=0:open-gop=0" in lossy.options["x264-params"]
+    lossless = encoder_options(LOSSLESS, Fraction(30000, 1001))
+    assert lossless.options["qp"] == "0" and lossless.bit_rate is None and lossless.gop_size == 30
+    spec = encoder_options(custom(preset="slow", crf=18.5, bframes=3, idr_interval=12, max_bitrate_mbps=4), 25)
+    assert spec.options["preset"] == "slow" and spec.options["crf"] == "18.5" and spec.bit_rate is None
+    assert spec.options["maxrate"] == "4000000" and spec.gop_size == 12
+    assert spec.options["x264-params"].endswith(":bframes=3")
+
+
+def test_ntsc_rate_timestamps():
+    fps = Fraction(30000, 1001)
+    data, _ = encode(numbered_frames(12), video=info(fps=fps))
+    probe = synth.probe(data)
+    assert probe["fps"] == fps
+    np.testing.assert_allclose(probe["pts"], np.arange(12) * 1001 / 30000, atol=1e-6)
+
+
+def test_bytes_reach_the_sink_before_close():
+    chunks: list[bytes] = []
+    writer = OutputWriter(chunks.append, info(), LOSSY, AudioCodec.OPUS)
+    for i, frame in enumerate(numbered_frames(40)):
+        writer.write_frame(frame, i)
+        writer.write_audio(np.zeros(1920, np.float32))
+    early = sum(map(len, chunks))
+    assert early > 0 and early == writer.bytes_written
+    # The early bytes are the start of a playable file: header plus whole fragments.
+    assert b"ftyp" in chunks[0][:16] and b"moof" in b"".join(chunks)
+    writer.close()
+    assert sum(map(len, chunks)) > early
+    assert synth.probe(b"".join(chunks))["frame_count"] == 40
+
+
+def test_other_pixel_formats_are_converted():
+    frames = [av.VideoFrame.from_ndarray(synth.draw_frame(i, 160, 120), format="rgb24") for i in range(5)]
+    data, _ = encode(frames)
+    decoded = [synth.read_frame_number(f.to_ndarray(format="gray")) for f in synth.decode_frames(data)]
+    assert decoded == list(range(5))
+
+
+def test_thread_count_is_passed_to_x264():
+    data, _ = encode(numbered_frames(3), threads=1)
+    assert x264_options(data)["threads"] == "1"
+
+
+def test_odd_frame_size_is_invalid_input():
+    with pytest.raises(InvalidInput, match="frame size 161x120 has an odd side"):
+        OutputWriter(lambda b: None, info(161, 120), LOSSY, AudioCodec.OPUS)
+
+
+def test_out_of_order_frames_are_an_internal_error():
+    writer = OutputWriter(lambda b: None, info(), LOSSY, AudioCodec.OPUS)
+    frames = numbered_frames(2)
+    writer.write_frame(frames[0], 0)
+    with pytest.raises(InternalError, match="frame 2 written when frame 1 was expected"):
+        writer.write_frame(frames[1], 2)
+    writer.abort()
+
+
+def test_a_failing_sink_stops_the_writer_with_its_own_error():
+    def sink(data: bytes) -> None:
+        raise Cancelled("client went away")
+
+    writer = OutputWriter(sink, info(), LOSSY, AudioCodec.OPUS)
+    with pytest.raises(Cancelled, match="client went away"):
+        for i, frame in enumerate(numbered_frames(40)):
+            writer.write_frame(frame, i)
+            writer.write_audio(np.zeros(1920, np.float32))
+        writer.close()
+    writer.abort()  # safe after a failure
+
+
+def test_abort_sends_nothing_more_and_never_raises():
+    chunks: list[bytes] = []
+    writer = OutputWriter(chunks.append, info(), LOSSY, AudioCodec.MP3)
+    for i, frame in enumerate(numbered_frames(20)):
+        writer.write_frame(frame, i)
+    sent = sum(map(len, chunks))
+    writer.abort()
+    writer.abort()
+    assert sum(map(len, chunks)) == sent
+    with pytest.raises(InternalError, match="write after close"):
+        writer.write_frame(numbered_frames(1)[0], 20)
