@@ -64,3 +64,25 @@ class GeneratorBackend(ABC):
 
     def close(self) -> None:
         """Release sessions, channels and device memory."""
+
+
+def check_batch(face: np.ndarray, mel: np.ndarray, face_size: int) -> None:
+    """Refuse arrays that break the generator contract, naming the expected shapes.
+
+    Raises:
+        InferenceError: shapes differ from [B, 6, S, S] / [B, 1, 80, 16] with one B >= 1.
+    """
+    from lipsync_service.errors import InferenceError
+
+    if (
+        face.ndim != 4
+        or face.shape[1:] != (6, face_size, face_size)
+        or mel.ndim != 4
+        or mel.shape[1:] != (1, MEL_BINS, MEL_STEPS)
+        or face.shape[0] != mel.shape[0]
+        or face.shape[0] == 0
+    ):
+        raise InferenceError(
+            f"generator input shapes face {face.shape} / mel {mel.shape} do not match "
+            f"[B, 6, {face_size}, {face_size}] / [B, 1, {MEL_BINS}, {MEL_STEPS}] with the same B >= 1"
+        )

@@ -1,0 +1,121 @@
+"""Embedded ONNX Runtime backend: the generator's model.onnx from the model repository, in this process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lipsync_service.errors import InferenceError, InferenceUnavailable, InvalidInput
+from lipsync_service.inference.base import (
+    INPUT_FACE,
+    INPUT_MEL,
+    OUTPUT_FACE,
+    GeneratorBackend,
+    ModelSpec,
+    check_batch,
+)
+from lipsync_service.inference.repository import ONNX_FILE, inspect_onnx, model_version_dir, read_model_config
+
+
+class OnnxRuntimeBackend(GeneratorBackend):
+    """Runs an ONNX generator with ONNX Runtime on the CPU (or CUDA when that provider is installed)."""
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        max_batch_size: int = 16,
+        intra_op_threads: int = 0,
+        name: str | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        """Open a session.
+
+        Args:
+            onnx_path: the model file.
+            max_batch_size: larger batches are split into calls of at most this size.
+            intra_op_threads: ONNX Runtime intra-op threads (0: its default, one per core).
+            name: model name for the spec (default: the file's model folder name).
+            providers: ONNX Runtime execution providers (default: CPU).
+
+        Raises:
+            InferenceUnavailable: the file cannot be loaded or breaks the generator contract.
+        """
+        import onnxruntime as ort
+
+        onnx_path = Path(onnx_path)
+        try:
+            contract = inspect_onnx(onnx_path)
+        except InvalidInput as exc:
+            raise InferenceUnavailable(str(exc)) from exc
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        # The pipeline calls from one worker thread per stream; no inter-op parallelism to exploit.
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(
+                str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ONNX Runtime raises private exception types
+            raise InferenceUnavailable(f"cannot load generator {onnx_path}: {exc}") from exc
+        model_name = name or (onnx_path.parent.parent.name if onnx_path.parent.name.isdigit() else onnx_path.stem)
+        self._spec = ModelSpec(
+            name=model_name,
+            face_size=contract.face_size,
+            max_batch_size=max_batch_size,
+            channel_order=contract.channel_order,
+            description=f"{model_name}: {contract.description} (onnxruntime, S={contract.face_size})",
+        )
+
+    @classmethod
+    def from_repository(
+        cls, repository: Path, name: str, version: str = "", max_batch_size: int = 16, intra_op_threads: int = 0
+    ) -> OnnxRuntimeBackend:
+        """Open <repository>/<name>/<version>/model.onnx (latest version when empty).
+
+        The batch limit is the smaller of max_batch_size and the model config's max_batch_size.
+
+        Raises:
+            InferenceUnavailable: the model, version or file is missing or unusable.
+        """
+        try:
+            version_dir = model_version_dir(Path(repository), name, version)
+        except InvalidInput as exc:
+            raise InferenceUnavailable(str(exc)) from exc
+        path = version_dir / ONNX_FILE
+        if not path.is_file():
+            raise InferenceUnavailable(
+                f"{path} not found: the embedded ONNX Runtime backend needs an ONNX model "
+                "(a tensorrt_plan repository needs NV_AI4M_LS_BACKEND=triton or tensorrt)"
+            )
+        limit = max_batch_size
+        try:
+            config = read_model_config(version_dir.parent)
+            if config.max_batch_size > 0:
+                limit = min(limit, config.max_batch_size)
+        except InvalidInput:
+            pass  # a bare model.onnx without config.pbtxt is fine for the embedded backend
+        return cls(path, max_batch_size=limit, intra_op_threads=intra_op_threads, name=name)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        check_batch(face, mel, self._spec.face_size)
+        limit = self._spec.max_batch_size
+        outputs = []
+        try:
+            for start in range(0, face.shape[0], limit):
+                feeds = {
+                    INPUT_FACE: np.ascontiguousarray(face[start : start + limit], dtype=np.float32),
+                    INPUT_MEL: np.ascontiguousarray(mel[start : start + limit], dtype=np.float32),
+                }
+                outputs.append(self._session.run([OUTPUT_FACE], feeds)[0])
+        except Exception as exc:  # ONNX Runtime raises private exception types
+            raise InferenceError(f"generator inference failed: {exc}") from exc
+        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+
+    def close(self) -> None:
+        self._session = None
+

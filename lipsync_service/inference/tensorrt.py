@@ -1,0 +1,230 @@
+"""Embedded TensorRT backend and engine builder (GPU hosts without Triton); tensorrt and pycuda load lazily."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from lipsync_service.errors import InferenceError, InferenceUnavailable, InvalidInput
+from lipsync_service.inference.base import (
+    INPUT_FACE,
+    INPUT_MEL,
+    MEL_BINS,
+    MEL_STEPS,
+    OUTPUT_FACE,
+    GeneratorBackend,
+    ModelSpec,
+    check_batch,
+)
+from lipsync_service.inference.repository import inspect_onnx
+
+_WORKSPACE_BYTES = 2 << 30
+
+
+def _need_tensorrt():  # -> (tensorrt module, pycuda.driver module)
+    """Import tensorrt and pycuda, or say what is missing."""
+    try:
+        import tensorrt as trt
+        import pycuda.driver as cuda
+    except ImportError as exc:
+        raise InferenceUnavailable(
+            f"the TensorRT backend needs CUDA, the tensorrt and pycuda packages (pip install '.[gpu]'): {exc}"
+        ) from exc
+    try:
+        cuda.init()
+        if cuda.Device.count() < 1:
+            raise InferenceUnavailable("the TensorRT backend needs a CUDA GPU; none is visible")
+    except cuda.Error as exc:
+        raise InferenceUnavailable(f"CUDA is not usable on this host: {exc}") from exc
+    return trt, cuda
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu_name: str, max_batch: int, fp16: bool) -> str:
+    """Cache key of an engine: an engine is valid only for one model, TensorRT version, GPU model and profile.
+
+    Args:
+        onnx_sha256: hash of the ONNX file.
+        tensorrt_version: tensorrt.__version__.
+        gpu_name: the CUDA device name, e.g. "NVIDIA H100 80GB HBM3".
+        max_batch: top of the batch optimisation profile.
+        fp16: whether FP16 kernels were allowed.
+
+    Returns:
+        A file-name-safe key, readable at a glance and unique through a hash of all fields.
+    """
+    fields = f"{onnx_sha256}|{tensorrt_version}|{gpu_name}|{max_batch}|{int(fp16)}"
+    digest = hashlib.sha256(fields.encode()).hexdigest()[:16]
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", gpu_name).strip("-").lower() or "gpu"
+    return f"{onnx_sha256[:12]}-trt{tensorrt_version}-{gpu}-b{max_batch}-{'fp16' if fp16 else 'fp32'}-{digest}"
+
+
+def engine_cache_path(cache_dir: Path, key: str) -> Path:
+    """Where the engine for a key is stored."""
+    return Path(cache_dir) / f"{key}.engine"
+
+
+def build_engine(onnx_path: Path, max_batch: int, fp16: bool = True, cache_dir: Path | None = None) -> Path:
+    """Build (or reuse from the cache) a TensorRT engine for an ONNX generator.
+
+    The optimisation profile covers batch 1..max_batch (optimum at max_batch); the engine is cached under
+    engine_cache_key(ONNX hash, TensorRT version, GPU name, max_batch, fp16).
+
+    Args:
+        onnx_path: the generator's ONNX file.
+        max_batch: the largest batch the engine accepts.
+        fp16: allow FP16 kernels (inputs and outputs stay FP32).
+        cache_dir: engine cache folder (default ~/.cache/lipsync-service/engines).
+
+    Returns:
+        The engine file.
+
+    Raises:
+        InferenceUnavailable: no CUDA GPU, or tensorrt/pycuda missing.
+        InvalidInput: the ONNX file breaks the contract or TensorRT cannot parse or build it.
+    """
+    trt, cuda = _need_tensorrt()
+    onnx_path = Path(onnx_path)
+    contract = inspect_onnx(onnx_path)
+    size = contract.face_size
+    cache_dir = Path(cache_dir or Path.home() / ".cache" / "lipsync-service" / "engines")
+    key = engine_cache_key(file_sha256(onnx_path), trt.__version__, cuda.Device(0).name(), max_batch, fp16)
+    target = engine_cache_path(cache_dir, key)
+    if target.is_file():
+        return target
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Explicit batch is the only mode in TensorRT 10 (flag 0); TensorRT 8 needs the flag.
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 10:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise InvalidInput(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, _WORKSPACE_BYTES)
+    if fp16 and builder.platform_has_fast_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    shapes = {INPUT_FACE: (6, size, size), INPUT_MEL: (1, MEL_BINS, MEL_STEPS)}
+    for name, dims in shapes.items():
+        profile.set_shape(name, (1, *dims), (max_batch, *dims), (max_batch, *dims))
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise InvalidInput(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.partial")
+    partial.write_bytes(bytes(serialized))
+    os.replace(partial, target)  # atomic: concurrent builders never see half an engine
+    return target
+
+
+class TensorRTBackend(GeneratorBackend):
+    """Runs a TensorRT engine with pycuda in this process; one execution context, calls serialised."""
+
+    def __init__(self, engine_path: Path, name: str = "lipsync_generator", description: str = "") -> None:
+        """Load an engine.
+
+        Args:
+            engine_path: a serialized engine from build_engine.
+            name: model name for the spec.
+            description: text for model_info.
+
+        Raises:
+            InferenceUnavailable: no GPU, missing packages, or an engine that does not deserialize.
+        """
+        trt, cuda = _need_tensorrt()
+        self._cuda = cuda
+        self._ctx = cuda.Device(0).retain_primary_context()
+        self._ctx.push()
+        try:
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self._engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+            if self._engine is None:
+                raise InferenceUnavailable(
+                    f"cannot load TensorRT engine {engine_path} (built by another TensorRT version or GPU?)"
+                )
+            self._context = self._engine.create_execution_context()
+            face_max = tuple(self._engine.get_tensor_profile_shape(INPUT_FACE, 0)[2])
+            self._max_batch = int(face_max[0])
+            self._size = int(face_max[-1])
+            self._stream = cuda.Stream()
+            self._buffers = {
+                INPUT_FACE: cuda.mem_alloc(self._max_batch * 6 * self._size * self._size * 4),
+                INPUT_MEL: cuda.mem_alloc(self._max_batch * MEL_BINS * MEL_STEPS * 4),
+                OUTPUT_FACE: cuda.mem_alloc(self._max_batch * 3 * self._size * self._size * 4),
+            }
+            for tensor, buffer in self._buffers.items():
+                self._context.set_tensor_address(tensor, int(buffer))
+        finally:
+            self._ctx.pop()
+        self._lock = threading.Lock()
+        self._spec = ModelSpec(
+            name=name,
+            face_size=self._size,
+            max_batch_size=self._max_batch,
+            description=f"{name}: {description or 'generator'} (tensorrt {trt.__version__}, S={self._size})",
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        check_batch(face, mel, self._size)
+        parts = []
+        for start in range(0, face.shape[0], self._max_batch):
+            parts.append(self._run(face[start : start + self._max_batch], mel[start : start + self._max_batch]))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        cuda = self._cuda
+        batch = face.shape[0]
+        out = np.empty((batch, 3, self._size, self._size), dtype=np.float32)
+        with self._lock:
+            self._ctx.push()
+            try:
+                self._context.set_input_shape(INPUT_FACE, face.shape)
+                self._context.set_input_shape(INPUT_MEL, mel.shape)
+                cuda.memcpy_htod_async(self._buffers[INPUT_FACE], np.ascontiguousarray(face, np.float32), self._stream)
+                cuda.memcpy_htod_async(self._buffers[INPUT_MEL], np.ascontiguousarray(mel, np.float32), self._stream)
+                if not self._context.execute_async_v3(self._stream.handle):
+                    raise InferenceError("TensorRT execution failed (see the TensorRT log)")
+                cuda.memcpy_dtoh_async(out, self._buffers[OUTPUT_FACE], self._stream)
+                self._stream.synchronize()
+            except cuda.Error as exc:
+                raise InferenceError(f"CUDA error during generator inference: {exc}") from exc
+            finally:
+                self._ctx.pop()
+        return out
+
+    def close(self) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is None:
+            return
+        ctx.push()
+        try:
+            for buffer in self._buffers.values():
+                buffer.free()
+            self._context = None
+            self._engine = None
+        finally:
+            ctx.pop()
+            ctx.detach()
+            self._ctx = None

@@ -1,0 +1,175 @@
+"""Triton backend: the generator served by a Triton Inference Server, called over gRPC.
+
+The pipeline calls `infer` from worker threads (one per stream), so this uses tritonclient's synchronous
+gRPC client, one per thread: concurrent streams send concurrent requests, which Triton's dynamic batcher
+merges into one model execution.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from lipsync_service.errors import InferenceError, InferenceUnavailable
+from lipsync_service.inference.base import (
+    INPUT_FACE,
+    INPUT_MEL,
+    MEL_BINS,
+    MEL_STEPS,
+    OUTPUT_FACE,
+    GeneratorBackend,
+    ModelSpec,
+    check_batch,
+)
+
+# gRPC status codes (as tritonclient spells them) that mean "the server is not there or not ready".
+_UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
+
+
+def _translate(exc: Exception, url: str, model: str, what: str) -> Exception:
+    """Our exception for a tritonclient error."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(exc, InferenceServerException):
+        status = exc.status() or ""
+        if status in _UNAVAILABLE:
+            return InferenceUnavailable(
+                f"Triton at {url} is unreachable or not answering ({what}, model {model!r}): {exc.message()}"
+            )
+        return InferenceError(f"Triton {what} for model {model!r} failed: {status} {exc.message()}")
+    return InferenceError(f"Triton {what} for model {model!r} failed: {exc}")
+
+
+class TritonBackend(GeneratorBackend):
+    """Calls the generator model on a Triton server; checks liveness, readiness and the tensor contract first."""
+
+    def __init__(
+        self, url: str, model_name: str, model_version: str = "", timeout_s: float = 30.0, max_batch_size: int = 16
+    ) -> None:
+        """Connect and check the model.
+
+        Args:
+            url: host:port of Triton's gRPC endpoint.
+            model_name: the generator model.
+            model_version: a version, or "" for Triton's choice (latest by default).
+            timeout_s: per-call deadline.
+            max_batch_size: client-side batch limit; also capped by the model's max_batch_size.
+
+        Raises:
+            InferenceUnavailable: server down, model not ready, or its metadata breaks the contract.
+        """
+        self._url = url
+        self._model = model_name
+        self._version = model_version
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+        # Bumped after a connection failure; each thread opens a fresh client when its copy is stale.
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._spec = self._check(max_batch_size)
+
+    def _client(self):  # -> tritonclient.grpc.InferenceServerClient
+        import tritonclient.grpc as grpcclient
+
+        local = self._local
+        if getattr(local, "client", None) is None or local.generation != self._generation:
+            if getattr(local, "client", None) is not None:
+                local.client.close()
+            local.client = grpcclient.InferenceServerClient(self._url)
+            local.generation = self._generation
+        return local.client
+
+    def _reset(self) -> None:
+        with self._lock:
+            self._generation += 1
+
+    def _check(self, max_batch_size: int) -> ModelSpec:
+        client = self._client()
+        try:
+            if not client.is_server_live(client_timeout=self._timeout_s):
+                raise InferenceUnavailable(f"Triton at {self._url} is not live")
+            if not client.is_model_ready(self._model, self._version, client_timeout=self._timeout_s):
+                raise InferenceUnavailable(
+                    f"model {self._model!r} is not ready on Triton at {self._url} (is it in the model repository?)"
+                )
+            meta = client.get_model_metadata(self._model, self._version, client_timeout=self._timeout_s)
+            config = client.get_model_config(self._model, self._version, client_timeout=self._timeout_s).config
+        except InferenceUnavailable:
+            self._reset()
+            raise
+        except Exception as exc:
+            self._reset()
+            raise InferenceUnavailable(str(_translate(exc, self._url, self._model, "start-up check"))) from exc
+        inputs = {t.name: (t.datatype, list(t.shape)) for t in meta.inputs}
+        outputs = {t.name: (t.datatype, list(t.shape)) for t in meta.outputs}
+        face = inputs.get(INPUT_FACE)
+        size = face[1][-1] if face and len(face[1]) == 4 else -1
+        expected_in = {
+            INPUT_FACE: ("FP32", [-1, 6, size, size]),
+            INPUT_MEL: ("FP32", [-1, 1, MEL_BINS, MEL_STEPS]),
+        }
+        expected_out = {OUTPUT_FACE: ("FP32", [-1, 3, size, size])}
+        if size <= 0 or inputs != expected_in or outputs.get(OUTPUT_FACE) != expected_out[OUTPUT_FACE]:
+            raise InferenceUnavailable(
+                f"model {self._model!r} on Triton at {self._url} does not match the generator contract: "
+                f"inputs {inputs}, outputs {outputs}; expected FP32 {INPUT_FACE} [-1,6,S,S], "
+                f"{INPUT_MEL} [-1,1,{MEL_BINS},{MEL_STEPS}], {OUTPUT_FACE} [-1,3,S,S]"
+            )
+        limit = max_batch_size
+        if config.max_batch_size > 0:
+            limit = min(limit, config.max_batch_size)
+        description = config.parameters["description"].string_value if "description" in config.parameters else ""
+        return ModelSpec(
+            name=self._model,
+            face_size=size,
+            max_batch_size=limit,
+            description=f"{self._model}: {description or 'generator'} (triton {config.platform or config.backend}, S={size})",
+        )
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        check_batch(face, mel, self._spec.face_size)
+        limit = self._spec.max_batch_size
+        parts = [self._infer_one(face[i : i + limit], mel[i : i + limit]) for i in range(0, face.shape[0], limit)]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _infer_one(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        import tritonclient.grpc as grpcclient
+
+        inputs = [
+            grpcclient.InferInput(INPUT_FACE, list(face.shape), "FP32"),
+            grpcclient.InferInput(INPUT_MEL, list(mel.shape), "FP32"),
+        ]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(face, dtype=np.float32))
+        inputs[1].set_data_from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+        try:
+            result = self._client().infer(
+                self._model,
+                inputs,
+                model_version=self._version,
+                outputs=[grpcclient.InferRequestedOutput(OUTPUT_FACE)],
+                client_timeout=self._timeout_s,
+            )
+        except Exception as exc:
+            error = _translate(exc, self._url, self._model, "inference")
+            if isinstance(error, InferenceUnavailable):
+                self._reset()
+            raise error from exc
+        out = result.as_numpy(OUTPUT_FACE)
+        if out is None or out.shape != (face.shape[0], 3, face.shape[2], face.shape[3]):
+            raise InferenceError(
+                f"Triton model {self._model!r} returned {None if out is None else out.shape} "
+                f"for a batch of {face.shape[0]}"
+            )
+        return out
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            self._local.client = None
+        self._reset()

@@ -1,0 +1,48 @@
+"""Triton Python-backend model: runs the generator's model.onnx (beside this file) with ONNX Runtime.
+
+Copied as model.py into a version folder by `lipsync-service models build-repo --target python_onnx`.
+It runs inside Triton's Python stub, not in the service: only numpy, onnxruntime and Triton's utils.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """One ONNX Runtime session per model instance; requests batched by Triton run as one session call."""
+
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = config.get("parameters", {})
+        threads = int(params.get("ort_intra_op_threads", {}).get("string_value", "0") or 0)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        path = Path(__file__).resolve().parent / "model.onnx"
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        try:
+            faces = [pb_utils.get_input_tensor_by_name(r, "face").as_numpy() for r in requests]
+            mels = [pb_utils.get_input_tensor_by_name(r, "mel").as_numpy() for r in requests]
+            # One session call for everything the dynamic batcher grouped, split back per request.
+            out = self.session.run(
+                ["output"],
+                {"face": np.concatenate(faces).astype(np.float32), "mel": np.concatenate(mels).astype(np.float32)},
+            )[0]
+        except Exception as exc:  # reported per request; Triton keeps serving
+            error = pb_utils.TritonError(f"lipsync generator failed: {exc}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        responses = []
+        start = 0
+        for face in faces:
+            end = start + face.shape[0]
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("output", out[start:end])]))
+            start = end
+        return responses
+
+    def finalize(self):
+        self.session = None
