@@ -1,0 +1,164 @@
+"""Face crops for the generator: square crop boxes, crop extraction from yuv420p planes, masked model inputs.
+
+The crop convention (shared with the training data builder, so a model sees at serving time what it saw
+in training): a square centred on the detector's face box, `CROP_SCALE` times the box's larger side,
+shifted down by `CROP_SHIFT` of the box height so the chin stays inside. On that square the generator's
+input masks rows S/2..S-1 (SPEC section 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import av
+import cv2
+import numpy as np
+
+# Side of the square crop as a multiple of the face box's larger side, and its downward shift as a
+# fraction of the box height. MTCNN boxes run from the brows to the chin; 1.3x leaves room for an open
+# jaw and puts the mouth at about 0.7 of the crop height, inside the masked lower half.
+CROP_SCALE = 1.3
+CROP_SHIFT = 0.05
+
+
+def plane_arrays(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y, U, V of a yuv420p frame as uint8 views (no copy; writing to them writes the frame)."""
+    if frame.format.name != "yuv420p":
+        raise ValueError(f"expected a yuv420p frame, got {frame.format.name}")
+    out = []
+    for plane in frame.planes:
+        arr = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        out.append(arr[:, : plane.width])
+    return out[0], out[1], out[2]
+
+
+@dataclass(frozen=True)
+class SquareBox:
+    """A square in frame pixels, as floats (the tracker smooths these).
+
+    Attributes:
+        cx, cy: centre.
+        side: side length.
+    """
+
+    cx: float
+    cy: float
+    side: float
+
+    @classmethod
+    def around_face(cls, box: Sequence[float], scale: float = CROP_SCALE, shift: float = CROP_SHIFT) -> SquareBox:
+        """The crop square for a face box (x1, y1, x2, y2)."""
+        x1, y1, x2, y2 = (float(v) for v in box[:4])
+        w, h = x2 - x1, y2 - y1
+        return cls(cx=(x1 + x2) / 2, cy=(y1 + y2) / 2 + shift * h, side=scale * max(w, h))
+
+    def pixel_region(self) -> CropRegion:
+        """The integer, even-aligned square this box covers (may extend past the frame)."""
+        side = max(4, int(round(self.side / 2)) * 2)
+        x = int(round((self.cx - side / 2) / 2)) * 2
+        y = int(round((self.cy - side / 2) / 2)) * 2
+        return CropRegion(x=x, y=y, side=side)
+
+
+@dataclass(frozen=True)
+class CropRegion:
+    """An even-aligned integer square in frame pixels: top-left (x, y), side length.
+
+    Even alignment keeps the half-resolution chroma planes aligned with the luma region, so the
+    blended region maps exactly onto whole U/V samples.
+    """
+
+    x: int
+    y: int
+    side: int
+
+    def clipped(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the part inside the frame's even-sized area (may be empty)."""
+        w2, h2 = width // 2 * 2, height // 2 * 2
+        return max(self.x, 0), max(self.y, 0), min(self.x + self.side, w2), min(self.y + self.side, h2)
+
+
+def i420_to_bgr(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """BGR uint8 [H, W, 3] from even-sized Y [H, W] and U, V [H/2, W/2] (BT.601 video range, as OpenCV)."""
+    h, w = y.shape
+    buf = np.empty((h * 3 // 2, w), np.uint8)
+    buf[:h] = y
+    flat = buf[h:].reshape(-1)
+    q = (h // 2) * (w // 2)
+    flat[:q] = u.reshape(-1)
+    flat[q:] = v.reshape(-1)
+    return cv2.cvtColor(buf, cv2.COLOR_YUV2BGR_I420)
+
+
+def bgr_to_i420(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y [H, W], U, V [H/2, W/2] uint8 from an even-sized BGR image (inverse of i420_to_bgr)."""
+    h, w = bgr.shape[:2]
+    buf = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+    flat = buf[h:].reshape(-1)
+    q = (h // 2) * (w // 2)
+    return buf[:h], flat[:q].reshape(h // 2, w // 2), flat[q:].reshape(h // 2, w // 2)
+
+
+def extract_bgr(frame: av.VideoFrame, region: CropRegion) -> np.ndarray:
+    """The crop region of a yuv420p frame as BGR uint8 [side, side, 3].
+
+    Only the region is converted. Parts outside the frame repeat the nearest edge pixels, so a face at
+    the border still gives the model a full square.
+    """
+    y, u, v = plane_arrays(frame)
+    x0, y0, x1, y1 = region.clipped(frame.width, frame.height)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((region.side, region.side, 3), np.uint8)
+    bgr = i420_to_bgr(y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2])
+    pads = (y0 - region.y, region.y + region.side - y1, x0 - region.x, region.x + region.side - x1)
+    if any(pads):
+        bgr = cv2.copyMakeBorder(bgr, *pads, borderType=cv2.BORDER_REPLICATE)
+    return bgr
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize a square image to size x size (area filter when shrinking, cubic when enlarging)."""
+    if img.shape[0] == size:
+        return img
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def model_face_input(crops: Sequence[np.ndarray], references: Sequence[np.ndarray] | None = None,
+                     channel_order: str = "bgr") -> np.ndarray:
+    """The generator's face tensor from model-sized crops.
+
+    Args:
+        crops: BGR uint8 [S, S, 3] target crops.
+        references: BGR uint8 [S, S, 3] reference crops; at inference the same frames, unmasked
+            (defaults to crops).
+        channel_order: the model's channel order, "bgr" or "rgb".
+
+    Returns:
+        float32 [B, 6, S, S] in [0, 1]: the target with rows S/2.. zeroed, then the reference.
+    """
+    refs = crops if references is None else references
+    target = np.stack(crops).astype(np.float32) * (1.0 / 255.0)
+    ref = np.stack(refs).astype(np.float32) * (1.0 / 255.0)
+    if channel_order == "rgb":
+        target, ref = target[..., ::-1], ref[..., ::-1]
+    size = target.shape[1]
+    target[:, size // 2 :] = 0.0
+    out = np.concatenate([target, ref], axis=3)
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def model_output_to_bgr(output: np.ndarray, channel_order: str = "bgr") -> list[np.ndarray]:
+    """Generator output float32 [B, 3, S, S] in [0, 1] -> BGR uint8 [S, S, 3] images."""
+    img = np.clip(output.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if channel_order == "rgb":
+        img = img[..., ::-1]
+    return [np.ascontiguousarray(i) for i in img]
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    """Consecutive slices of at most size items."""
+    step = max(1, int(size))
+    for k in range(0, len(items), step):
+        yield items[k : k + step]
