@@ -1,0 +1,171 @@
+"""The Lipsync RPC end to end over a real channel: response order, output, health, reflection, HTTP, drain."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from lipsync_service import __version__
+from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
+from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
+from tests import synth
+from tests.functional.helpers import (config, expect_error, requests, run_call, running_server, server,  # noqa: F401
+                                      video_msg, audio_msg)
+
+SERVICE = "nvidia.ai4m.lipsync.v1.LipSyncService"
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    d = tmp_path_factory.mktemp("media")
+    return {
+        "video": synth.make_video(d / "v.mp4", seconds=2.0, layout="faststart").read_bytes(),
+        "audio": synth.make_wav(d / "a.wav", seconds=2.0).read_bytes(),
+        "short_audio": synth.make_wav(d / "s.wav", seconds=1.2).read_bytes(),
+        "mp3": synth.make_mp3(d / "a.mp3", seconds=2.0).read_bytes(),
+    }
+
+
+def _decoded(tmp_path: Path, data: bytes) -> dict:
+    path = tmp_path / "out.mp4"
+    path.write_bytes(data)
+    return synth.probe(path)
+
+
+def test_response_order_and_output(server, clip, tmp_path):
+    res = run_call(server, requests(clip["video"], clip["audio"], config()),
+                   metadata=(("client-session-id", "session-42"),))
+    # service_info first, then the config echo, then only chunks and keepalives.
+    assert res.order[0] == "service_info" and res.order[1] == "config"
+    assert set(res.order[2:]) <= {"video_file_data", "keepalive"} and res.chunks >= 1
+    info = res.service_info
+    assert info.feature_name == "lipsync" and info.feature_version == __version__
+    assert info.client_session_id == "session-42"
+    assert len(info.server_request_id) == 32 and int(info.server_request_id, 16) >= 0
+    assert info.model_info == "passthrough"
+    # The echo has every default filled in.
+    echo = res.config
+    assert echo.input_audio_codec == audio_pb2.AUDIO_CODEC_WAV
+    assert echo.output_audio_codec == audio_pb2.AUDIO_CODEC_OPUS
+    assert echo.output_video_encoding.lossy.bitrate_mbps == 30
+    assert echo.output_video_encoding.lossy.idr_interval == 8
+    assert echo.HasField("extend_audio") and echo.HasField("head_movement_speed")
+    out = _decoded(tmp_path, res.video)
+    assert out["frame_count"] == 50 and out["width"] == 160 and out["height"] == 120
+    assert out["video_codec"] == "h264" and out["audio_codec"] == "opus"
+    assert out["pts"][0] == 0.0
+
+
+def test_defaults_without_config_and_no_session_id(server, clip, tmp_path):
+    res = run_call(server, requests(clip["video"], clip["audio"], None))
+    assert res.service_info.client_session_id == ""
+    assert res.config.input_audio_codec == audio_pb2.AUDIO_CODEC_WAV
+    assert _decoded(tmp_path, res.video)["frame_count"] == 50
+
+
+def test_request_ids_differ(server, clip):
+    a = run_call(server, requests(clip["video"], clip["audio"], config()))
+    b = run_call(server, requests(clip["video"], clip["audio"], config()))
+    assert a.service_info.server_request_id != b.service_info.server_request_id
+
+
+def test_options_reach_the_output(server, clip, tmp_path):
+    """Shorter MP3 speech, MP3 output, silence extension: options flow from the config to the file."""
+    cfg = config(input_audio_codec=audio_pb2.AUDIO_CODEC_MP3, output_audio_codec=audio_pb2.AUDIO_CODEC_MP3,
+                 extend_audio=lipsync_pb2.EXTEND_AUDIO_SILENCE)
+    res = run_call(server, requests(clip["video"], clip["mp3"], cfg))
+    out = _decoded(tmp_path, res.video)
+    assert res.config.output_audio_codec == audio_pb2.AUDIO_CODEC_MP3
+    assert out["audio_codec"].startswith("mp3") and out["frame_count"] == 50
+    # Without extension the shorter input (1.2 s of speech) decides the length.
+    res = run_call(server, requests(clip["video"], clip["short_audio"], config()))
+    assert _decoded(tmp_path, res.video)["frame_count"] == 30
+
+
+def test_keepalives_when_the_server_is_slow(clip, tmp_path):
+    """A client that pauses between chunks gets keepalives; the call still succeeds."""
+    with running_server(keepalive_interval_s=0.2) as srv:
+        res = run_call(srv, requests(clip["video"], clip["audio"], config(), chunk=4096, delay_s=0.05))
+    assert res.keepalives >= 2
+    assert _decoded(tmp_path, res.video)["frame_count"] == 50
+
+
+def test_health_reflection_and_http(server):
+    with server.channel() as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", SERVICE):
+            assert health.Check(health_pb2.HealthCheckRequest(service=name)).status == \
+                health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in reply.list_services_response.service}
+        assert {SERVICE, "grpc.health.v1.Health"} <= names
+        reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol=SERVICE)])))
+        assert reply.file_descriptor_response.file_descriptor_proto
+
+    base = server.http_base
+    with urllib.request.urlopen(base + "/v1/health/live", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(base + "/v1/health/ready", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(base + "/v1/metrics", timeout=5) as r:
+        text = r.read().decode()
+    assert "lipsync_streams_active" in text and "lipsync_frames_processed_total" in text
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(base + "/nope", timeout=5)
+    assert err.value.code == 404
+    # Garbage on the socket gets a 400, and the server keeps answering afterwards.
+    with socket.create_connection(("127.0.0.1", server.server.http_port), timeout=5) as s:
+        s.sendall(b"\x00\x01garbage\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    with socket.create_connection(("127.0.0.1", server.server.http_port), timeout=5) as s:
+        s.sendall(b"GET /v1/health/live HTTP/1.1\r\n" + b"X-Long: " + b"a" * 40000 + b"\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 431")
+    with urllib.request.urlopen(base + "/v1/health/live", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_metrics_count_streams_by_outcome(clip):
+    with running_server() as srv:
+        run_call(srv, requests(clip["video"], clip["audio"], config()))
+        expect_error(srv, [config(), video_msg(b"not an mp4 at all"), audio_msg(clip["audio"])],
+                     grpc.StatusCode.INVALID_ARGUMENT)
+        with urllib.request.urlopen(srv.http_base + "/v1/metrics", timeout=5) as r:
+            text = r.read().decode()
+    assert 'lipsync_streams_total{code="OK"} 1.0' in text
+    assert 'lipsync_streams_total{code="INVALID_ARGUMENT"} 1.0' in text
+    assert "lipsync_frames_processed_total 50.0" in text
+    assert 'lipsync_stage_seconds_count{stage="encode"} 1.0' in text
+
+
+def test_drain_finishes_running_streams_and_refuses_new(clip, tmp_path):
+    """Drain: health NOT_SERVING and /ready 503, new calls UNAVAILABLE, the running call completes."""
+    import concurrent.futures
+
+    with running_server(keepalive_interval_s=0.2) as srv:
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        slow = pool.submit(run_call, srv, requests(clip["video"], clip["audio"], config(), chunk=8192, delay_s=0.03))
+        from tests.functional.helpers import wait_until
+        assert wait_until(lambda: srv.server.admission.active == 1)
+        drained = __import__("asyncio").run_coroutine_threadsafe(srv.server.drain(30), srv.loop)
+        assert wait_until(lambda: not srv.server.ready)
+        with srv.channel() as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE)).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(srv.http_base + "/v1/health/ready", timeout=5)
+        assert err.value.code == 503
+        msg = expect_error(srv, requests(clip["video"], clip["audio"], config()), grpc.StatusCode.UNAVAILABLE)
+        assert msg == "server is shutting down"
+        res = slow.result(60)
+        assert drained.result(30) is True
+        pool.shutdown()
+    assert _decoded(tmp_path, res.video)["frame_count"] == 50
