@@ -226,7 +226,10 @@ class AudioTrack:
             ResourceExhausted: the input is longer than max_duration_s.
             InputTimeout: timeout passed before the audio arrived.
             Cancelled: the track was closed or its stream aborted.
+            InternalError: the track was not started, or the decoder crashed.
         """
+        if self._thread is None:
+            raise InternalError(f"{self.name} audio: wait_for called before start()")
         need_model = int(np.ceil(end_s * MODEL_SAMPLE_RATE - 1e-6))
         need_output = int(np.ceil(end_s * OUTPUT_SAMPLE_RATE - 1e-6))
 

@@ -148,6 +148,25 @@ def test_bad_speech_input_is_invalid_input_naming_the_problem(tmp_path, maker, d
     assert str(err.value).startswith(message), str(err.value)
 
 
+def test_mp3_corrupt_in_the_middle_is_invalid_input_with_the_position(tmp_path):
+    data = synth.make_mp3(tmp_path / "a.mp3", seconds=2.0, rate=44100, kind="noise").read_bytes()
+    junk = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    with pytest.raises(InvalidInput, match=r"speech audio: the MP3 data is corrupt or truncated after \d+\.\d\d s"):
+        decode(data[: len(data) // 3] + junk + data[len(data) // 2:], AudioCodec.MP3)
+
+
+def test_truncated_input_decodes_what_arrived(tmp_path):
+    data = synth.make_wav(tmp_path / "a.wav", seconds=2.0, rate=16000).read_bytes()
+    header = data.index(b"data") + 8
+    track = decode(data[: header + 2 * 16000])  # header + one second of s16 mono
+    assert track.duration_s == pytest.approx(1.0)
+
+
+def test_wait_before_start_is_a_bug_not_a_hang():
+    with pytest.raises(InternalError, match="before start"):
+        AudioTrack(io.BytesIO(b""), AudioCodec.WAV).wait_for(1.0)
+
+
 def test_background_errors_name_the_background(tmp_path):
     with pytest.raises(InvalidInput, match="^background audio: "):
         decode(b"not audio at all" * 10, name="background")
