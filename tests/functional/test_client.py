@@ -1,0 +1,246 @@
+"""lipsync-client and the client stream API.
+
+Two kinds of server: a recording one written here (a real gRPC server whose handler records every request
+and replies as the test scripts it) to check exactly what the client puts on the wire and how it handles
+failures; and the real in-process LipSync server for end-to-end runs on synthetic media.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import wrappers_pb2
+
+from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
+from lipsync_service._proto.nvidia.ai4m.common.v1 import common_pb2
+from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_service.client import channel as channels
+from lipsync_service.client import cli, stream
+from lipsync_service.speakers import frames_from_json
+from tests import synth
+
+CHUNK = 64 * 1024
+
+
+class RecordingServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
+    """Records the request stream; answers with service_info, the config, `reply` bytes, then `fail` if set."""
+
+    def __init__(self) -> None:
+        self.requests: list[lipsync_pb2.LipsyncRequest] = []
+        self.metadata: dict[str, str] = {}
+        self.reply = b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 1200
+        self.fail: tuple[grpc.StatusCode, str] | None = None
+        self.done = threading.Event()
+
+    def Lipsync(self, request_iterator, context) -> Iterator[lipsync_pb2.LipsyncResponse]:  # noqa: N802
+        self.metadata = dict(context.invocation_metadata())
+        for request in request_iterator:
+            self.requests.append(request)
+        self.done.set()
+        yield lipsync_pb2.LipsyncResponse(service_info=common_pb2.ServiceInfo(
+            feature_name="lipsync", server_request_id="abc123",
+            client_session_id=self.metadata.get("client-session-id", "")))
+        first = self.requests[0] if self.requests else None
+        yield lipsync_pb2.LipsyncResponse(config=first.config if first is not None and first.HasField("config")
+                                          else lipsync_pb2.LipsyncConfig())
+        half = len(self.reply) // 2
+        yield lipsync_pb2.LipsyncResponse(video_file_data=self.reply[:half])
+        if self.fail is not None:
+            context.abort(*self.fail)
+        yield lipsync_pb2.LipsyncResponse(keepalive={})
+        yield lipsync_pb2.LipsyncResponse(video_file_data=self.reply[half:])
+
+    def media(self, field: str) -> bytes:
+        return b"".join(getattr(r.input, field) for r in self.requests if r.HasField("input"))
+
+
+@pytest.fixture
+def recording_server() -> Iterator[tuple[RecordingServicer, str]]:
+    servicer = RecordingServicer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    lipsync_pb2_grpc.add_LipSyncServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> dict[str, Path]:
+    video = tmp_path / "in.mp4"
+    video.write_bytes(bytes(range(251)) * 1500)  # 376,500 bytes: six 64 KiB chunks; content is not decoded
+    speech = synth.make_wav(tmp_path / "speech.wav", seconds=1.0, rate=16000)
+    background = synth.make_mp3(tmp_path / "bg.mp3", seconds=1.0, rate=16000)
+    return {"video": video, "audio": speech, "background": background}
+
+
+def _kind(request: lipsync_pb2.LipsyncRequest) -> str:
+    if request.HasField("config"):
+        return "config"
+    data = request.input
+    for field in ("video_file_data", "audio_file_data", "background_audio_file_data"):
+        if data.HasField(field):
+            return field
+    return "speakers" if len(data.per_frame_speaker_infos) else "empty"
+
+
+def test_cli_sends_config_then_speaker_batches_then_interleaved_chunks(recording_server, inputs, tmp_path) -> None:
+    servicer, target = recording_server
+    speakers = tmp_path / "speakers.json"
+    frames = [{"speakers": [{"bbox": [1, 2, 30, 40], "face_tracker_id": 7, "is_speaking": i % 2 == 0}],
+               "bypass": i == 3} for i in range(5000)]
+    speakers.write_text(json.dumps({"frames": frames}))
+    output = tmp_path / "out.mp4"
+    code = cli.main([
+        "--target", target, "--video-input", str(inputs["video"]), "--audio-input", str(inputs["audio"]),
+        "--speaker-data-input", str(speakers), "--mix-background-audio",
+        "--background-audio-input", str(inputs["background"]), "--background-audio-volume", "0.25",
+        "--output", str(output), "--client-session-id", "session-42", "--quiet",
+    ])
+    assert code == 0
+    kinds = [_kind(r) for r in servicer.requests]
+    assert kinds[0] == "config"
+    config = servicer.requests[0].config
+    assert config.input_audio_codec == audio_pb2.AUDIO_CODEC_WAV
+    assert config.is_speaker_info_provided
+    bg = config.background_audio_config
+    assert bg.is_background_audio_provided and bg.audio_codec == audio_pb2.AUDIO_CODEC_MP3
+    assert bg.audio_volume == pytest.approx(0.25)
+
+    # Speaker data right after the config, 2,048 frames per message, converted field by field.
+    batches = [r.input.per_frame_speaker_infos for r in servicer.requests[1:4]]
+    assert kinds[1:4] == ["speakers"] * 3 and [len(b) for b in batches] == [2048, 2048, 904]
+    all_frames = [f for b in batches for f in b]
+    assert [f.frame_id for f in all_frames] == list(range(5000))
+    assert all_frames[3].bypass and not all_frames[4].bypass
+    info = all_frames[0].speaker_infos[0]
+    assert (info.speaker_bbox.x, info.speaker_bbox.y, info.speaker_bbox.width, info.speaker_bbox.height) == (1, 2, 30, 40)
+    assert info.speaker_id == 7 and info.is_speaking and not all_frames[1].speaker_infos[0].is_speaking
+
+    # Media: every byte, in order, in chunks of at most 64 KiB, video and audio interleaved.
+    assert servicer.media("video_file_data") == inputs["video"].read_bytes()
+    assert servicer.media("audio_file_data") == inputs["audio"].read_bytes()
+    assert servicer.media("background_audio_file_data") == inputs["background"].read_bytes()
+    media = [r for r in servicer.requests[4:]]
+    assert all(len(getattr(r.input, _kind(r))) <= CHUNK for r in media)
+    first_audio = kinds.index("audio_file_data")
+    last_video = len(kinds) - 1 - kinds[::-1].index("video_file_data")
+    assert first_audio < last_video, "audio must not wait until all video is sent"
+
+    assert servicer.metadata.get("client-session-id") == "session-42"
+    assert output.read_bytes() == servicer.reply
+
+
+def test_cli_custom_encoding_params_become_protobuf_wrappers(recording_server, inputs, tmp_path) -> None:
+    servicer, target = recording_server
+    params = {"preset": "fast", "crf": 18, "max_bitrate_mbps": 2.5, "flag": True}
+    code = cli.main(["--target", target, "--video-input", str(inputs["video"]), "--audio-input",
+                     str(inputs["audio"]), "--output", str(tmp_path / "o.mp4"), "--quiet",
+                     "--custom-encoding-params", json.dumps(params), "--output-audio-codec", "MP3",
+                     "--extend-video", "reverse", "--head-movement-speed", "1"])
+    assert code == 0
+    config = servicer.requests[0].config
+    custom = config.output_video_encoding.custom_encoding.custom
+    assert custom["preset"].Is(wrappers_pb2.StringValue.DESCRIPTOR)
+    assert custom["crf"].Is(wrappers_pb2.Int32Value.DESCRIPTOR)
+    assert custom["max_bitrate_mbps"].Is(wrappers_pb2.FloatValue.DESCRIPTOR)
+    assert custom["flag"].Is(wrappers_pb2.BoolValue.DESCRIPTOR)
+    value = wrappers_pb2.Int32Value()
+    custom["crf"].Unpack(value)
+    assert value.value == 18
+    assert config.output_audio_codec == audio_pb2.AUDIO_CODEC_MP3
+    assert config.extend_video == lipsync_pb2.EXTEND_VIDEO_REVERSE
+    assert config.head_movement_speed == 1
+
+
+def test_cli_failure_prints_status_exits_nonzero_and_deletes_partial_output(
+    recording_server, inputs, tmp_path, capsys
+) -> None:
+    servicer, target = recording_server
+    servicer.fail = (grpc.StatusCode.INVALID_ARGUMENT, "video: not an MP4 file (no ftyp box)")
+    output = tmp_path / "out.mp4"
+    code = cli.main(["--target", target, "--video-input", str(inputs["video"]),
+                     "--audio-input", str(inputs["audio"]), "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_CALL_FAILED
+    assert "INVALID_ARGUMENT" in err and "video: not an MP4 file (no ftyp box)" in err
+    assert not output.exists(), "half of the reply had been written; it must be removed"
+
+
+def test_cli_unreachable_server_is_a_clean_failure(inputs, tmp_path, capsys) -> None:
+    output = tmp_path / "out.mp4"
+    code = cli.main(["--target", "127.0.0.1:1", "--video-input", str(inputs["video"]), "--audio-input",
+                     str(inputs["audio"]), "--output", str(output), "--timeout", "5", "--quiet"])
+    assert code == cli.EXIT_CALL_FAILED
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ssl-mode", "mtls", "--ssl-cert", "/nonexistent/client.crt", "--ssl-key", "/nonexistent/k"],
+         "cannot read client private key"),
+        (["--ssl-mode", "MTLS"], "--ssl-key"),
+        (["--mix-background-audio"], "--background-audio-input"),
+        (["--lossless", "--bitrate", "5"], "cannot be combined"),
+    ],
+)
+def test_cli_unusable_arguments_exit_2_naming_the_flag(inputs, tmp_path, capsys, extra, message) -> None:
+    output = tmp_path / "out.mp4"
+    code = cli.main(["--video-input", str(inputs["video"]), "--audio-input", str(inputs["audio"]),
+                     "--output", str(output), *extra])
+    assert code == cli.EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_cli_missing_input_file_is_named(tmp_path, capsys) -> None:
+    code = cli.main(["--video-input", str(tmp_path / "nope.mp4"), "--audio-input", str(tmp_path / "a.wav")])
+    assert code == cli.EXIT_USAGE
+    assert "--video-input" in capsys.readouterr().err
+
+
+def test_ssl_mode_accepts_any_case() -> None:
+    args = cli.build_parser().parse_args(["--ssl-mode", "tls", "--video-input", "v", "--audio-input", "a"])
+    assert args.ssl_mode == "TLS"
+    assert channels.normalize_ssl_mode("mTlS") == "MTLS"
+
+
+def test_paced_upload_takes_the_requested_time(inputs) -> None:
+    started = time.monotonic()
+    requests = list(stream.build_requests(None, inputs["video"], inputs["audio"], upload_seconds=1.0))
+    elapsed = time.monotonic() - started
+    assert 0.9 <= elapsed < 3.0
+    assert _kind(requests[0]) != "config", "no config given: the server uses its defaults"
+
+
+def test_progress_counts_bytes_both_ways(recording_server, inputs) -> None:
+    servicer, target = recording_server
+    seen: list[stream.Progress] = []
+    with channels.create_channel(target) as channel:
+        result = stream.collect(stream.lipsync(
+            lipsync_pb2_grpc.LipSyncServiceStub(channel), lipsync_pb2.LipsyncConfig(), inputs["video"],
+            inputs["audio"], on_progress=lambda p: seen.append(
+                stream.Progress(p.bytes_total, p.bytes_sent, p.bytes_received, p.upload_done))))
+    total = inputs["video"].stat().st_size + inputs["audio"].stat().st_size
+    assert seen[-1].bytes_sent == seen[-1].bytes_total == total
+    assert seen[-1].bytes_received == len(servicer.reply) == len(result.video)
+    assert result.order[:2] == ["service_info", "config"] and result.keepalives == 1
+
+
+def test_speaker_json_round_trips_to_wire_messages() -> None:
+    doc = {"frames": [{"speakers": [{"bbox": [0, 0, 0, 0], "speaker_id": 2}]}, {"speakers": []}]}
+    messages = stream.speaker_info_messages(frames_from_json(doc))
+    assert [m.frame_id for m in messages] == [0, 1]
+    assert messages[0].speaker_infos[0].speaker_id == 2 and not messages[0].speaker_infos[0].is_speaking
+    assert len(messages[1].speaker_infos) == 0 and not messages[1].HasField("bypass")
