@@ -6,6 +6,7 @@ import io
 import threading
 import time
 
+import av
 import numpy as np
 import pytest
 
@@ -229,3 +230,35 @@ def test_mix_adds_background_at_volume_and_clips():
     np.testing.assert_allclose(out[80:], 0.5)
     assert mix(speech, background, 1.0).max() == 1.0
     np.testing.assert_array_equal(mix(speech, background, 0.0), speech)
+
+
+@pytest.mark.parametrize("name", ["speech_en_1.wav", "speech_48k_28s.wav"])
+def test_real_speech_streamed_in_64k_chunks_matches_the_file(media, name):
+    path = media(name)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        expected = float(stream.duration * stream.time_base)
+    data = path.read_bytes()
+    pipe = ByteStream(name="speech")
+    track = AudioTrack(pipe, AudioCodec.WAV)
+    track.start()
+
+    def feed() -> None:
+        # As the reference client sends it: 64 KiB chunks.
+        for i in range(0, len(data), 65536):
+            pipe.wait_space(timeout=10)
+            pipe.write(data[i:i + 65536])
+        pipe.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        track.wait_for(1e9, timeout=60)
+    finally:
+        feeder.join()
+        track.close()
+    assert track.duration_s == pytest.approx(expected, abs=1e-6)
+    n = round(expected * 16000)
+    model = track.read_model(0, expected)
+    assert model.size == n and rms(model) > 0.01
+    np.testing.assert_array_equal(model, decode(data).read_model(0, expected))

@@ -297,3 +297,20 @@ def test_abort_sends_nothing_more_and_never_raises():
     assert sum(map(len, chunks)) == sent
     with pytest.raises(InternalError, match="write after close"):
         writer.write_frame(numbered_frames(1)[0], 20)
+
+
+def test_real_clip_lossless_round_trip_keeps_decoded_planes_and_odd_frame_rate(media):
+    with av.open(str(media("talking_1.mp4"))) as container:
+        stream = container.streams.video[0]
+        fps = Fraction(stream.average_rate)
+        frames = []
+        for frame in container.decode(stream):
+            frames.append(frame)
+            if len(frames) == 12:
+                break
+    data, _ = encode(frames, LOSSLESS, video=info(frames[0].width, frames[0].height, fps))
+    out = synth.decode_frames(data)
+    assert len(out) == 12
+    for a, b in zip(frames, out):
+        assert all(np.array_equal(pa, pb) for pa, pb in zip(planes(a), planes(b)))
+    np.testing.assert_allclose(synth.probe(data)["pts"], np.arange(12) / float(fps), atol=1e-4)
