@@ -25,7 +25,9 @@ MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+delay_moov"
 #: x264 preset used unless a custom encoding names one: fast enough for the hot path on CPU.
 DEFAULT_PRESET = "veryfast"
 
-_AUDIO_ENCODERS = {AudioCodec.OPUS: ("libopus", "flt"), AudioCodec.MP3: ("libmp3lame", "fltp")}
+# Encoder, sample format it takes, and bitrate: enough for speech mixed with background music in mono
+# (the encoders' own defaults, 64 kbit/s Opus, are tuned for speech alone).
+_AUDIO_ENCODERS = {AudioCodec.OPUS: ("libopus", "flt", 96_000), AudioCodec.MP3: ("libmp3lame", "fltp", 128_000)}
 
 
 class X264Settings(NamedTuple):
@@ -201,12 +203,13 @@ class OutputWriter:
                     f"output_video_encoding.custom_encoding: x264 rejected the options {encoding.custom} ({exc})"
                 ) from exc
             raise InternalError(f"output: cannot open the H.264 encoder ({exc})") from exc
-        name, sample_fmt = _AUDIO_ENCODERS[audio_codec]
+        name, sample_fmt, audio_bit_rate = _AUDIO_ENCODERS[audio_codec]
         try:
             self._audio = self._container.add_stream(name, rate=audio_rate, layout="mono")
             actx = self._audio.codec_context
             actx.format = sample_fmt
             actx.time_base = Fraction(1, audio_rate)
+            actx.bit_rate = audio_bit_rate
             actx.open()
         except (av.error.FFmpegError, ValueError) as exc:
             self.abort()

@@ -9,10 +9,12 @@ import time
 import av
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lipsync_service.config import AudioCodec
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, ResourceExhausted
-from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, mix
+from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, _Samples, mix
 from lipsync_service.media.pipe import ByteStream
 from tests import synth
 
@@ -262,3 +264,22 @@ def test_real_speech_streamed_in_64k_chunks_matches_the_file(media, name):
     model = track.read_model(0, expected)
     assert model.size == n and rms(model) > 0.01
     np.testing.assert_array_equal(model, decode(data).read_model(0, expected))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(1, 50), min_size=1, max_size=30),
+       reads=st.lists(st.tuples(st.integers(-20, 400), st.integers(0, 120)), min_size=1, max_size=10),
+       keep=st.integers(0, 100))
+def test_sample_store_reads_match_one_flat_array(sizes, reads, keep):
+    # The chunked store behind read_output/read_model: any window over any chunking equals slicing
+    # one flat array (zeros outside), and forward reads never hit released samples.
+    store = _Samples(1000)
+    flat = np.arange(1, sum(sizes) + 1, dtype=np.float32)
+    pos = 0
+    for size in sizes:
+        store.append(flat[pos:pos + size])
+        pos += size
+    padded = np.concatenate([np.zeros(20, np.float32), flat, np.zeros(600, np.float32)])
+    for start, count in sorted(reads):
+        store.release_before(start - keep)
+        np.testing.assert_array_equal(store.read(start, count), padded[start + 20:start + 20 + count])

@@ -314,3 +314,13 @@ def test_real_clip_lossless_round_trip_keeps_decoded_planes_and_odd_frame_rate(m
     for a, b in zip(frames, out):
         assert all(np.array_equal(pa, pb) for pa, pb in zip(planes(a), planes(b)))
     np.testing.assert_allclose(synth.probe(data)["pts"], np.arange(12) / float(fps), atol=1e-4)
+
+
+@pytest.mark.parametrize(("codec", "kbps"), [(AudioCodec.OPUS, 96), (AudioCodec.MP3, 128)])
+def test_audio_bitrate_suits_speech_over_music(codec, kbps):
+    audio = np.random.default_rng(5).uniform(-0.3, 0.3, 2 * 48000).astype(np.float32)
+    data, _ = encode(numbered_frames(50), LOSSY, codec, audio=audio)
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        size = sum(p.size for p in container.demux(stream) if p.size)
+    assert size * 8 / 2 / 1000 == pytest.approx(kbps, rel=0.2)
