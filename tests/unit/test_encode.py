@@ -324,3 +324,11 @@ def test_audio_bitrate_suits_speech_over_music(codec, kbps):
         stream = container.streams.audio[0]
         size = sum(p.size for p in container.demux(stream) if p.size)
     assert size * 8 / 2 / 1000 == pytest.approx(kbps, rel=0.2)
+
+
+def test_options_x264_refuses_at_open_are_invalid_input_naming_them():
+    # Bypasses config validation on purpose: the encoder's own refusal must still reach the user as
+    # INVALID_ARGUMENT with the options named, not as an internal error.
+    spec = VideoEncodingSpec(mode=EncodingMode.CUSTOM, custom={"preset": "warp-speed"})
+    with pytest.raises(InvalidInput, match="x264 rejected the options .*warp-speed"):
+        OutputWriter(lambda b: None, info(), spec, AudioCodec.OPUS)
