@@ -42,6 +42,7 @@ class _Item:
 @dataclass
 class _Pending:
     job: FrameJob
+    detected: bool = False
     faces: list[TrackedFace] = field(default_factory=list)
     targets: list[TrackedFace] = field(default_factory=list)
     items: list[_Item] = field(default_factory=list)
@@ -107,31 +108,41 @@ class NeuralProcessor(FrameProcessor):
     def _timed(self, stage: str, start: float) -> None:
         self.stage_seconds[stage] += time.perf_counter() - start
 
+    def _detect(self, frame: av.VideoFrame) -> list:
+        t0 = time.perf_counter()
+        try:
+            return self._detector.detect_frame(frame)
+        finally:
+            self._timed("detect", t0)
+
     def _observe(self, job: FrameJob) -> None:
+        """Feed this frame's faces to the tracker: client boxes, or detection at the cadence."""
         speakers = job.speakers
-        detect = None
         needs = needs_detection(speakers)
-        if needs and (self._since_detect + 1 >= self._params.detect_every or not self._tracker.last_boxes()):
-            def detect():  # noqa: E306 - runs at most once per frame, timed
-                t0 = time.perf_counter()
-                try:
-                    return self._detector.detect_frame(job.frame)
-                finally:
-                    self._timed("detect", t0)
-        obs = observations(speakers, detect, self._tracker)
-        if needs and detect is not None:
-            self._since_detect = 0
-        else:
-            self._since_detect += 1
-        if obs is not None:
-            self._tracker.observe(job.index, obs)
+        run = needs and (self._since_detect + 1 >= self._params.detect_every or not self._tracker.last_boxes())
+        obs = observations(speakers, (lambda: self._detect(job.frame)) if run else None, self._tracker)
+        self._since_detect = 0 if run else self._since_detect + 1
+        if obs is None:
+            return
+        lost = self._tracker.observe(job.index, obs)
+        if lost and run:
+            # A face vanished since the last detection: detect the frames skipped in between (still in
+            # the look-ahead) so it is drawn exactly in the frames it is in.
+            for pending in reversed(self._lookahead):
+                if pending.detected:
+                    break
+                skipped = pending.job
+                if needs_detection(skipped.speakers) and not _is_bypass(skipped):
+                    self._tracker.observe(skipped.index, observations(
+                        skipped.speakers, lambda f=skipped.frame: self._detect(f), self._tracker))
+                pending.detected = True
 
     def push(self, job: FrameJob) -> list[FrameJob]:
         if not self._started:
             raise InternalError("NeuralProcessor.push called before start")
         if not _is_bypass(job):
             self._observe(job)
-        self._lookahead.append(_Pending(job))
+        self._lookahead.append(_Pending(job, detected=self._since_detect == 0))
         while len(self._lookahead) > self._params.radius:
             self._prepare(self._lookahead.popleft())
         self._release_head()

@@ -10,6 +10,7 @@ a wide dead zone; 1 smooths over a few frames with a narrow one and re-detects e
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ class FaceTracker:
         self.params = params
         self._tracks: list[_Track] = []
         self._next_id = 1
-        self._observed: set[int] = set()
+        self._observed: list[int] = []  # frames a detection ran on (or client data was given), ascending
 
     def track_for_speaker(self, speaker_id: int) -> Box | None:
         """The last box of the track that carries this client speaker id."""
@@ -133,9 +134,21 @@ class FaceTracker:
         """Last boxes of live tracks (for matching detections to speakers)."""
         return [t.last_box for t in self._tracks]
 
-    def observe(self, frame_index: int, observations: Sequence[Observation]) -> None:
-        """Record the faces seen in frame_index (frames in increasing order; a frame may be skipped)."""
-        self._observed.add(frame_index)
+    def observe(self, frame_index: int, observations: Sequence[Observation]) -> bool:
+        """Record the faces seen in frame_index.
+
+        Frames normally come in increasing order and may be skipped (detection cadence); a skipped frame
+        still inside the look-ahead may be observed later, when a detection lost a face.
+
+        Returns:
+            True when a detected face that the previous detection saw is missing from this frame: the
+            caller may then detect the frames it skipped in between, to find where the face went.
+        """
+        k = bisect.bisect_left(self._observed, frame_index)
+        previous = self._observed[k - 1] if k > 0 else None
+        if k == len(self._observed) or self._observed[k] != frame_index:
+            self._observed.insert(k, frame_index)
+        expected = {t.track_id for t in self._tracks if not t.from_client and previous in t.samples}
         used: set[int] = set()
         pending = []
         for obs in observations:
@@ -168,6 +181,7 @@ class FaceTracker:
             if k not in done:
                 self._add(self._new(obs), frame_index, obs)
         self._tracks = [t for t in self._tracks if frame_index - t.last_frame <= self.params.max_age + self.params.radius]
+        return bool(expected - used)
 
     def _new(self, obs: Observation) -> _Track:
         track = _Track(track_id=self._next_id, speaker_id=obs.speaker_id, from_client=obs.from_client)
@@ -178,8 +192,9 @@ class FaceTracker:
     @staticmethod
     def _add(track: _Track, frame_index: int, obs: Observation) -> None:
         track.samples[frame_index] = obs
-        track.last_frame = frame_index
-        track.last_box = obs.box
+        if frame_index >= track.last_frame:
+            track.last_frame = frame_index
+            track.last_box = obs.box
 
     def faces_at(self, frame_index: int) -> list[TrackedFace]:
         """Faces present in frame_index with smoothed crops.
@@ -201,15 +216,35 @@ class FaceTracker:
                 # The client lists the faces of each frame: a face is present only where it is listed.
                 if nearest != frame_index:
                     continue
-            elif abs(nearest - frame_index) > p.hold:
-                continue
-            elif nearest > frame_index and frame_index in self._observed:
-                # A detection ran on this frame and did not see this face: it has not appeared yet.
+            elif abs(nearest - frame_index) > p.hold or not self._present(t, frame_index):
                 continue
             out.append(TrackedFace(track_id=t.track_id, crop=self._smoothed(t, frame_index), box=obs.box,
                                    speaker_id=t.speaker_id, speaking=obs.speaking))
-        self._observed = {f for f in self._observed if f >= frame_index}
+        keep_from = frame_index - max(p.radius, p.hold) - p.detect_every
+        while self._observed and self._observed[0] < keep_from:
+            self._observed.pop(0)
         return out
+
+    def _found(self, t: _Track, f: int) -> bool:
+        """Whether the detection run on frame f saw this track (a single miss between two hits counts)."""
+        if f in t.samples:
+            return True
+        k = bisect.bisect_left(self._observed, f)
+        before = self._observed[k - 1] if k > 0 else None
+        after = self._observed[k + 1] if k + 1 < len(self._observed) else None
+        return (before is not None and after is not None and before in t.samples and after in t.samples
+                and after - before <= 2 * self.params.hold)
+
+    def _present(self, t: _Track, frame_index: int) -> bool:
+        """A detected face is shown in a frame when the detection runs around it agree it was there."""
+        k = bisect.bisect_left(self._observed, frame_index)
+        if k < len(self._observed) and self._observed[k] == frame_index:
+            return self._found(t, frame_index)
+        before = self._observed[k - 1] if k > 0 else None
+        after = self._observed[k] if k < len(self._observed) else None
+        if before is None and after is None:
+            return False
+        return (before is None or self._found(t, before)) and (after is None or self._found(t, after))
 
     def _smoothed(self, t: _Track, frame_index: int) -> SquareBox:
         p = self.params
