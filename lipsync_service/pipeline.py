@@ -138,6 +138,7 @@ class Job:
                 info = video.open()
             self._info = info
             self._check_cancel()
+            self._processor.configure(self._cfg)
             self._processor.start(info, inputs.speech.model)
             self._writer = OutputWriter(self._sink, info, self._cfg.video_encoding, self._cfg.output_audio_codec)
             written = self._run_frames(video, info)
