@@ -162,3 +162,28 @@ def test_every_run_command_builds_and_installs_a_working_wheel(tmp_path: Path) -
         and not (installed / p.relative_to(ctx / "lipsync_service")).exists()
     ]
     assert not missing, f"files of the package missing from the installed wheel (package-data): {missing}"
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_healthcheck_command_passes_on_a_ready_server_and_fails_when_draining_or_down(name: str) -> None:
+    """The image's HEALTHCHECK, run as is (its `python3` is this interpreter) against the real server."""
+    import json
+
+    from tests.functional.helpers import running_server
+
+    _, built = stages(ROOT / name)
+    args = built[-1].all("HEALTHCHECK")[-1].args
+    argv = json.loads(args[args.index("CMD") + len("CMD"):].strip())
+    assert argv[0] == "python3"
+    argv[0] = sys.executable
+
+    def check(port: int) -> int:
+        env = {**os.environ, "NIM_HTTP_API_PORT": str(port)}
+        return subprocess.run(argv, env=env, capture_output=True, timeout=30).returncode
+
+    with running_server() as srv:
+        port = srv.server.http_port
+        assert check(port) == 0
+        srv.call(srv.server.drain(0))
+        assert check(port) != 0, "a draining server is not ready: the check must fail"
+    assert check(port) != 0, "nothing listens any more: the check must fail"

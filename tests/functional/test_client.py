@@ -244,3 +244,91 @@ def test_speaker_json_round_trips_to_wire_messages() -> None:
     assert [m.frame_id for m in messages] == [0, 1]
     assert messages[0].speaker_infos[0].speaker_id == 2 and not messages[0].speaker_infos[0].is_speaking
     assert len(messages[1].speaker_infos) == 0 and not messages[1].HasField("bypass")
+
+
+# Against the real in-process server ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def real_server():
+    from tests.functional.helpers import running_server
+
+    with running_server() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("client-media")
+    return {
+        "video": synth.make_video(folder / "in.mp4", seconds=2.0, fps=25, size=(96, 64), layout="faststart"),
+        "transactional": synth.make_video(folder / "tx.mp4", seconds=1.2, fps=25, size=(96, 64),
+                                          layout="transactional"),
+        "audio": synth.make_wav(folder / "speech.wav", seconds=2.0, rate=22050, channels=2),
+        "mp3": synth.make_mp3(folder / "speech.mp3", seconds=1.2, rate=16000),
+        "background": synth.make_wav(folder / "bg.wav", seconds=2.0, rate=22050, kind="noise"),
+    }
+
+
+def test_cli_against_the_server_writes_a_playable_mp4(real_server, clip, tmp_path, capsys) -> None:
+    output = tmp_path / "out.mp4"
+    code = cli.main([
+        "--target", real_server.target, "--video-input", str(clip["video"]), "--audio-input", str(clip["audio"]),
+        "--background-audio-input", str(clip["background"]), "--mix-background-audio",
+        "--background-audio-volume", "0.3", "--output-audio-codec", "mp3", "--client-session-id", "cli-test",
+        "--output", str(output),
+    ])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    info = synth.probe(output)
+    assert info["frame_count"] == 50 and info["video_codec"] == "h264" and info["audio_codec"].startswith("mp3")
+    assert [synth.read_frame_number(f.to_ndarray(format="rgb24")) for f in synth.decode_frames(output)[:3]] == [0, 1, 2]
+    assert "server request id" in err and f"wrote {output}" in err
+
+
+def test_cli_transactional_mp3_with_realtime_pacing(real_server, clip, tmp_path) -> None:
+    output = tmp_path / "out.mp4"
+    started = time.monotonic()
+    code = cli.main([
+        "--target", real_server.target, "--video-input", str(clip["transactional"]), "--audio-input",
+        str(clip["mp3"]), "--output", str(output), "--realtime", "--quiet", "--lossless",
+    ])
+    assert code == 0
+    assert time.monotonic() - started >= 1.0, "--realtime spreads the upload over the clip's 1.2 s"
+    info = synth.probe(output)
+    assert abs(info["frame_count"] - 30) <= 1
+
+
+def test_cli_server_error_exits_nonzero_with_the_message_and_no_output(real_server, clip, tmp_path, capsys) -> None:
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"this is not an mp4 file" * 4000)
+    output = tmp_path / "out.mp4"
+    code = cli.main(["--target", real_server.target, "--video-input", str(garbage), "--audio-input",
+                     str(clip["audio"]), "--output", str(output), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_CALL_FAILED
+    assert "INVALID_ARGUMENT" in err
+    message = err.split("INVALID_ARGUMENT:", 1)[1].strip()
+    assert len(message) > 10, f"the server's message is printed: {err!r}"
+    assert not output.exists()
+
+
+def test_cli_bitrate_zero_is_refused_by_the_server(real_server, clip, tmp_path, capsys) -> None:
+    output = tmp_path / "out.mp4"
+    code = cli.main(["--target", real_server.target, "--video-input", str(clip["video"]), "--audio-input",
+                     str(clip["audio"]), "--output", str(output), "--bitrate", "0", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_CALL_FAILED
+    assert "INVALID_ARGUMENT" in err and "bitrate" in err
+    assert not output.exists()
+
+
+def test_stream_api_echoes_the_session_id(real_server, clip) -> None:
+    with channels.create_channel(real_server.target) as channel:
+        result = stream.collect(stream.lipsync(
+            lipsync_pb2_grpc.LipSyncServiceStub(channel),
+            lipsync_pb2.LipsyncConfig(input_audio_codec=audio_pb2.AUDIO_CODEC_WAV),
+            clip["video"].read_bytes(), clip["audio"].open("rb"),
+            metadata=channels.call_metadata("abc-123"), timeout=60))
+    assert result.service_info.client_session_id == "abc-123"
+    assert result.service_info.server_request_id and result.config.input_audio_codec == audio_pb2.AUDIO_CODEC_WAV
+    assert synth.probe(result.video)["frame_count"] == 50
