@@ -278,7 +278,10 @@ class Session:
             LipsyncError: anything that ends the call with a non-OK status (mapped by server/status.py).
         """
         self._loop = asyncio.get_running_loop()
-        token = request_id_var.set(self.request_id)
+        # Each call runs in a task of its own, so the id set here tags exactly this call's log lines (and
+        # the threads it starts, which copy the context). Never reset: the generator may be closed from
+        # another task's context.
+        request_id_var.set(self.request_id)
         log.info("stream opened (client session %r)", self.client_session_id)
         try:
             yield _response(service_info=common_pb2.ServiceInfo(
@@ -305,7 +308,6 @@ class Session:
                 await self._cleanup()
             finally:
                 self._finish_log()
-                request_id_var.reset(token)
 
     async def _respond(self) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
         keepalive_s = self.settings.keepalive_interval_s
