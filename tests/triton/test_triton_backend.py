@@ -1,0 +1,76 @@
+"""The Triton backend against a real tritonserver: same output as embedded ONNX Runtime, UNAVAILABLE and recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipsync_service.errors import InferenceUnavailable
+from lipsync_service.inference import build_backend
+from lipsync_service.inference.onnxruntime import OnnxRuntimeBackend
+from lipsync_service.inference.triton import TritonBackend
+from lipsync_service.server.status import status_for
+from lipsync_service.settings import Settings
+
+from .conftest import TRITON_REPO
+
+pytestmark = pytest.mark.triton
+
+
+def _batch(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    face = rng.random((n, 6, 96, 96), dtype=np.float32)
+    face[:, :3, 48:] = 0.0  # lower half of the target masked, as the pipeline sends it
+    mel = np.clip(rng.normal(size=(n, 1, 80, 16)) * 2, -4, 4).astype(np.float32)
+    return face, mel
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_triton_equals_embedded_onnxruntime(triton_server, batch: int) -> None:
+    settings = Settings(backend="triton", triton_url=triton_server.url, model_repository=TRITON_REPO)
+    remote = build_backend(settings)
+    local = OnnxRuntimeBackend.from_repository(TRITON_REPO, "lipsync_generator", max_batch_size=32)
+    try:
+        assert remote.spec.face_size == local.spec.face_size == 96
+        face, mel = _batch(batch, seed=batch)
+        got, expected = remote.infer(face, mel), local.infer(face, mel)
+        assert got.shape == (batch, 3, 96, 96)
+        assert float(np.abs(got - expected).max()) <= 1e-5
+    finally:
+        remote.close()
+        local.close()
+
+
+def test_batches_larger_than_the_limit_are_split(triton_server) -> None:
+    backend = TritonBackend(triton_server.url, "lipsync_generator", max_batch_size=4)
+    local = OnnxRuntimeBackend.from_repository(TRITON_REPO, "lipsync_generator")
+    face, mel = _batch(10, seed=3)
+    assert float(np.abs(backend.infer(face, mel) - local.infer(face, mel)).max()) <= 1e-5
+    backend.close()
+
+
+def test_unknown_model_is_unavailable_at_start_up(triton_server) -> None:
+    with pytest.raises(InferenceUnavailable, match="'no_such_model' is not ready"):
+        TritonBackend(triton_server.url, "no_such_model")
+
+
+def test_no_server_is_unavailable_at_start_up() -> None:
+    from lipsync_service.inference.local_triton import free_port
+
+    with pytest.raises(InferenceUnavailable, match="unreachable") as info:
+        TritonBackend(f"127.0.0.1:{free_port()}", "lipsync_generator", timeout_s=3)
+    assert status_for(info.value).name == "UNAVAILABLE"
+
+
+def test_server_stopped_mid_run_is_unavailable_then_recovers(own_triton_server) -> None:
+    backend = TritonBackend(own_triton_server.url, "lipsync_generator", timeout_s=10)
+    face, mel = _batch(2)
+    before = backend.infer(face, mel)
+    own_triton_server.kill()
+    with pytest.raises(InferenceUnavailable) as info:
+        backend.infer(face, mel)
+    assert status_for(info.value).name == "UNAVAILABLE"
+    own_triton_server.start(timeout_s=90)
+    after = backend.infer(face, mel)
+    assert float(np.abs(after - before).max()) <= 1e-6
+    backend.close()
