@@ -1,0 +1,262 @@
+"""Pieces of the server that need no server: output buffer, upload backpressure, threads, factory, flags, CLI, TLS."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lipsync_service import config as job_config
+from lipsync_service import processors
+from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
+from lipsync_service.cli import main as cli_main
+from lipsync_service.client.flags import add_job_flags, job_config_from_args
+from lipsync_service.errors import Cancelled, InvalidInput, ResourceExhausted
+from lipsync_service.lipsync.processor import PassThroughProcessor
+from lipsync_service.media.pipe import ByteStream
+from lipsync_service.server.app import StartupError, server_credentials
+from lipsync_service.session import OutputBuffer, _Feeder, start_thread
+from lipsync_service.settings import Settings
+from tests import synth
+
+
+# Output buffer ------------------------------------------------------------------------------------
+
+def test_output_buffer_coalesces_splits_and_bounds():
+    notified = []
+    buf = OutputBuffer(100, lambda: notified.append(1))
+    for part in (b"a" * 30, b"b" * 30, b"c" * 30):
+        buf.put(part)
+    assert len(notified) == 3 and buf.pending == 90
+    assert buf.take(50) == b"a" * 30 + b"b" * 20  # small writes coalesce, a larger one splits
+    assert buf.take(1000) == b"b" * 10 + b"c" * 30
+    assert buf.take(10) == b""
+    # A full buffer blocks the producer until the consumer takes some.
+    buf.put(b"x" * 100)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (buf.put(b"y"), done.set()))
+    t.start()
+    assert not done.wait(0.1)
+    buf.take(60)
+    assert done.wait(2)
+    t.join()
+    # Closing wakes a blocked producer with Cancelled.
+    buf.put(b"z" * 100)
+    errors = []
+    t = threading.Thread(target=lambda: _catch(errors, buf.put, b"w"))
+    t.start()
+    time.sleep(0.05)
+    buf.close()
+    t.join(2)
+    assert len(errors) == 1 and isinstance(errors[0], Cancelled)
+
+
+def _catch(errors, fn, *args):
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        errors.append(exc)
+
+
+# Upload backpressure ------------------------------------------------------------------------------
+
+def test_feeder_waits_for_a_reader_without_blocking_the_loop():
+    async def main():
+        stream = ByteStream(capacity=65536, name="video")
+        feeder = _Feeder(stream)
+        waits = []
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        tick_task = asyncio.create_task(ticker())
+        got = bytearray()
+
+        def reader():
+            while True:
+                time.sleep(0.002)
+                data = stream.read(8192)
+                if not data:
+                    return
+                got.extend(data)
+
+        t = threading.Thread(target=reader)
+        t.start()
+        payload = bytes(range(256)) * 1024  # 256 KiB through a 64 KiB pipe
+        for i in range(0, len(payload), 16384):
+            await feeder.write(payload[i:i + 16384], waits.append)
+            assert stream.buffered <= 65536 + 16384
+        stream.close()
+        await asyncio.to_thread(t.join)
+        tick_task.cancel()
+        assert bytes(got) == payload
+        assert True in waits  # it did wait for space ...
+        assert ticks > 5  # ... while the event loop kept running
+    asyncio.run(main())
+
+
+def test_feeder_overflows_when_the_reader_waits_on_another_input(monkeypatch):
+    import lipsync_service.session as session
+
+    monkeypatch.setattr(session, "OVERFLOW_GRACE_S", 0.05)
+    monkeypatch.setattr(session, "OVERFLOW_FACTOR", 4)
+
+    async def main():
+        stream = ByteStream(capacity=65536, name="video")
+        feeder = _Feeder(stream)
+        t0 = time.monotonic()
+        for _ in range(12):  # 192 KiB with nobody reading: no deadlock
+            await feeder.write(b"\0" * 16384, lambda _: None)
+        assert time.monotonic() - t0 < 1.0
+        assert stream.buffered == 12 * 16384
+        with pytest.raises(ResourceExhausted, match="interleave the video and audio chunks"):
+            for _ in range(20):
+                await feeder.write(b"\0" * 16384, lambda _: None)
+    asyncio.run(main())
+
+
+# Threads --------------------------------------------------------------------------------------------
+
+def test_start_thread_carries_the_context_and_the_outcome():
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("v", default="-")
+
+    async def main():
+        var.set("req-1")
+        thread, fut = start_thread(lambda: var.get(), "t")
+        assert await fut == "req-1"
+        thread.join()
+
+        def boom():
+            raise InvalidInput("bad")
+
+        thread, fut = start_thread(boom, "t")
+        with pytest.raises(InvalidInput, match="bad"):
+            await fut
+        thread.join()
+    asyncio.run(main())
+
+
+# Processor factory ---------------------------------------------------------------------------------
+
+def test_processor_choice(monkeypatch, caplog):
+    assert isinstance(processors.build_processor(Settings(processor="passthrough")), PassThroughProcessor)
+    with pytest.raises(ValueError, match="NV_AI4M_LS_PROCESSOR='magic' is not known"):
+        processors.build_processor(Settings(processor="magic"))
+    monkeypatch.setattr(processors, "_neural_builder", lambda: None)
+    with caplog.at_level("WARNING"):
+        assert isinstance(processors.build_processor(Settings(processor="neural")), PassThroughProcessor)
+    assert "frames pass through unchanged" in caplog.text
+
+
+def test_factory_reuses_the_warm_up_processor():
+    built = []
+
+    def build(settings):
+        built.append(PassThroughProcessor())
+        return built[-1]
+
+    factory = processors.ProcessorFactory(Settings(processor="passthrough"), build)
+    factory.warm_up()
+    assert factory.model_info == "passthrough"
+    first, second = factory.create(), factory.create()
+    assert first is built[0] and second is built[1] and len(built) == 2
+
+
+# Shared job flags --------------------------------------------------------------------------------
+
+def _parse(argv, tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--audio", type=Path)
+    add_job_flags(parser)
+    return parser.parse_args(argv)
+
+
+def test_flags_to_config(tmp_path):
+    wav = synth.make_wav(tmp_path / "a.wav", seconds=0.2)
+    mp3 = synth.make_mp3(tmp_path / "b.mp3", seconds=0.2)
+    args = _parse(["--audio", str(mp3), "--extend-audio", "SILENCE", "--extend-video", "reverse", "--bitrate", "5",
+                   "--idr-interval", "12", "--output-audio-codec", "mp3", "--head-movement-speed", "1",
+                   "--background-audio-input", str(wav), "--background-audio-volume", "0.25"], tmp_path)
+    cfg = job_config.from_proto(job_config_from_args(args))
+    assert cfg.input_audio_codec is job_config.AudioCodec.MP3
+    assert cfg.extend_audio is job_config.ExtendAudio.SILENCE and cfg.extend_video is job_config.ExtendVideo.REVERSE
+    assert (cfg.video_encoding.bitrate_mbps, cfg.video_encoding.idr_interval) == (5, 12)
+    assert cfg.output_audio_codec is job_config.AudioCodec.MP3 and cfg.head_movement_speed == 1
+    assert cfg.background == job_config.BackgroundAudioSpec(codec=job_config.AudioCodec.WAV, volume=0.25)
+
+    args = _parse(["--audio", str(wav), "--custom-encoding-params", '{"preset": "fast", "crf": 20, "bframes": 0}'],
+                  tmp_path)
+    cfg = job_config.from_proto(job_config_from_args(args))
+    assert cfg.video_encoding.custom == {"preset": "fast", "crf": 20, "bframes": 0}
+    assert job_config_from_args(args).input_audio_codec == audio_pb2.AUDIO_CODEC_WAV
+
+    args = _parse(["--audio", str(wav), "--lossless"], tmp_path)
+    assert job_config.from_proto(job_config_from_args(args)).video_encoding.mode is job_config.EncodingMode.LOSSLESS
+    # Bad values pass through to the one place that judges them: config validation.
+    args = _parse(["--audio", str(wav), "--bitrate", "0"], tmp_path)
+    with pytest.raises(InvalidInput, match="bitrate_mbps must be between 1 and 1000, got 0"):
+        job_config.from_proto(job_config_from_args(args))
+
+
+def test_contradictory_flags(tmp_path):
+    wav = synth.make_wav(tmp_path / "a.wav", seconds=0.2)
+    with pytest.raises(InvalidInput, match="--lossless and --bitrate/--idr-interval cannot be combined"):
+        job_config_from_args(_parse(["--audio", str(wav), "--lossless", "--bitrate", "3"], tmp_path))
+    with pytest.raises(InvalidInput, match="--mix-background-audio needs --background-audio-input"):
+        job_config_from_args(_parse(["--audio", str(wav), "--mix-background-audio"], tmp_path))
+    with pytest.raises(InvalidInput, match="invalid JSON"):
+        job_config_from_args(_parse(["--audio", str(wav), "--custom-encoding-params", "{nope"], tmp_path))
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(InvalidInput, match="not a WAV or MP3 file"):
+        job_config_from_args(_parse(["--audio", str(tmp_path / "x.txt")], tmp_path))
+
+
+# The offline runner ------------------------------------------------------------------------------
+
+def test_cli_run_writes_the_output(tmp_path, capsys):
+    video = synth.make_video(tmp_path / "v.mp4", seconds=1.0, layout="transactional")
+    audio = synth.make_wav(tmp_path / "a.wav", seconds=2.0)
+    out = tmp_path / "o.mp4"
+    code = cli_main(["run", "--video", str(video), "--audio", str(audio), "--output", str(out),
+                     "--processor", "passthrough", "--extend-video", "forward", "--output-audio-codec", "mp3"])
+    assert code == 0
+    info = synth.probe(out)
+    assert info["frame_count"] == 50 and info["audio_codec"].startswith("mp3")
+    assert "50 frames" in capsys.readouterr().err
+
+
+def test_cli_run_fails_cleanly(tmp_path, capsys):
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"garbage" * 1000)
+    audio = synth.make_wav(tmp_path / "a.wav", seconds=1.0)
+    out = tmp_path / "o.mp4"
+    code = cli_main(["run", "--video", str(video), "--audio", str(audio), "--output", str(out),
+                     "--processor", "passthrough"])
+    assert code == 1
+    assert "error: video:" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == sorted([video, audio])  # no output, no partial file
+
+
+# TLS settings ---------------------------------------------------------------------------------------
+
+def test_tls_needs_readable_files(tmp_path):
+    assert server_credentials(Settings(ssl_mode="disabled")) is None
+    with pytest.raises(StartupError, match="NIM_SSL_MODE=tls needs NIM_SSL_CERT_PATH"):
+        server_credentials(Settings(ssl_mode="TLS"))
+    with pytest.raises(StartupError, match=r"NIM_SSL_CERT_PATH=.*missing.pem: cannot read it \(No such file"):
+        server_credentials(Settings(ssl_mode="tls", ssl_cert_path=tmp_path / "missing.pem",
+                                    ssl_key_path=tmp_path / "missing.key"))
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    with pytest.raises(StartupError, match="NIM_SSL_MODE=mtls needs NIM_SSL_CA_PATH"):
+        server_credentials(Settings(ssl_mode="mtls", ssl_cert_path=cert, ssl_key_path=key))
