@@ -266,6 +266,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "audio": synth.make_wav(folder / "speech.wav", seconds=2.0, rate=22050, channels=2),
         "mp3": synth.make_mp3(folder / "speech.mp3", seconds=1.2, rate=16000),
         "background": synth.make_wav(folder / "bg.wav", seconds=2.0, rate=22050, kind="noise"),
+        # Long enough that the server's first fragment is written before the clip's end.
+        "long_video": synth.make_video(folder / "long.mp4", seconds=8.0, fps=25, layout="faststart"),
+        "long_audio": synth.make_wav(folder / "long.wav", seconds=8.0),
     }
 
 
@@ -332,3 +335,20 @@ def test_stream_api_echoes_the_session_id(real_server, clip) -> None:
     assert result.service_info.client_session_id == "abc-123"
     assert result.service_info.server_request_id and result.config.input_audio_codec == audio_pb2.AUDIO_CODEC_WAV
     assert synth.probe(result.video)["frame_count"] == 50
+
+
+def test_paced_upload_of_a_streamable_clip_gets_output_before_the_upload_ends(real_server, clip) -> None:
+    states = []
+
+    def on_progress(p: stream.Progress) -> None:
+        states.append((p.bytes_received, p.upload_done))
+
+    with channels.create_channel(real_server.target) as channel:
+        result = stream.collect(stream.lipsync(
+            lipsync_pb2_grpc.LipSyncServiceStub(channel),
+            lipsync_pb2.LipsyncConfig(input_audio_codec=audio_pb2.AUDIO_CODEC_WAV),
+            clip["long_video"], clip["long_audio"], upload_seconds=3.0, chunk_bytes=4 * 1024,
+            on_progress=on_progress, timeout=60))
+    assert synth.probe(result.video)["frame_count"] == 200
+    first_output = next(i for i, (received, _) in enumerate(states) if received > 0)
+    assert not states[first_output][1], "the first output chunk arrived only after the whole upload"
