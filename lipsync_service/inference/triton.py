@@ -67,6 +67,7 @@ class TritonBackend(GeneratorBackend):
         # Bumped after a connection failure; each thread opens a fresh client when its copy is stale.
         self._generation = 0
         self._lock = threading.Lock()
+        self._clients: list = []  # every client opened, so close() reaches those of other threads
         self._spec = self._check(max_batch_size)
 
     def _client(self):  # -> tritonclient.grpc.InferenceServerClient
@@ -75,10 +76,18 @@ class TritonBackend(GeneratorBackend):
         local = self._local
         if getattr(local, "client", None) is None or local.generation != self._generation:
             if getattr(local, "client", None) is not None:
-                local.client.close()
+                self._forget(local.client)
             local.client = grpcclient.InferenceServerClient(self._url)
             local.generation = self._generation
+            with self._lock:
+                self._clients.append(local.client)
         return local.client
+
+    def _forget(self, client) -> None:
+        with self._lock:
+            if client in self._clients:
+                self._clients.remove(client)
+        client.close()
 
     def _reset(self) -> None:
         with self._lock:
@@ -168,8 +177,8 @@ class TritonBackend(GeneratorBackend):
         return out
 
     def close(self) -> None:
-        client = getattr(self._local, "client", None)
-        if client is not None:
+        with self._lock:
+            clients, self._clients = self._clients, []
+            self._generation += 1
+        for client in clients:
             client.close()
-            self._local.client = None
-        self._reset()
