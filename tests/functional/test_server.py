@@ -169,3 +169,72 @@ def test_drain_finishes_running_streams_and_refuses_new(clip, tmp_path):
         assert drained.result(30) is True
         pool.shutdown()
     assert _decoded(tmp_path, res.video)["frame_count"] == 50
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_drains_then_exits_zero(clip, tmp_path):
+    """The real `python -m lipsync_service` process: SIGTERM lets the running call finish, refuses new ones,
+    exits 0; every log line of the call carries its request id, and one structured line ends it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tests.functional.helpers import collect, wait_until
+
+    grpc_port, http_port = _free_port(), _free_port()
+    env = dict(os.environ, NIM_HOST="127.0.0.1", NIM_GRPC_API_PORT=str(grpc_port), NIM_HTTP_API_PORT=str(http_port),
+               NV_AI4M_LS_PROCESSOR="passthrough", NV_AI4M_DRAIN_TIMEOUT_S="30", NV_AI4M_KEEPALIVE_INTERVAL_S="0.5")
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync_service"], env=env, stderr=subprocess.PIPE, text=True)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/health/ready", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        assert wait_until(ready, timeout=60), "".join(stderr_lines)
+        channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
+        from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2_grpc
+
+        stub = lipsync_pb2_grpc.LipSyncServiceStub(channel)
+        result: dict = {}
+        slow_reqs = requests(clip["video"], clip["audio"], config(), chunk=4096, delay_s=0.1)
+        worker = threading.Thread(target=lambda: result.update(res=collect(stub.Lipsync(slow_reqs, timeout=60))))
+        worker.start()
+        time.sleep(1.0)  # the call is under way
+        proc.send_signal(signal.SIGTERM)
+        assert wait_until(lambda: not ready(), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            collect(stub.Lipsync(requests(clip["video"], clip["audio"], config()), timeout=10))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        worker.join(60)
+        assert proc.wait(60) == 0
+        channel.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(5)
+    res = result["res"]
+    out = tmp_path / "drained.mp4"
+    out.write_bytes(res.video)
+    assert synth.probe(out)["frame_count"] == 50
+    rid = res.service_info.server_request_id
+    tagged = [line for line in stderr_lines if line.startswith(f"[{rid}]")]
+    assert any("lipsync_service.session" in line for line in tagged)
+    finished = [json.loads(line.split(": ", 1)[1]) for line in tagged if '"request_finished"' in line]
+    assert len(finished) == 1 and finished[0]["outcome"] == "OK" and finished[0]["frames"] == 50
+    assert finished[0]["request_id"] == rid and finished[0]["duration_s"] > 1.0
