@@ -92,6 +92,17 @@ def _blend_plane(dst: np.ndarray, gen: np.ndarray, mask: np.ndarray, colour_matc
     dst[inside] = mixed[inside]
 
 
+@lru_cache(maxsize=32)
+def _mask_bounds(side: int) -> tuple[int, int, int, int]:
+    """Even-aligned (y0, y1, x0, x1) of the mask's non-zero samples in a crop of this side."""
+    rows = np.nonzero(blend_mask(side).max(axis=1) > 0)[0]
+    cols = np.nonzero(blend_mask(side).max(axis=0) > 0)[0]
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    return (int(rows[0]) // 2 * 2, min(side, (int(rows[-1]) + 2) // 2 * 2),
+            int(cols[0]) // 2 * 2, min(side, (int(cols[-1]) + 2) // 2 * 2))
+
+
 def paste_face(frame: av.VideoFrame, region: CropRegion, generated_bgr: np.ndarray, colour_match: bool = True) -> None:
     """Blend a generated crop into a writable yuv420p frame in place.
 
@@ -103,21 +114,22 @@ def paste_face(frame: av.VideoFrame, region: CropRegion, generated_bgr: np.ndarr
     """
     side = region.side
     x0, y0, x1, y1 = region.clipped(frame.width, frame.height)
-    if x1 <= x0 or y1 <= y0:
+    my0, my1, mx0, mx1 = _mask_bounds(side)
+    # Work only where the mask is non-zero and the crop is inside the frame (crop coordinates, even).
+    ax0, ay0 = max(mx0, x0 - region.x), max(my0, y0 - region.y)
+    ax1, ay1 = min(mx1, x1 - region.x), min(my1, y1 - region.y)
+    if ax1 <= ax0 or ay1 <= ay0:
         return
     interp = cv2.INTER_CUBIC if side > generated_bgr.shape[0] else cv2.INTER_AREA
-    gen = cv2.resize(generated_bgr, (side, side), interpolation=interp)
-    gy, gu, gv = bgr_to_i420(gen)
+    gen = cv2.resize(generated_bgr, (side, side), interpolation=interp)[ay0:ay1, ax0:ax1]
+    gy, gu, gv = bgr_to_i420(np.ascontiguousarray(gen))
     py, pu, pv = plane_arrays(frame)
-    # Offsets of the visible part inside the crop square (even, so chroma offsets are exact halves).
-    ox, oy = x0 - region.x, y0 - region.y
-    w, h = x1 - x0, y1 - y0
-    mask = blend_mask(side)[oy : oy + h, ox : ox + w]
-    cmask = _chroma_mask(side)[oy // 2 : (oy + h) // 2, ox // 2 : (ox + w) // 2]
-    _blend_plane(py[y0:y1, x0:x1], gy[oy : oy + h, ox : ox + w], mask, colour_match)
-    cy0, cy1, cx0, cx1 = y0 // 2, y1 // 2, x0 // 2, x1 // 2
-    _blend_plane(pu[cy0:cy1, cx0:cx1], gu[oy // 2 : oy // 2 + cy1 - cy0, ox // 2 : ox // 2 + cx1 - cx0], cmask, colour_match)
-    _blend_plane(pv[cy0:cy1, cx0:cx1], gv[oy // 2 : oy // 2 + cy1 - cy0, ox // 2 : ox // 2 + cx1 - cx0], cmask, colour_match)
+    fx, fy = region.x + ax0, region.y + ay0
+    w, h = ax1 - ax0, ay1 - ay0
+    _blend_plane(py[fy : fy + h, fx : fx + w], gy, blend_mask(side)[ay0:ay1, ax0:ax1], colour_match)
+    cmask = _chroma_mask(side)[ay0 // 2 : ay1 // 2, ax0 // 2 : ax1 // 2]
+    _blend_plane(pu[fy // 2 : (fy + h) // 2, fx // 2 : (fx + w) // 2], gu, cmask, colour_match)
+    _blend_plane(pv[fy // 2 : (fy + h) // 2, fx // 2 : (fx + w) // 2], gv, cmask, colour_match)
 
 
 def mask_support(frame_width: int, frame_height: int, regions: list[CropRegion]) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ video are large), which keeps it to a few milliseconds per frame whatever the in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,12 +139,14 @@ class FaceDetector:
     """
 
     def __init__(self, model_dir: Path = ASSETS_DIR, detect_side: int = 320, min_face_frac: float = 0.12,
-                 threads: int = 1) -> None:
+                 roi_side: int = 128, roi_min_face_frac: float = 0.3, threads: int = 1) -> None:
         """Args:
             model_dir: folder with pnet.onnx, rnet.onnx, onet.onnx.
             detect_side: the frame is scaled so its shorter side is this many pixels before detection
                 (never enlarged).
             min_face_frac: smallest face searched for, as a fraction of the frame's shorter side.
+            roi_side: side in pixels a region of interest is scaled to (never enlarged).
+            roi_min_face_frac: smallest face searched for in a region, as a fraction of its side.
             threads: ONNX Runtime intra-op threads per network.
 
         Raises:
@@ -164,6 +167,8 @@ class FaceDetector:
             raise InternalError(f"face detector models could not be loaded from {model_dir}: {exc}") from exc
         self.detect_side = detect_side
         self.min_face_frac = min_face_frac
+        self.roi_side = roi_side
+        self.roi_min_face_frac = roi_min_face_frac
 
     def _run(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
         return self._nets[name].run(None, {"image": batch})
@@ -223,23 +228,74 @@ class FaceDetector:
         return [Face(box=tuple(float(v) for v in boxes[k]), score=float(prob[k]), landmarks=pts[k].astype(np.float32))
                 for k in keep]
 
-    def detect_frame(self, frame: av.VideoFrame) -> list[Face]:
-        """Faces in a decoded video frame, in the frame's pixels.
+    def detect_frame(self, frame: av.VideoFrame, rois: Sequence[tuple[float, float, float]] | None = None) -> list[Face]:
+        """Faces in a decoded yuv420p video frame, in the frame's pixels.
 
-        The frame is scaled (and converted to RGB) by swscale in one step, so detection costs about the
-        same for 720p and 4K input.
+        Args:
+            frame: the frame.
+            rois: optional squares (centre x, centre y, side) around faces seen before: only those
+                regions are searched, each scaled to `roi_side` pixels, for faces of at least
+                `roi_min_face_frac` of the square. Much cheaper than a full-frame search; the caller
+                runs a full search now and then to find new faces.
+
+        Only the searched region is scaled (each plane with OpenCV's area filter) and converted to
+        RGB, so the cost hardly depends on the input resolution.
         """
-        scale = min(1.0, self.detect_side / min(frame.width, frame.height))
-        dw = max(2, int(round(frame.width * scale)))
-        dh = max(2, int(round(frame.height * scale)))
-        small = frame.reformat(width=dw, height=dh, format="rgb24", interpolation="AREA").to_ndarray()
-        faces = self.detect_rgb(small)
-        fx, fy = frame.width / dw, frame.height / dh
+        if not rois:
+            scale = min(1.0, self.detect_side / min(frame.width, frame.height))
+            return self._detect_region(frame, 0, 0, frame.width, frame.height, scale, self.min_face_frac)
+        faces: list[Face] = []
+        for cx, cy, side in rois:
+            x0, y0 = int(cx - side / 2), int(cy - side / 2)
+            scale = min(1.0, self.roi_side / side)
+            faces += self._detect_region(frame, x0, y0, x0 + int(side), y0 + int(side), scale, self.roi_min_face_frac)
+        if len(faces) > 1:
+            boxes = np.array([f.box for f in faces])
+            keep = _nms(boxes, np.array([f.score for f in faces]), 0.5, mode="min")
+            faces = [faces[k] for k in keep]
+        return faces
+
+    def _detect_region(self, frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int, scale: float,
+                       min_face_frac: float) -> list[Face]:
+        w2, h2 = frame.width // 2 * 2, frame.height // 2 * 2
+        x0, y0 = max(0, x0 // 2 * 2), max(0, y0 // 2 * 2)
+        x1, y1 = min(w2, (x1 + 1) // 2 * 2), min(h2, (y1 + 1) // 2 * 2)
+        if x1 - x0 < 24 or y1 - y0 < 24:
+            return []
+        dw = max(2, int(round((x1 - x0) * scale / 2)) * 2)
+        dh = max(2, int(round((y1 - y0) * scale / 2)) * 2)
+        rgb = _region_rgb(frame, x0, y0, x1, y1, dw, dh)
+        saved = self.min_face_frac
+        self.min_face_frac = min_face_frac
+        try:
+            faces = self.detect_rgb(rgb)
+        finally:
+            self.min_face_frac = saved
+        fx, fy = (x1 - x0) / dw, (y1 - y0) / dh
+        offset = np.array([x0, y0], np.float32)
         return [
             Face(
-                box=(f.box[0] * fx, f.box[1] * fy, f.box[2] * fx, f.box[3] * fy),
+                box=(f.box[0] * fx + x0, f.box[1] * fy + y0, f.box[2] * fx + x0, f.box[3] * fy + y0),
                 score=f.score,
-                landmarks=None if f.landmarks is None else f.landmarks * np.array([fx, fy], np.float32),
+                landmarks=None if f.landmarks is None else f.landmarks * np.array([fx, fy], np.float32) + offset,
             )
             for f in faces
         ]
+
+
+def _region_rgb(frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int, dw: int, dh: int) -> np.ndarray:
+    """RGB uint8 [dh, dw, 3] of an even-aligned frame region, scaled plane by plane, then converted."""
+    planes = []
+    for k, plane in enumerate(frame.planes):
+        arr = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        sub = 1 if k == 0 else 2
+        region = arr[y0 // sub : y1 // sub, x0 // sub : x1 // sub]
+        size = (dw // sub, dh // sub)
+        planes.append(region if region.shape[1::-1] == size else cv2.resize(region, size, interpolation=cv2.INTER_AREA))
+    buf = np.empty((dh * 3 // 2, dw), np.uint8)
+    buf[:dh] = planes[0]
+    flat = buf[dh:].reshape(-1)
+    q = (dh // 2) * (dw // 2)
+    flat[:q] = planes[1].reshape(-1)
+    flat[q:] = planes[2].reshape(-1)
+    return cv2.cvtColor(buf, cv2.COLOR_YUV2RGB_I420)

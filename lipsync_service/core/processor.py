@@ -27,6 +27,10 @@ from lipsync_service.settings import Settings
 # Frames gathered into one generator call at most (also bounded by the model's max batch): enough to
 # keep a GPU busy, few enough that output latency stays a fraction of a second.
 DEFAULT_BATCH_FRAMES = 8
+# Full-frame face search at least this often (finds faces that enter); in between only around known faces.
+FULL_DETECT_S = 1.0
+# Side of the search square around a known face, in face sizes: room for a second of head motion.
+ROI_SCALE = 2.2
 STAGES = ("detect", "features", "generator", "blend", "overlay")
 
 
@@ -93,6 +97,8 @@ class NeuralProcessor(FrameProcessor):
         self._waiting_items = 0
         self._done: list[FrameJob] = []
         self._since_detect = 10**9
+        self._last_full = -(10**9)
+        self._full_every = max(1, round(float(self._fps) * FULL_DETECT_S))
         self.stage_seconds = dict.fromkeys(STAGES, 0.0)
         self._started = True
 
@@ -108,9 +114,19 @@ class NeuralProcessor(FrameProcessor):
     def _timed(self, stage: str, start: float) -> None:
         self.stage_seconds[stage] += time.perf_counter() - start
 
-    def _detect(self, frame: av.VideoFrame) -> list:
+    def _detect(self, frame: av.VideoFrame, index: int) -> list:
+        """Search around the faces tracked so far; the whole frame once a second, at the start, or when
+        a tracked face is not found where it was."""
         t0 = time.perf_counter()
         try:
+            boxes = self._tracker.detected_boxes(index - self._params.hold - self._params.detect_every)
+            if boxes and index - self._last_full < self._full_every:
+                rois = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, ROI_SCALE * max(b[2] - b[0], b[3] - b[1]))
+                        for b in boxes]
+                faces = self._detector.detect_frame(frame, rois)
+                if len(faces) >= len(boxes):
+                    return faces
+            self._last_full = index
             return self._detector.detect_frame(frame)
         finally:
             self._timed("detect", t0)
@@ -120,7 +136,7 @@ class NeuralProcessor(FrameProcessor):
         speakers = job.speakers
         needs = needs_detection(speakers)
         run = needs and (self._since_detect + 1 >= self._params.detect_every or not self._tracker.last_boxes())
-        obs = observations(speakers, (lambda: self._detect(job.frame)) if run else None, self._tracker)
+        obs = observations(speakers, (lambda: self._detect(job.frame, job.index)) if run else None, self._tracker)
         self._since_detect = 0 if run else self._since_detect + 1
         if obs is None:
             return
@@ -134,7 +150,7 @@ class NeuralProcessor(FrameProcessor):
                 skipped = pending.job
                 if needs_detection(skipped.speakers) and not _is_bypass(skipped):
                     self._tracker.observe(skipped.index, observations(
-                        skipped.speakers, lambda f=skipped.frame: self._detect(f), self._tracker))
+                        skipped.speakers, lambda f=skipped.frame, i=skipped.index: self._detect(f, i), self._tracker))
                 pending.detected = True
 
     def push(self, job: FrameJob) -> list[FrameJob]:

@@ -134,6 +134,10 @@ class FaceTracker:
         """Last boxes of live tracks (for matching detections to speakers)."""
         return [t.last_box for t in self._tracks]
 
+    def detected_boxes(self, since_frame: int) -> list[Box]:
+        """Last boxes of detector tracks seen at or after since_frame (where to look for them next)."""
+        return [t.last_box for t in self._tracks if not t.from_client and t.last_frame >= since_frame]
+
     def observe(self, frame_index: int, observations: Sequence[Observation]) -> bool:
         """Record the faces seen in frame_index.
 

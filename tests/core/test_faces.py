@@ -50,3 +50,16 @@ def test_boxes_are_in_full_frame_pixels(media, detector):
     assert abs(cx_small - cx_big) < 0.05 * big.width
     assert abs(small.width - big.width) < 0.2 * big.width
     assert big.width > 150  # the 720p clip's face is about 240 px wide
+
+
+def test_search_around_a_known_face_finds_it_again(media, detector):
+    """The tracker's cheap search (a square around the last box) finds the same face as a full search."""
+    with av.open(str(media("talking_2.mp4"))) as container:
+        frames = [f for _, f in zip(range(10), container.decode(video=0))]
+    first = detector.detect_frame(frames[0])[0]
+    cx, cy = (first.box[0] + first.box[2]) / 2, (first.box[1] + first.box[3]) / 2
+    for frame in frames[1:]:
+        full = detector.detect_frame(frame)[0]
+        around = detector.detect_frame(frame, [(cx, cy, 2.2 * first.width)])
+        assert len(around) == 1
+        assert max(abs(a - b) for a, b in zip(around[0].box, full.box)) < 0.08 * full.width
