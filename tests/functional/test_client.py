@@ -352,3 +352,19 @@ def test_paced_upload_of_a_streamable_clip_gets_output_before_the_upload_ends(re
     assert synth.probe(result.video)["frame_count"] == 200
     first_output = next(i for i, (received, _) in enumerate(states) if received > 0)
     assert not states[first_output][1], "the first output chunk arrived only after the whole upload"
+
+
+def test_abandoning_the_response_iterator_cancels_the_call_and_frees_the_slot(real_server, clip) -> None:
+    from tests.functional.helpers import wait_until
+
+    with channels.create_channel(real_server.target) as channel:
+        responses = stream.lipsync(
+            lipsync_pb2_grpc.LipSyncServiceStub(channel),
+            lipsync_pb2.LipsyncConfig(input_audio_codec=audio_pb2.AUDIO_CODEC_WAV),
+            clip["long_video"], clip["long_audio"], upload_seconds=30.0, timeout=60)
+        first = next(responses)
+        assert first.WhichOneof("lipsync_response") == "service_info"
+        assert wait_until(lambda: real_server.server.admission.active == 1, timeout=5)
+        responses.close()
+        assert wait_until(lambda: real_server.server.admission.active == 0, timeout=3), (
+            "the server still holds the slot of an abandoned call")
