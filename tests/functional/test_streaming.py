@@ -114,3 +114,44 @@ def test_real_clips(server, media, name, streams, tmp_path):
     out.write_bytes(res.video)
     info = synth.probe(out)
     assert (info["width"], info["height"]) == (1280, 720) and info["frame_count"] == 90
+
+
+def test_load_four_times_the_limit(tmp_path):
+    """8 clients at once against 2 slots + 2 queued: each stream is correct or cleanly refused; nothing leaks."""
+    import concurrent.futures
+    import threading
+
+    import grpc
+
+    from tests.functional.helpers import open_fds, wait_until
+
+    audio = synth.make_wav(tmp_path / "a.wav", seconds=2.0).read_bytes()
+    videos = {layout: synth.make_video(tmp_path / f"{layout}.mp4", seconds=2.0, layout=layout).read_bytes()
+              for layout in ("faststart", "transactional")}
+    spool = tmp_path / "spool"
+    with running_server(max_concurrency_per_gpu=2, max_queued_streams=2, admission_timeout_s=20,
+                        spool_dir=spool) as srv:
+        run_call(srv, requests(videos["faststart"], audio, config()))  # warm-up
+        threads, fds = threading.active_count(), open_fds()
+
+        def client(i: int) -> str:
+            layout = "faststart" if i % 2 else "transactional"
+            try:
+                res = run_call(srv, requests(videos[layout], audio, config(), chunk=8192, delay_s=0.005), timeout=60)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.details()
+                assert "processing slots are busy" in err.details()
+                return "refused"
+            out = tmp_path / f"out{i}.mp4"
+            out.write_bytes(res.video)
+            info = synth.probe(out)
+            assert info["frame_count"] == 50 and info["pts"][0] == 0.0
+            return "ok"
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(client, range(8)))
+        assert outcomes.count("ok") >= 4 and outcomes.count("ok") + outcomes.count("refused") == 8
+        assert wait_until(lambda: srv.server.admission.active == 0)
+        assert wait_until(lambda: threading.active_count() <= threads, timeout=5), threading.enumerate()
+        assert wait_until(lambda: open_fds() <= fds, timeout=5)
+        assert spool_files(spool) == []
