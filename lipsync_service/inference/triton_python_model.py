@@ -21,6 +21,8 @@ class TritonPythonModel:
         threads = int(params.get("ort_intra_op_threads", {}).get("string_value", "0") or 0)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # Idle ORT threads must not spin: this stub shares the cores with Triton's own request threads.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = Path(__file__).resolve().parent / "model.onnx"
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

@@ -60,3 +60,10 @@ def test_generated_configs_round_trip_through_the_schema(target: Target) -> None
     assert list(parsed.input[0].dims) == [6, 128, 128]
     if target is Target.TENSORRT_PLAN:
         assert parsed.platform == "tensorrt_plan" and parsed.default_model_filename == "model.plan"
+
+
+def test_python_backend_models_are_the_current_template() -> None:
+    from lipsync_service.inference.repository import PYTHON_MODEL_SOURCE
+
+    for model_py in TRITON_REPO.glob("*/[0-9]*/model.py"):
+        assert model_py.read_text() == PYTHON_MODEL_SOURCE.read_text(), f"{model_py} is stale: rerun build-repo"
