@@ -38,7 +38,8 @@ class TrackingParams:
     Attributes:
         sigma: Gaussian smoothing width in frames.
         radius: frames either side used for smoothing; also the look-ahead the processor must hold.
-        dead_zone: the crop follows only motion beyond this fraction of its side (centre and size).
+        dead_zone: the crop's centre follows only motion beyond this fraction of its side.
+        dead_zone_size: the same for the crop's size (detector box sizes are noisier than positions).
         detect_every: run the detector on every n-th frame (others reuse the tracks).
         hold: frames a detected face stays after its last detection (covers cadence gaps and misses).
         match_iou: least IoU to continue a track.
@@ -50,6 +51,7 @@ class TrackingParams:
     dead_zone: float
     detect_every: int
     hold: int
+    dead_zone_size: float = 0.05
     match_iou: float = 0.3
     max_age: int = 25
 
@@ -59,11 +61,12 @@ class TrackingParams:
         scale = max(0.5, float(fps) / 25.0)
         if head_movement_speed >= 1:
             sigma = 1.0 * scale
-            return cls(sigma=sigma, radius=max(1, math.ceil(2 * sigma)), dead_zone=0.004, detect_every=1,
-                       hold=max(2, round(2 * scale)), max_age=max(5, round(10 * scale)))
+            return cls(sigma=sigma, radius=max(1, math.ceil(2 * sigma)), dead_zone=0.004, dead_zone_size=0.01,
+                       detect_every=1, hold=max(2, round(2 * scale)), max_age=max(5, round(10 * scale)))
         sigma = 3.0 * scale
-        return cls(sigma=sigma, radius=math.ceil(2 * sigma), dead_zone=0.025, detect_every=max(1, round(2 * scale)),
-                   hold=max(4, round(5 * scale)), max_age=max(10, round(25 * scale)))
+        return cls(sigma=sigma, radius=math.ceil(2 * sigma), dead_zone=0.025, dead_zone_size=0.05,
+                   detect_every=max(1, round(2 * scale)), hold=max(4, round(5 * scale)),
+                   max_age=max(10, round(25 * scale)))
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,7 @@ class FaceTracker:
             target = SquareBox(
                 _follow(prev.cx, target.cx, p.dead_zone * prev.side),
                 _follow(prev.cy, target.cy, p.dead_zone * prev.side),
-                _follow(prev.side, target.side, p.dead_zone * prev.side),
+                _follow(prev.side, target.side, p.dead_zone_size * prev.side),
             )
         t.out, t.out_frame = target, frame_index
         return target

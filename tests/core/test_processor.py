@@ -181,3 +181,18 @@ def test_mouth_region_changes_when_the_speech_changes(talking_frames):
         assert np.array_equal(ya[~luma], yb[~luma])
         differing += int((ya[luma] != yb[luma]).sum())
     assert differing > 0.01 * luma.sum() * len(frames), "the mouth region ignores the speech"
+
+
+def test_still_head_gives_a_still_crop_at_speed_0_and_speed_1_follows(media):
+    """talking_long_silent.mp4: a talking head that barely moves. Speed 0 keeps the crop still."""
+    frames = _frames(media("talking_long_silent.mp4"), 100)
+    moves = {}
+    for speed in (0, 1):
+        proc = _processor()
+        proc.configure(JobConfig(head_movement_speed=speed))
+        proc.start(_info(frames[0]), _speech(5.0))
+        out = drain(proc, _jobs(frames))
+        regions = [j.meta["lipsync_regions"][0] for j in out]
+        moves[speed] = sum(a != b for a, b in zip(regions, regions[1:]))
+    assert moves[0] <= 2, f"the crop moved {moves[0]} times on a still head"
+    assert moves[1] > moves[0]
