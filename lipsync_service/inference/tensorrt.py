@@ -118,7 +118,8 @@ def build_engine(onnx_path: Path, max_batch: int, fp16: bool = True, cache_dir: 
         raise InvalidInput(f"TensorRT cannot parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, _WORKSPACE_BYTES)
-    if fp16 and builder.platform_has_fast_fp16:
+    # platform_has_fast_fp16 is deprecated in TensorRT 10 (every supported GPU has FP16).
+    if fp16 and getattr(builder, "platform_has_fast_fp16", True):
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     shapes = {INPUT_FACE: (6, size, size), INPUT_MEL: (1, MEL_BINS, MEL_STEPS)}
@@ -130,7 +131,8 @@ def build_engine(onnx_path: Path, max_batch: int, fp16: bool = True, cache_dir: 
         raise InvalidInput(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".{os.getpid()}.partial")
-    partial.write_bytes(bytes(serialized))
+    with open(partial, "wb") as handle:
+        handle.write(serialized)
     os.replace(partial, target)  # atomic: concurrent builders never see half an engine
     return target
 
@@ -165,11 +167,14 @@ class TensorRTBackend(GeneratorBackend):
             self._max_batch = int(face_max[0])
             self._size = int(face_max[-1])
             self._stream = cuda.Stream()
-            self._buffers = {
-                INPUT_FACE: cuda.mem_alloc(self._max_batch * 6 * self._size * self._size * 4),
-                INPUT_MEL: cuda.mem_alloc(self._max_batch * MEL_BINS * MEL_STEPS * 4),
-                OUTPUT_FACE: cuda.mem_alloc(self._max_batch * 3 * self._size * self._size * 4),
+            shapes = {
+                INPUT_FACE: (self._max_batch, 6, self._size, self._size),
+                INPUT_MEL: (self._max_batch, 1, MEL_BINS, MEL_STEPS),
+                OUTPUT_FACE: (self._max_batch, 3, self._size, self._size),
             }
+            # Page-locked host staging buffers: required for truly asynchronous copies.
+            self._host = {name: cuda.pagelocked_empty(shape, np.float32) for name, shape in shapes.items()}
+            self._buffers = {name: cuda.mem_alloc(host.nbytes) for name, host in self._host.items()}
             for tensor, buffer in self._buffers.items():
                 self._context.set_tensor_address(tensor, int(buffer))
         finally:
@@ -196,18 +201,21 @@ class TensorRTBackend(GeneratorBackend):
     def _run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
         cuda = self._cuda
         batch = face.shape[0]
-        out = np.empty((batch, 3, self._size, self._size), dtype=np.float32)
+        host = self._host
         with self._lock:
             self._ctx.push()
             try:
-                self._context.set_input_shape(INPUT_FACE, face.shape)
-                self._context.set_input_shape(INPUT_MEL, mel.shape)
-                cuda.memcpy_htod_async(self._buffers[INPUT_FACE], np.ascontiguousarray(face, np.float32), self._stream)
-                cuda.memcpy_htod_async(self._buffers[INPUT_MEL], np.ascontiguousarray(mel, np.float32), self._stream)
+                host[INPUT_FACE][:batch] = face
+                host[INPUT_MEL][:batch] = mel
+                self._context.set_input_shape(INPUT_FACE, tuple(face.shape))
+                self._context.set_input_shape(INPUT_MEL, tuple(mel.shape))
+                cuda.memcpy_htod_async(self._buffers[INPUT_FACE], host[INPUT_FACE][:batch], self._stream)
+                cuda.memcpy_htod_async(self._buffers[INPUT_MEL], host[INPUT_MEL][:batch], self._stream)
                 if not self._context.execute_async_v3(self._stream.handle):
                     raise InferenceError("TensorRT execution failed (see the TensorRT log)")
-                cuda.memcpy_dtoh_async(out, self._buffers[OUTPUT_FACE], self._stream)
+                cuda.memcpy_dtoh_async(host[OUTPUT_FACE][:batch], self._buffers[OUTPUT_FACE], self._stream)
                 self._stream.synchronize()
+                out = host[OUTPUT_FACE][:batch].copy()
             except cuda.Error as exc:
                 raise InferenceError(f"CUDA error during generator inference: {exc}") from exc
             finally:

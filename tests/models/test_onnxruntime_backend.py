@@ -75,3 +75,18 @@ def test_tensorrt_backend_without_gpu_is_unavailable() -> None:
         pass
     with pytest.raises(InferenceUnavailable, match="tensorrt and pycuda"):
         build_backend(Settings(backend="tensorrt"))
+
+
+def test_serving_path_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lipsync_service.inference import build_backend\n"
+        "from lipsync_service.settings import Settings\n"
+        "import lipsync_service.models_cli, lipsync_service.inference.triton, lipsync_service.inference.tensorrt\n"
+        "build_backend(Settings(ort_intra_op_threads=1)).close()\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
