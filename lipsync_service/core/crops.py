@@ -117,6 +117,21 @@ def extract_bgr(frame: av.VideoFrame, region: CropRegion) -> np.ndarray:
     return bgr
 
 
+def crop_image(img: np.ndarray, region: CropRegion) -> np.ndarray:
+    """The crop region of an HxWx3 image (e.g. BGR frames in a training set), edge-replicated outside it.
+
+    The numpy counterpart of extract_bgr for data that is not a yuv420p frame.
+    """
+    h, w = img.shape[:2]
+    x0, y0 = max(region.x, 0), max(region.y, 0)
+    x1, y1 = min(region.x + region.side, w), min(region.y + region.side, h)
+    if x1 <= x0 or y1 <= y0:
+        return np.zeros((region.side, region.side) + img.shape[2:], img.dtype)
+    pads = (y0 - region.y, region.y + region.side - y1, x0 - region.x, region.x + region.side - x1)
+    out = img[y0:y1, x0:x1]
+    return cv2.copyMakeBorder(out, *pads, borderType=cv2.BORDER_REPLICATE) if any(pads) else out.copy()
+
+
 def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     """Resize a square image to size x size (area filter when shrinking, cubic when enlarging)."""
     if img.shape[0] == size:

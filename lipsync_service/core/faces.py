@@ -228,6 +228,18 @@ class FaceDetector:
         return [Face(box=tuple(float(v) for v in boxes[k]), score=float(prob[k]), landmarks=pts[k].astype(np.float32))
                 for k in keep]
 
+    def detect_image(self, bgr: np.ndarray) -> list[Face]:
+        """Faces in a BGR uint8 image (e.g. frames of a training clip), in its pixels; scaled like detect_frame."""
+        h, w = bgr.shape[:2]
+        scale = min(1.0, self.detect_side / min(h, w))
+        small = bgr if scale >= 1.0 else cv2.resize(bgr, (max(2, round(w * scale)), max(2, round(h * scale))),
+                                                    interpolation=cv2.INTER_AREA)
+        faces = self.detect_rgb(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
+        fx, fy = w / small.shape[1], h / small.shape[0]
+        return [Face(box=(f.box[0] * fx, f.box[1] * fy, f.box[2] * fx, f.box[3] * fy), score=f.score,
+                     landmarks=None if f.landmarks is None else f.landmarks * np.array([fx, fy], np.float32))
+                for f in faces]
+
     def detect_frame(self, frame: av.VideoFrame, rois: Sequence[tuple[float, float, float]] | None = None) -> list[Face]:
         """Faces in a decoded yuv420p video frame, in the frame's pixels.
 

@@ -71,3 +71,14 @@ def test_extract_pads_at_the_frame_border():
     crop = extract_bgr(frame, CropRegion(-40, -40, 100))
     assert crop.shape == (100, 100, 3)
     assert np.abs(crop.astype(int) - 200).max() <= 5  # replicated edge, not black
+
+
+def test_crop_image_matches_extract_for_bgr_data():
+    from lipsync_service.core.crops import crop_image
+
+    bgr = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    region = CropRegion(-20, 30, 80)
+    crop = crop_image(bgr, region)
+    assert crop.shape == (80, 80, 3)
+    assert np.array_equal(crop[:, 20:], bgr[30:110, 0:60])
+    assert np.array_equal(crop[:, 0], bgr[30:110, 0])  # replicated left edge

@@ -63,3 +63,11 @@ def test_search_around_a_known_face_finds_it_again(media, detector):
         around = detector.detect_frame(frame, [(cx, cy, 2.2 * first.width)])
         assert len(around) == 1
         assert max(abs(a - b) for a, b in zip(around[0].box, full.box)) < 0.08 * full.width
+
+
+def test_detect_image_on_bgr_arrays(media, detector):
+    with av.open(str(media("talking_1.mp4"))) as container:
+        frame = next(container.decode(video=0))
+    from_frame = detector.detect_frame(frame)[0]
+    from_image = detector.detect_image(frame.to_ndarray(format="bgr24"))[0]
+    assert max(abs(a - b) for a, b in zip(from_frame.box, from_image.box)) < 0.05 * from_frame.width
