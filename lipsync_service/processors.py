@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 
 from lipsync_service.lipsync.processor import FrameProcessor, PassThroughProcessor
@@ -64,6 +65,7 @@ class ProcessorFactory:
         self._settings = settings
         self._build = build
         self._spare: FrameProcessor | None = None
+        self._lock = threading.Lock()  # streams create processors from their own threads
         self.model_info = "none"
 
     def warm_up(self) -> None:
@@ -72,18 +74,21 @@ class ProcessorFactory:
         Raises:
             LipsyncError: the processor or its backend could not be built.
         """
-        if self._spare is None:
-            self._spare = self._build(self._settings)
-            self.model_info = self._spare.model_info
+        with self._lock:
+            if self._spare is None:
+                self._spare = self._build(self._settings)
+                self.model_info = self._spare.model_info
 
     def create(self) -> FrameProcessor:
         """A processor for a new stream (blocking: it may load a model)."""
-        spare, self._spare = self._spare, None
+        with self._lock:
+            spare, self._spare = self._spare, None
         processor = spare if spare is not None else self._build(self._settings)
         self.model_info = processor.model_info
         return processor
 
     def close(self) -> None:
-        if self._spare is not None:
-            self._spare.close()
-            self._spare = None
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
