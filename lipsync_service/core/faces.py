@@ -171,7 +171,10 @@ class FaceDetector:
         self.roi_min_face_frac = roi_min_face_frac
 
     def _run(self, name: str, batch: np.ndarray) -> list[np.ndarray]:
-        return self._nets[name].run(None, {"image": batch})
+        try:
+            return self._nets[name].run(None, {"image": batch})
+        except Exception as exc:  # ORT's own exception types; a failure here is ours, not the client's
+            raise InternalError(f"face detector ({name}) failed on a {tuple(batch.shape)} input: {exc}") from exc
 
     def detect_rgb(self, img: np.ndarray) -> list[Face]:
         """Faces in an RGB uint8 image, in that image's pixels, best score first."""
@@ -240,7 +243,8 @@ class FaceDetector:
                      landmarks=None if f.landmarks is None else f.landmarks * np.array([fx, fy], np.float32))
                 for f in faces]
 
-    def detect_frame(self, frame: av.VideoFrame, rois: Sequence[tuple[float, float, float]] | None = None) -> list[Face]:
+    def detect_frame(self, frame: av.VideoFrame,
+                     rois: Sequence[tuple[float, float, float]] | None = None) -> list[Face]:
         """Faces in a decoded yuv420p video frame, in the frame's pixels.
 
         Args:

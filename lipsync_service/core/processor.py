@@ -18,6 +18,7 @@ from lipsync_service.core.faces import FaceDetector
 from lipsync_service.core.mel import WINDOW_REACH_S, MelStream
 from lipsync_service.core.select import TargetSelector, needs_detection, observations
 from lipsync_service.core.tracking import FaceTracker, TrackedFace, TrackingParams
+from lipsync_service.config import JobConfig
 from lipsync_service.errors import InternalError
 from lipsync_service.inference.base import GeneratorBackend
 from lipsync_service.lipsync.processor import FrameProcessor
@@ -83,7 +84,7 @@ class NeuralProcessor(FrameProcessor):
         self.stage_seconds = dict.fromkeys(STAGES, 0.0)
         self._started = False
 
-    def configure(self, cfg) -> None:
+    def configure(self, cfg: JobConfig) -> None:
         self._speed = int(cfg.head_movement_speed)
 
     def start(self, video: VideoInfo, audio: SpeechAudio) -> None:
@@ -156,6 +157,9 @@ class NeuralProcessor(FrameProcessor):
     def push(self, job: FrameJob) -> list[FrameJob]:
         if not self._started:
             raise InternalError("NeuralProcessor.push called before start")
+        if job.frame.format.name != "yuv420p":
+            # The pipeline hands over yuv420p; anything else is converted so the plane arithmetic holds.
+            job.frame = job.frame.reformat(format="yuv420p")
         if not _is_bypass(job):
             self._observe(job)
         self._lookahead.append(_Pending(job, detected=self._since_detect == 0))
@@ -262,7 +266,8 @@ def _is_bypass(job: FrameJob) -> bool:
     return job.bypass or (job.speakers is not None and job.speakers.bypass)
 
 
-def draw_overlay(frame: av.VideoFrame, index: int, faces: list[TrackedFace], targets: list[TrackedFace]) -> av.VideoFrame:
+def draw_overlay(frame: av.VideoFrame, index: int, faces: list[TrackedFace],
+                 targets: list[TrackedFace]) -> av.VideoFrame:
     """The frame with frame number, face boxes, speaker ids, speaking state and on/off drawn in."""
     bgr = frame.to_ndarray(format="bgr24")
     h = frame.height

@@ -187,7 +187,8 @@ class FaceTracker:
         for k, obs in enumerate(pending):
             if k not in done:
                 self._add(self._new(obs), frame_index, obs)
-        self._tracks = [t for t in self._tracks if frame_index - t.last_frame <= self.params.max_age + self.params.radius]
+        horizon = self.params.max_age + self.params.radius
+        self._tracks = [t for t in self._tracks if frame_index - t.last_frame <= horizon]
         return bool(expected - used)
 
     def _new(self, obs: Observation) -> _Track:

@@ -43,7 +43,8 @@ def _speech(seconds: float = 3.0, seed: int = 0) -> ArraySpeech:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * 16000)) / 16000
     env = (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t)) ** 2
-    return ArraySpeech((0.3 * env * np.sin(2 * np.pi * 180 * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32))
+    wave = 0.3 * env * np.sin(2 * np.pi * 180 * t) + 0.02 * rng.standard_normal(len(t))
+    return ArraySpeech(wave.astype(np.float32))
 
 
 def _info(frame: av.VideoFrame) -> VideoInfo:
