@@ -168,12 +168,37 @@ def test_triton_gets_a_gpu_and_the_service_points_at_it() -> None:
     svc = _one("Service", host)
     assert int(port) in {p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"}
     assert f"--grpc-port={port}" in container["args"]
-    # The init container copies the model repository from where the image puts it.
-    _, built = stages(ROOT / "Dockerfile.gpu")
+    # The init container builds Triton's repository from the ONNX file where the image puts it.
+    _, built = stages(ROOT / "Dockerfile")
     repo = built[-1].env()["NV_AI4M_LS_MODEL_REPOSITORY"]
     init = triton["spec"]["template"]["spec"]["initContainers"][0]
-    assert init["command"][-2].startswith(repo)
-    assert "--model-repository=" + init["volumeMounts"][0]["mountPath"] in container["args"]
+    flags = dict(a[2:].split("=", 1) for a in init["command"] if a.startswith("--"))
+    assert init["command"][:3] == ["lipsync-service", "models", "build-repo"]
+    assert flags["onnx"].startswith(repo + "/")
+    assert (ROOT / "triton_repo" / Path(flags["onnx"]).relative_to(repo)).is_file()
+    assert flags["out"] == init["volumeMounts"][0]["mountPath"]
+    assert "--model-repository=" + flags["out"] in container["args"]
+
+
+def test_triton_init_command_builds_a_loadable_repository(tmp_path: Path) -> None:
+    """Runs the init container's command (paths mapped to this checkout) and checks Triton's config."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from lipsync_service.cli import main
+
+    _, built = stages(ROOT / "Dockerfile")
+    repo = built[-1].env()["NV_AI4M_LS_MODEL_REPOSITORY"]
+    init = _one("Deployment", "lipsync-triton")["spec"]["template"]["spec"]["initContainers"][0]
+    argv = [a.replace(repo, str(ROOT / "triton_repo")).replace("--out=/models", f"--out={tmp_path}")
+            for a in init["command"][1:]]
+    assert main(argv) == 0
+    (config_path,) = tmp_path.glob("*/config.pbtxt")
+    config = text_format.Parse(config_path.read_text(), model_config_pb2.ModelConfig())
+    assert config.platform == "onnxruntime_onnx"
+    assert config.name == _settings_from_configmap().model_name
+    assert (config_path.parent / "1" / "model.onnx").is_file()
+    assert all(g.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU for g in config.instance_group)
 
 
 def test_autoscaler_metric_is_served_by_the_service_and_the_adapter() -> None:
