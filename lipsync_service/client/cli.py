@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,14 +83,20 @@ class _ProgressPrinter:
         self._enabled = enabled
         self._last = 0.0
         self._tty = out.isatty()
+        # gRPC pulls requests on its own thread: sends and receives report from two threads.
+        self._lock = threading.Lock()
 
     def __call__(self, p: stream.Progress, final: bool = False) -> None:
         if not self._enabled:
             return
-        now = time.monotonic()
-        if not final and now - self._last < (0.2 if self._tty else 2.0):
-            return
-        self._last = now
+        with self._lock:
+            now = time.monotonic()
+            if not final and now - self._last < (0.2 if self._tty else 2.0):
+                return
+            self._last = now
+            self._write(p, final)
+
+    def _write(self, p: stream.Progress, final: bool) -> None:
         line = (
             f"sent {p.bytes_sent / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB, "
             f"received {p.bytes_received / 1e6:.1f} MB"
