@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         processor = build_processor(settings)
         result = pipeline.run_files(cfg, settings, processor, args.video, args.audio, output, speakers=speakers,
                                     background_path=args.background_audio_input, progress=progress)
-    except LipsyncError as exc:
+    except (LipsyncError, ValueError) as exc:  # ValueError: a settings value the factory does not know
         print(f"\nlipsync-service run: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

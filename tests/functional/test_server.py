@@ -238,3 +238,17 @@ def test_sigterm_drains_then_exits_zero(clip, tmp_path):
     finished = [json.loads(line.split(": ", 1)[1]) for line in tagged if '"request_finished"' in line]
     assert len(finished) == 1 and finished[0]["outcome"] == "OK" and finished[0]["frames"] == 50
     assert finished[0]["request_id"] == rid and finished[0]["duration_s"] > 1.0
+
+
+def test_serve_refuses_to_start_with_missing_tls_files(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NIM_SSL_MODE="mtls", NIM_SSL_CERT_PATH=str(tmp_path / "server.pem"),
+               NIM_SSL_KEY_PATH=str(tmp_path / "server.key"), NIM_GRPC_API_PORT=str(_free_port()),
+               NIM_HTTP_API_PORT=str(_free_port()), NV_AI4M_LS_PROCESSOR="passthrough")
+    proc = subprocess.run([sys.executable, "-m", "lipsync_service", "serve"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"cannot start: NIM_SSL_CERT_PATH={tmp_path / 'server.pem'}: cannot read it (No such file" in proc.stderr
