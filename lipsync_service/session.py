@@ -625,6 +625,8 @@ class Session:
             frames = getattr(self._result, "frames", frames)
             for stage, seconds in stages.items():
                 self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
+                if frames:
+                    self.metrics.stage_frame_seconds.labels(stage=stage).observe(seconds / frames)
             if frames > self._frames_reported:
                 self.metrics.frames_processed.inc(frames - self._frames_reported)
         record = {

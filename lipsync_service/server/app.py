@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
 from lipsync_service.admission import Admission
+from lipsync_service.errors import Unavailable
 from lipsync_service.logs import get_logger
 from lipsync_service.metrics import Metrics, default_metrics
 from lipsync_service.processors import ProcessorFactory
@@ -25,6 +26,8 @@ from lipsync_service.settings import Settings, SslMode
 log = get_logger(__name__)
 
 SERVICE_NAME = lipsync_pb2.DESCRIPTOR.services_by_name["LipSyncService"].full_name
+# Seconds between warm-up attempts while the inference backend is unreachable (e.g. Triton still starting).
+WARMUP_RETRY_S = 5.0
 # Protobuf framing around a chunk's payload, so a payload of exactly max_message_bytes is accepted.
 _FRAMING_BYTES = 1024
 
@@ -83,6 +86,7 @@ class LipsyncServer:
         self._ready = False
         self._draining = False
         self._stopped = asyncio.Event()
+        self._warmup_retry: asyncio.Task | None = None
 
     @property
     def ready(self) -> bool:
@@ -137,16 +141,37 @@ class LipsyncServer:
         log.info("gRPC on %s:%d (TLS %s); warming up the %s processor", s.host, self.grpc_port, s.ssl_mode.value,
                  s.processor)
         try:
-            thread, warmed = start_thread(self.processors.warm_up, "lipsync-warmup")
-            await warmed
-            thread.join()
+            await self._warm_up()
+        except Unavailable as exc:
+            # The backend may come up later (Triton starting beside us): stay up, not ready, and retry.
+            log.warning("warm-up failed, retrying every %g s while NOT_SERVING: %s", WARMUP_RETRY_S, exc)
+            self._warmup_retry = asyncio.create_task(self._retry_warm_up(), name="lipsync-warmup-retry")
         except Exception as exc:
             await self.stop()
             raise StartupError(f"warm-up failed: {exc}") from exc
+
+    async def _warm_up(self) -> None:
+        """Build the first processor off the event loop, then report SERVING."""
+        thread, warmed = start_thread(self.processors.warm_up, "lipsync-warmup")
+        try:
+            await warmed
+        finally:
+            thread.join()
+        if self._draining:
+            return
         self._ready = True
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("ready: model %s", self.processors.model_info)
+
+    async def _retry_warm_up(self) -> None:
+        while not self._draining:
+            await asyncio.sleep(WARMUP_RETRY_S)
+            try:
+                await self._warm_up()
+                return
+            except Exception as exc:  # noqa: BLE001 - keep trying; the log says why it is not ready
+                log.warning("warm-up failed again: %s", exc)
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop taking streams (health NOT_SERVING, new calls UNAVAILABLE) and wait for running ones.
@@ -171,6 +196,13 @@ class LipsyncServer:
 
     async def stop(self, grace: float | None = 0) -> None:
         """Close both ports; calls still running are cancelled after `grace` seconds."""
+        if self._warmup_retry is not None:
+            self._warmup_retry.cancel()
+            try:
+                await self._warmup_retry
+            except BaseException:  # noqa: BLE001 - cancelled, or its last attempt failed: moot now
+                pass
+            self._warmup_retry = None
         if self._http is not None:
             await self._http.stop()
             self._http = None

@@ -28,11 +28,11 @@ CHUNK = 64 * 1024
 class ServerThread:
     """A LipsyncServer running on its own event loop in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, processors: Any = None) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.loop = asyncio.new_event_loop()
-        self.server = LipsyncServer(settings, metrics=self.metrics)
+        self.server = LipsyncServer(settings, metrics=self.metrics, processors=processors)
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop", daemon=True)
 
     def start(self) -> ServerThread:

@@ -252,3 +252,35 @@ def test_serve_refuses_to_start_with_missing_tls_files(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 2
     assert f"cannot start: NIM_SSL_CERT_PATH={tmp_path / 'server.pem'}: cannot read it (No such file" in proc.stderr
+
+
+def test_not_ready_until_the_backend_answers(monkeypatch, clip):
+    """Warm-up against an unreachable backend: the server stays up and NOT_SERVING, retries, then serves."""
+    from lipsync_service.errors import InferenceUnavailable
+    from lipsync_service.lipsync.processor import PassThroughProcessor
+    from lipsync_service.processors import ProcessorFactory
+    from lipsync_service.server import app
+    from tests.functional.helpers import ServerThread, server_settings, wait_until
+
+    monkeypatch.setattr(app, "WARMUP_RETRY_S", 0.2)
+    attempts = []
+
+    def flaky(settings):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise InferenceUnavailable("inference server localhost:8101 is not reachable")
+        return PassThroughProcessor()
+
+    settings = server_settings()
+    srv = ServerThread(settings, processors=ProcessorFactory(settings, flaky)).start()
+    try:
+        assert not srv.server.ready
+        with srv.channel() as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert wait_until(lambda: srv.server.ready, timeout=10)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        assert len(attempts) == 3
+        assert run_call(srv, requests(clip["video"], clip["audio"], config())).chunks >= 1
+    finally:
+        srv.stop()
