@@ -74,3 +74,44 @@ def test_server_stopped_mid_run_is_unavailable_then_recovers(own_triton_server) 
     after = backend.infer(face, mel)
     assert float(np.abs(after - before).max()) <= 1e-6
     backend.close()
+
+
+def test_a_call_past_the_timeout_is_unavailable(triton_server) -> None:
+    backend = TritonBackend(triton_server.url, "lipsync_generator", timeout_s=30)
+    backend._timeout_s = 0.001  # start-up used the normal deadline; now no batch can finish in time
+    face, mel = _batch(32)
+    with pytest.raises(InferenceUnavailable, match="not answering"):
+        backend.infer(face, mel)
+    backend._timeout_s = 30
+    assert backend.infer(face[:1], mel[:1]).shape == (1, 3, 96, 96)
+    backend.close()
+
+
+def test_server_killed_while_streams_are_calling(own_triton_server) -> None:
+    import threading
+    import time
+
+    backend = TritonBackend(own_triton_server.url, "lipsync_generator", timeout_s=10)
+    face, mel = _batch(8)
+    outcome: list[BaseException | None] = []
+
+    def stream() -> None:
+        try:
+            for _ in range(10_000):
+                backend.infer(face, mel)
+            outcome.append(None)
+        except BaseException as exc:  # recorded for the assertion below
+            outcome.append(exc)
+
+    workers = [threading.Thread(target=stream) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.5)
+    own_triton_server.kill()
+    for worker in workers:
+        worker.join(timeout=30)
+    assert len(outcome) == 2
+    assert all(isinstance(exc, InferenceUnavailable) for exc in outcome), outcome
+    own_triton_server.start(timeout_s=90)
+    assert backend.infer(face, mel).shape == (8, 3, 96, 96)
+    backend.close()
