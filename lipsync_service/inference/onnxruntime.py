@@ -52,6 +52,8 @@ class OnnxRuntimeBackend(GeneratorBackend):
         options.intra_op_num_threads = intra_op_threads
         # The pipeline calls from one worker thread per stream; no inter-op parallelism to exploit.
         options.inter_op_num_threads = 1
+        # Idle ORT threads must not spin: the cores are shared with decoding, encoding and other streams.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
