@@ -106,9 +106,13 @@ class LipsyncServer:
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes + _FRAMING_BYTES),
             ("grpc.max_send_message_length", max(s.output_chunk_bytes + _FRAMING_BYTES, 4 * 1024 * 1024)),
-            # Long calls with quiet periods: let clients ping, and ping them back.
+            # Long calls with quiet periods: let clients ping (every 10 s at most) ...
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            # ... and ping them, so a client that vanished without closing its connection (no input stall
+            # once it half-closed, output blocked by flow control) is detected and its slot freed.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
         ]
         self._server = grpc.aio.server(options=options)
         lipsync_pb2_grpc.add_LipSyncServiceServicer_to_server(
