@@ -136,7 +136,10 @@ class NeuralProcessor(FrameProcessor):
         """Feed this frame's faces to the tracker: client boxes, or detection at the cadence."""
         speakers = job.speakers
         needs = needs_detection(speakers)
-        run = needs and (self._since_detect + 1 >= self._params.detect_every or not self._tracker.last_boxes())
+        # A client box of all zeros asks for detection in exactly this frame; otherwise the cadence decides.
+        zero_box = speakers is not None and bool(speakers.speakers) and needs
+        run = zero_box or (needs and (self._since_detect + 1 >= self._params.detect_every
+                                      or not self._tracker.last_boxes()))
         obs = observations(speakers, (lambda: self._detect(job.frame, job.index)) if run else None, self._tracker)
         self._since_detect = 0 if run else self._since_detect + 1
         if obs is None:

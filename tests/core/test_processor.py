@@ -197,3 +197,14 @@ def test_still_head_gives_a_still_crop_at_speed_0_and_speed_1_follows(media):
         moves[speed] = sum(a != b for a, b in zip(regions, regions[1:]))
     assert moves[0] <= 2, f"the crop moved {moves[0]} times on a still head"
     assert moves[1] > moves[0]
+
+
+def test_all_zero_speaker_box_is_redrawn_in_every_frame(talking_frames):
+    """An all-zero box means "find this speaker yourself": every such frame is re-drawn, cadence or not."""
+    frames = talking_frames[:10]
+    zero = [FrameSpeakers(i, (SpeakerBox(0, 0, 0, 0, speaker_id=4, is_speaking=True),)) for i in range(10)]
+    proc = _processor()
+    proc.configure(JobConfig(speaker_info_provided=True, head_movement_speed=0))
+    proc.start(_info(frames[0]), _speech())
+    out = drain(proc, _jobs(frames, zero))
+    assert all(j.changed for j in out)
