@@ -12,13 +12,13 @@ import av
 import cv2
 import numpy as np
 
+from lipsync_service.config import JobConfig
 from lipsync_service.core.blend import copy_frame, paste_face
 from lipsync_service.core.crops import CropRegion, extract_bgr, model_face_input, model_output_to_bgr, resize_square
 from lipsync_service.core.faces import FaceDetector
 from lipsync_service.core.mel import WINDOW_REACH_S, MelStream
 from lipsync_service.core.select import TargetSelector, needs_detection, observations
 from lipsync_service.core.tracking import FaceTracker, TrackedFace, TrackingParams
-from lipsync_service.config import JobConfig
 from lipsync_service.errors import InternalError
 from lipsync_service.inference.base import GeneratorBackend
 from lipsync_service.lipsync.processor import FrameProcessor
@@ -30,7 +30,7 @@ from lipsync_service.settings import Settings
 DEFAULT_BATCH_FRAMES = 8
 # Full-frame face search at least this often (finds faces that enter); in between only around known faces.
 FULL_DETECT_S = 1.0
-# Side of the search square around a known face, in face sizes: room for a second of head motion.
+# Side of the search square around a known face, in face sizes: room for fast head motion between searches.
 ROI_SCALE = 2.2
 STAGES = ("detect", "features", "generator", "blend", "overlay")
 
@@ -62,7 +62,7 @@ class NeuralProcessor(FrameProcessor):
     """
 
     # The mel window of a frame starts at (or just before) the frame's time and reaches WINDOW_REACH_S
-    # past it; one extra frame of margin covers the rounding of the window start.
+    # past it; 50 ms of margin covers rounding in the audio decoder's bookkeeping.
     audio_lookahead_s = WINDOW_REACH_S + 0.05
 
     def __init__(self, backend: GeneratorBackend, *, debug: bool = False, head_movement_speed: int = 0,
