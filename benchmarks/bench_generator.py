@@ -97,7 +97,8 @@ def main() -> None:
         remote.close()
     embedded.close()
 
-    print(f"generator {MODEL} (S={embedded.spec.face_size}), {threads} CPU threads, alternating calls, median call time")
+    size = embedded.spec.face_size
+    print(f"generator {MODEL} (S={size}), {threads} CPU threads, alternating calls, median call time")
     print(f"{'batch':>5} | {'embedded ORT fps':>16} | {'Triton fps':>10} | {'Triton time / embedded time':>27}")
     for batch in BATCHES:
         ort_fps = batch / float(np.median(samples[batch]["embedded_ort"]))

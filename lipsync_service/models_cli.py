@@ -1,4 +1,4 @@
-"""`lipsync-service models ...`: import a Wav2Lip checkpoint, write Triton model repositories, build TensorRT engines."""
+"""`lipsync-service models ...`: import Wav2Lip checkpoints, write Triton model repositories, build TensorRT engines."""
 
 from __future__ import annotations
 
@@ -32,14 +32,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--repo", type=Path, default=None, help="model repository (default: NV_AI4M_LS_MODEL_REPOSITORY)")
     imp.add_argument("--name", default="wav2lip", help="model name in the repository (default: wav2lip)")
     imp.add_argument(
-        "--target", choices=[t.value for t in Target if t is not Target.TENSORRT_PLAN], default=Target.PYTHON_ONNX.value,
+        "--target",
+        choices=[t.value for t in Target if t is not Target.TENSORRT_PLAN],
+        default=Target.PYTHON_ONNX.value,
         help="python_onnx (embedded ORT and the pytriton Triton) or onnxruntime_onnx (NGC Triton); default python_onnx",
     )
     imp.add_argument("--max-batch", type=int, default=16, help="max_batch_size (default 16)")
     imp.add_argument("--trusted", action="store_true", help=_TRUST_HELP)
     imp.set_defaults(func=_import_wav2lip)
 
-    repo = sub.add_parser("build-repo", help="write <out>/<name>/config.pbtxt and a version folder for a generator ONNX")
+    repo = sub.add_parser(
+        "build-repo", help="write <out>/<name>/config.pbtxt and a version folder for a generator ONNX"
+    )
     repo.add_argument("--target", required=True, choices=[t.value for t in Target])
     repo.add_argument("--onnx", required=True, type=Path, help="the generator's ONNX file (face, mel -> output)")
     repo.add_argument("--out", required=True, type=Path, help="model repository folder")
@@ -78,7 +82,8 @@ def _import_wav2lip(args: argparse.Namespace) -> int:
     try:
         model = import_wav2lip(args.checkpoint, trusted=args.trusted)
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = export_onnx(model, Path(tmp) / "model.onnx", 96, description=f"Wav2Lip ({args.checkpoint.name})")
+            description = f"Wav2Lip ({args.checkpoint.name})"
+            onnx_path = export_onnx(model, Path(tmp) / "model.onnx", 96, description=description)
             folder = write_model(Target(args.target), onnx_path, repo, args.name, max_batch=args.max_batch, gpu=True)
     except LipsyncError as exc:
         return _fail("import-wav2lip", exc)

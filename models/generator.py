@@ -175,7 +175,8 @@ class LipsyncGenerator(nn.Module):
         cin = 6
         for level, width in enumerate(chans):
             stride = 1 if level == 0 else 2
-            self.encoder.append(nn.Sequential(ConvBNReLU(cin, width, 7 if level == 0 else 3, stride), ResidualBlock(width)))
+            kernel = 7 if level == 0 else 3
+            self.encoder.append(nn.Sequential(ConvBNReLU(cin, width, kernel, stride), ResidualBlock(width)))
             cin = width
         self.audio = AudioEncoder(self.config)
         hidden = self.config.gru_hidden

@@ -149,7 +149,7 @@ class Wav2Lip(nn.Module):
 
 
 class SyncNet(nn.Module):
-    """The SyncNet expert layout: lower halves of 5 frames [B,15,48,96] and mel [B,1,80,16] -> two unit 512-d embeddings."""
+    """SyncNet expert layout: 5 lower halves [B,15,48,96] and mel [B,1,80,16] -> two unit 512-d embeddings."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -55,7 +55,8 @@ def latest_version(model_dir: Path) -> str:
     Raises:
         InvalidInput: no numbered version folder exists.
     """
-    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    folders = list(model_dir.iterdir()) if model_dir.is_dir() else []
+    versions = [int(p.name) for p in folders if p.is_dir() and p.name.isdigit()]
     if not versions:
         raise InvalidInput(f"model folder {model_dir} has no numbered version folder (e.g. {model_dir}/1)")
     return str(max(versions))

@@ -133,7 +133,10 @@ class TritonBackend(GeneratorBackend):
             name=self._model,
             face_size=size,
             max_batch_size=limit,
-            description=f"{self._model}: {description or 'generator'} (triton {config.platform or config.backend}, S={size})",
+            description=(
+                f"{self._model}: {description or 'generator'} "
+                f"(triton {config.platform or config.backend}, S={size})"
+            ),
         )
 
     @property

@@ -73,7 +73,8 @@ def test_imports_bare_state_dict_without_num_batches_tracked(tmp_path) -> None:
     path = tmp_path / "bare.pth"
     torch.save(state, path)
     model = import_wav2lip(path)
-    assert torch.equal(model.state_dict()["audio_encoder.0.conv_block.0.weight"], state["audio_encoder.0.conv_block.0.weight"])
+    key = "audio_encoder.0.conv_block.0.weight"
+    assert torch.equal(model.state_dict()[key], state[key])
 
 
 def test_refuses_mismatched_file_listing_missing_unexpected_and_wrong_shapes(tmp_path) -> None:

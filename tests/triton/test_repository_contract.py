@@ -1,4 +1,4 @@
-"""Contract tests: every committed config.pbtxt parses with Triton's schema and matches the service and the ONNX file."""
+"""Contract tests: committed config.pbtxt files parse with Triton's schema and match the service and the ONNX."""
 
 from __future__ import annotations
 
