@@ -20,8 +20,11 @@ from lipsync_service.settings import Settings
 log = logging.getLogger(__name__)
 
 OUTPUT_PIX_FMT = "yuv420p"
-# Stream-level frame rates that differ by more than this (relative) mean variable frame rate.
+# Stream-level frame rates that differ by more than this (relative) mean variable frame rate, on top
+# of what one odd last-frame duration explains (1/frame count; 5% when the count is unknown). The
+# per-frame timestamp check while decoding is the exact test; this one only fails obvious cases early.
 _RATE_TOLERANCE = 0.01
+_UNKNOWN_COUNT_TOLERANCE = 0.05
 # A frame interval off by more than this many nominal frame durations means variable frame rate.
 _PTS_TOLERANCE_FRAMES = 0.5
 
@@ -42,6 +45,31 @@ def _to_fraction(rate: object) -> Fraction | None:
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     return value if value > 0 else None
+
+
+class _FullReader:
+    """Reads exactly n bytes (fewer only at the end of input) from a source that may return less.
+
+    FFmpeg's MP4 demuxer fails on a non-seekable input whose reads come back short (a ByteStream
+    returns whatever has arrived, e.g. a few hundred bytes of a slow upload): measured with PyAV 18,
+    reads of 256 bytes break the header parse while reads of 1000+ bytes work.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            return self._source.read()
+        parts: list[bytes] = []
+        got = 0
+        while got < n:
+            chunk = self._source.read(n - got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        return b"".join(parts)
 
 
 class _Gop:
@@ -102,7 +130,7 @@ class VideoSource:
         """
         if self._info is not None:
             return self._info
-        src = str(self._source) if isinstance(self._source, Path) else self._source
+        src = str(self._source) if isinstance(self._source, (Path, str)) else _FullReader(self._source)
         try:
             # Forcing the MP4 demuxer: probing could take garbage for some other format.
             self._container = av.open(src, mode="r", format="mp4")
@@ -156,8 +184,12 @@ class VideoSource:
         avg = _to_fraction(stream.average_rate)
         base = _to_fraction(stream.base_rate) or _to_fraction(stream.guessed_rate)
         if avg is not None and base is not None:
-            if abs(avg - base) > _RATE_TOLERANCE * base:
-                raise _vfr_error(f"the container reports {float(avg):.3f} fps on average but frames at {float(base):.3f} fps", Fraction(round(avg)) or base)
+            slack = 1.5 / stream.frames if stream.frames else _UNKNOWN_COUNT_TOLERANCE
+            if abs(avg - base) > (_RATE_TOLERANCE + slack) * base:
+                raise _vfr_error(
+                    f"the container reports {float(avg):.3f} fps on average but frames at {float(base):.3f} fps",
+                    Fraction(round(avg)) or base,
+                )
             return base
         fps = base or avg
         if fps is None:
