@@ -214,13 +214,14 @@ def feed(stream: ByteStream, data: bytes, chunk: int = 2048, delay: float = 0.0)
 
 @pytest.mark.parametrize("layout", ["faststart", "fragmented"])
 def test_streaming_input_from_byte_streams(tmp_path, layout):
-    video = synth.make_video(tmp_path / "v.mp4", seconds=2.0, size=SIZE, layout=layout).read_bytes()
+    # Short GOPs make a clip of ~70 kB: several of the demuxer's 32 KiB reads.
+    video = synth.make_video(tmp_path / "v.mp4", seconds=2.0, size=(320, 240), layout=layout, gop=5).read_bytes()
     speech = synth.make_wav(tmp_path / "s.wav", seconds=2.0).read_bytes()
     video_stream, audio_stream = ByteStream(65536, "video"), ByteStream(65536, "speech")
     chunks: list[tuple[float, bytes]] = []
     track = AudioTrack(audio_stream, AudioCodec.WAV)
     track.start()
-    upload_finished = feed(video_stream, video, chunk=256, delay=0.01)
+    upload_finished = feed(video_stream, video, chunk=1024, delay=0.01)
     feed(audio_stream, speech, chunk=4096)
     try:
         job = Job(cfg(), SETTINGS, PassThroughProcessor(), lambda b: chunks.append((time.monotonic(), b)),
@@ -232,7 +233,7 @@ def test_streaming_input_from_byte_streams(tmp_path, layout):
     assert result.frames == synth.probe(data)["frame_count"] == 50
     assert frame_numbers(data) == list(range(50))
     # Output started while the video was still uploading (its upload takes a few tenths of a second).
-    assert len(video) > 20 * 256
+    assert len(video) > 50 * 1024
     assert chunks[0][0] < upload_finished[0]
 
 
