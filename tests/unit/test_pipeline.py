@@ -307,3 +307,46 @@ def test_speaker_box_outside_the_frame(tmp_path, clip):
     )
     with pytest.raises(InvalidInput, match=r"frame 5, speaker 0: bbox .* extends outside the 64x64 frame"):
         run_files(cfg(), SETTINGS, PassThroughProcessor(), clip, speech, tmp_path / "o.mp4", speakers=speakers)
+
+
+def test_transactional_layout_from_a_spooled_path(tmp_path):
+    video = synth.make_video(tmp_path / "v.mp4", seconds=1.0, size=SIZE, layout="transactional")
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=1.0)
+    chunks: list[bytes] = []
+    with open(speech, "rb") as f:
+        track = AudioTrack(f, AudioCodec.WAV)
+        track.start()
+        try:
+            result = Job(cfg(), SETTINGS, PassThroughProcessor(), chunks.append, threading.Event()).run(
+                JobInputs(video=video, speech=track))
+        finally:
+            track.close()
+    assert result.video.frame_count == 25
+    assert frame_numbers(b"".join(chunks)) == list(range(25))
+
+
+def test_speaker_data_arriving_while_the_job_runs(tmp_path, clip):
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=2.0)
+    speakers = SpeakerData()
+    bypass = set(range(0, 50, 3))
+
+    def send() -> None:
+        for start in range(0, 50, 10):
+            time.sleep(0.02)
+            for i in range(start, start + 10):
+                speakers.add(FrameSpeakers(frame_id=i, bypass=i in bypass))
+        speakers.close()
+
+    threading.Thread(target=send, daemon=True).start()
+    processor = InvertingProcessor()
+    chunks: list[bytes] = []
+    with open(speech, "rb") as f:
+        track = AudioTrack(f, AudioCodec.WAV)
+        track.start()
+        try:
+            Job(cfg(speaker_info_provided=True, video_encoding=LOSSLESS), SETTINGS, processor, chunks.append,
+                threading.Event()).run(JobInputs(video=clip, speech=track, speakers=speakers))
+        finally:
+            track.close()
+    assert processor.seen == [i for i in range(50) if i not in bypass]
+    assert len(synth.decode_frames(b"".join(chunks))) == 50
