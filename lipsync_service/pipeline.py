@@ -132,7 +132,8 @@ class Job:
                 writer was aborted (never finished as if it succeeded).
         """
         self._inputs = inputs
-        video = VideoSource(inputs.video, self._settings)
+        video = VideoSource(inputs.video, self._settings,
+                            keep_tail=self._cfg.extend_video is not ExtendVideo.UNSPECIFIED)
         try:
             with self._timer("decode"):
                 info = video.open()

@@ -94,15 +94,18 @@ class VideoSource:
     a processor that draws into a frame never sees its own earlier drawing.
     """
 
-    def __init__(self, source: BinaryIO | Path | str, settings: Settings) -> None:
+    def __init__(self, source: BinaryIO | Path | str, settings: Settings, *, keep_tail: bool = True) -> None:
         """Prepare to read `source`.
 
         Args:
             source: a readable file-like (possibly non-seekable, e.g. a media.pipe.ByteStream) or a path.
             settings: limits (frame size, duration).
+            keep_tail: keep the compressed last 5 s for `tail_frames` (only jobs that extend the
+                video need it; a video with very long GOPs makes it hold more).
         """
         self._source = source
         self._settings = settings
+        self._keep_tail = keep_tail
         self._container: av.container.InputContainer | None = None
         self._stream: av.VideoStream | None = None
         self._info: VideoInfo | None = None
@@ -248,7 +251,7 @@ class VideoSource:
                 if packet.is_corrupt:
                     # The demuxer flags a sample cut short by the end of the input.
                     raise self._truncated()
-                if packet.size:
+                if packet.size and self._keep_tail:
                     self._remember(packet)
                 for frame in packet.decode():
                     yield self._accept(frame)
@@ -284,8 +287,9 @@ class VideoSource:
                         info.fps,
                     )
             self._last_pts = pts
-            self._pts_index[pts] = self._count
-            self._trim_tail()
+            if self._keep_tail:
+                self._pts_index[pts] = self._count
+                self._trim_tail()
         index = self._count
         self._count += 1
         if self._count / float(info.fps) > self._settings.max_duration_s + 1e-6:
@@ -338,8 +342,8 @@ class VideoSource:
             InvalidInput: the compressed tail cannot be decoded again (corrupt data).
             ValueError: an index outside the tail, or the video was not fully decoded yet.
         """
-        if not self._ended:
-            raise ValueError("tail_frames() needs the whole video decoded first")
+        if not self._ended or not self._keep_tail:
+            raise ValueError("tail_frames() needs the whole video decoded first, with keep_tail=True")
         start = self.tail_start
         cache: dict[int, av.VideoFrame] = {}
         given: set[int] = set()

@@ -262,3 +262,12 @@ def test_real_clips(media):
     with pytest.raises(InvalidInput, match="variable frame rate"):
         with VideoSource(media("talking_1.mp4"), SETTINGS) as src:
             src.open()
+
+
+def test_no_tail_is_kept_unless_asked(tmp_path):
+    path = synth.make_video(tmp_path / "v.mp4", seconds=2.0, fps=10, size=(64, 64))
+    with VideoSource(path, SETTINGS, keep_tail=False) as src:
+        assert sum(1 for _ in src.frames()) == 20
+        assert not src._gops
+        with pytest.raises(ValueError, match="keep_tail"):
+            next(src.tail_frames([19]))
