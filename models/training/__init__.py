@@ -1,0 +1,1 @@
+"""Training of the default generator: data sampling, networks used only for training, losses, loop, export."""
