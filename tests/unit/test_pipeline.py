@@ -350,3 +350,14 @@ def test_speaker_data_arriving_while_the_job_runs(tmp_path, clip):
             track.close()
     assert processor.seen == [i for i in range(50) if i not in bypass]
     assert len(synth.decode_frames(b"".join(chunks))) == 50
+
+
+def test_real_clip_with_real_speech(tmp_path, media):
+    out = tmp_path / "out.mp4"
+    result = run_files(cfg(extend_video=ExtendVideo.REVERSE), SETTINGS, PassThroughProcessor(),
+                       media("talking_3.mp4"), media("speech_en_1.wav"), out)
+    info = synth.probe(out)
+    assert (info["width"], info["height"]) == (590, 590)
+    assert info["frame_count"] == result.frames
+    assert result.frames >= 125  # the speech is at least as long as the 5 s clip
+    assert abs(info["audio_duration"] - result.frames / 25) <= 1 / 25
