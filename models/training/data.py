@@ -97,17 +97,20 @@ class Batch:
 class WindowSampler:
     """Draws windows of T consecutive valid frames, weighting clips by how many windows they hold."""
 
-    def __init__(self, clips: list[Clip], frames: int, min_gap: int | None = None) -> None:
+    def __init__(self, clips: list[Clip], frames: int, min_gap: int | None = None, ref_max_gap: int = 0) -> None:
         """Args:
             clips: the clips to draw from.
             frames: T.
             min_gap: least distance (frames) between a window and its reference / wrong speech; default T.
+            ref_max_gap: when > 0, references come from within this many frames of the window (similar
+                head pose, so what differs is mostly the mouth); 0: anywhere in the clip.
 
         Raises:
             ValueError: no clip holds a full window.
         """
         self.frames = frames
         self.min_gap = frames if min_gap is None else min_gap
+        self.ref_max_gap = ref_max_gap
         self.clips: list[Clip] = []
         self.starts: list[np.ndarray] = []
         for clip in clips:
@@ -124,8 +127,9 @@ class WindowSampler:
         counts = np.array([len(s) for s in self.starts], np.float64)
         self.weights = counts / counts.sum()
 
-    def _other(self, rng: np.random.Generator, starts: np.ndarray, i: int) -> int:
-        far = starts[np.abs(starts - i) >= self.min_gap]
+    def _other(self, rng: np.random.Generator, starts: np.ndarray, i: int, max_gap: int = 0) -> int:
+        gap = np.abs(starts - i)
+        far = starts[(gap >= self.min_gap) & ((gap <= max_gap) if max_gap > 0 else True)]
         pool = far if len(far) else starts
         return int(pool[rng.integers(len(pool))])
 
@@ -145,7 +149,7 @@ class WindowSampler:
             c = int(rng.choice(len(self.clips), p=self.weights))
             clip, starts = self.clips[c], self.starts[c]
             i = int(starts[rng.integers(len(starts))])
-            r = self._other(rng, starts, i)
+            r = self._other(rng, starts, i, self.ref_max_gap)
             w = self._other(rng, starts, i)
             targets.append(clip.faces[i:i + t])
             refs.append(clip.faces[r:r + t])

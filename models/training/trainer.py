@@ -47,6 +47,7 @@ class TrainConfig:
         sync_weight, adv_weight: loss weights (L1 has weight 1); sync_start: generator steps before
             the sync loss is switched on.
         mouth_weight: extra L1 weight on the mouth area over the rest of the lower half.
+        ref_max_gap: references from within this many frames of the target window (0: anywhere).
         code_dim: size of the mouth code (the bottleneck between speech and renderer).
         code_weight: weight of the audio encoder's regression onto the mouth encoder's code.
         audio_render_start, audio_render_end, audio_render_max: the share of samples rendered from the
@@ -80,6 +81,7 @@ class TrainConfig:
     adv_weight: float = 0.01
     sync_start: int = 0
     mouth_weight: float = 3.0
+    ref_max_gap: int = 0
     code_dim: int = 4
     code_weight: float = 1.0
     audio_render_start: int = 0
@@ -189,12 +191,12 @@ class Trainer:
         self.rng = np.random.default_rng(c.seed)
         self.aug_gen = torch.Generator().manual_seed(c.seed + 1)
         self.step_count = 0
-        self.sampler = WindowSampler(load_clips(Path(c.cache_dir), "train"), c.frames)
+        self.sampler = WindowSampler(load_clips(Path(c.cache_dir), "train"), c.frames, ref_max_gap=c.ref_max_gap)
         val_clips = load_clips(Path(c.cache_dir), "val")
         self.val: list[Batch] = []
         if val_clips and c.val_batches:
             val_rng = np.random.default_rng(c.seed + 12345)
-            val_sampler = WindowSampler(val_clips, c.frames)
+            val_sampler = WindowSampler(val_clips, c.frames, ref_max_gap=c.ref_max_gap)
             self.val = [val_sampler.sample(val_rng, c.gen_batch) for _ in range(c.val_batches)]
         self.weights = torch.from_numpy(_mouth_weights(c.face_size, c.mouth_weight)).to(self.device)
 

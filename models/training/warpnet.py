@@ -188,10 +188,18 @@ def build_mouth_encoder(config: WarpGeneratorConfig):
     def conv(cin: int, cout: int, stride: int = 1) -> nn.Module:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.LeakyReLU(0.2, inplace=True))
 
-    return nn.Sequential(
-        nn.AvgPool2d(2), conv(3, 16, 2), conv(16, 32, 2), conv(32, 64, 2), conv(64, 64, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, config.code_dim), nn.Tanh(),
+    # Keeps a coarse spatial layout (3 x 6 cells) to the end: the mouth's opening is a vertical
+    # distance, which a global average would blur away.
+    net = nn.Sequential(
+        conv(3, 16, 2), conv(16, 32, 2), conv(32, 64, 2), conv(64, 64, 2),
+        nn.AdaptiveAvgPool2d((3, 6)), nn.Flatten(), nn.Linear(64 * 18, config.code_dim), nn.Tanh(),
     )
+    for mod in net.modules():
+        if isinstance(mod, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(mod.weight, a=0.2)
+            nn.init.zeros_(mod.bias)
+    net[-2].weight.data.mul_(0.1)
+    return net
 
 
 def count_parameters(module) -> int:

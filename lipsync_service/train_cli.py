@@ -1,0 +1,106 @@
+"""`lipsync-service train ...` (prepare data, run training, export weights) and `lipsync-service eval`.
+
+torch is imported only inside the training subcommands (pip install '.[train]').
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+from pathlib import Path
+
+from lipsync_service.errors import LipsyncError
+
+DEFAULT_CACHE = Path.home() / ".cache" / "lipsync-data"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `train` command (prepare, run, export) and the `eval` command; each sets `func`."""
+    train = subparsers.add_parser("train", help="build the training cache, train the default model, export it")
+    sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
+
+    prep = sub.add_parser("prepare", help="detect, track and crop faces of talking-head videos into a cache",
+                          description="Speech comes from the video's audio track or a WAV of the same name "
+                          "(or NAME_audio.wav) beside it. Identities come from a NOTICE.md table with an "
+                          "'identity' column in the folder, else the file name. Resumable: cached clips are skipped.")
+    prep.add_argument("dirs", nargs="+", type=Path, help="folders of videos")
+    prep.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"cache folder (default {DEFAULT_CACHE})")
+    prep.add_argument("--val-identity", action="append", default=[],
+                      help="identity held out for validation (repeatable); all its clips go to the val split")
+    prep.add_argument("--exclude", action="append", default=[], help="file-name glob to skip (repeatable)")
+    prep.add_argument("--face-size", type=int, default=96, help="crop size S (default 96)")
+    prep.add_argument("--max-frames", type=int, default=None, help="cut every clip to this many frames")
+    prep.set_defaults(func=_prepare)
+
+    run = sub.add_parser("run", help="train (or resume) from a TOML config, e.g. configs/default.toml")
+    run.add_argument("config", type=Path)
+    run.add_argument("--out-dir", default=None, help="override [run] out_dir")
+    run.add_argument("--cache", default=None, help="override [run] cache_dir")
+    run.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resume later)")
+    run.set_defaults(func=_run)
+
+    exp = sub.add_parser("export", help="export trained generator weights (generator.pt) to ONNX")
+    exp.add_argument("weights", type=Path, help="generator.pt written at the end of `train run`")
+    exp.add_argument("--out", type=Path, required=True, help="the .onnx file, e.g. triton_repo/lipsync_generator/1/model.onnx")
+    exp.set_defaults(func=_export)
+
+    from lipsync_service import eval as evaluation
+
+    evaluation.register(subparsers)
+
+
+def _fail(command: str, exc: BaseException) -> int:
+    print(f"lipsync-service {command}: error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    try:
+        from lipsync_models.dataset import prepare
+    except ImportError as exc:
+        return _fail("train prepare", RuntimeError(f"the training package is not installed: {exc}"))
+    try:
+        index = prepare(args.dirs, args.cache, args.val_identity, args.face_size, args.max_frames,
+                        exclude=lambda name: any(fnmatch.fnmatch(name, p) for p in args.exclude),
+                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ValueError, OSError, LipsyncError) as exc:
+        return _fail("train prepare", exc)
+    clips = index["clips"]
+    for split in ("train", "val"):
+        chosen = [c for c in clips if c["split"] == split]
+        frames = sum(c["valid_frames"] for c in chosen)
+        people = sorted({c["identity"] for c in chosen})
+        print(f"{split}: {len(chosen)} clips, {frames} frames with a face, {len(people)} identities")
+    print(f"cache: {args.cache}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        from lipsync_models.training.trainer import Trainer, load_config
+    except ImportError as exc:
+        return _fail("train run", RuntimeError(f"needs torch (pip install '.[train]'): {exc}"))
+    try:
+        cfg = load_config(args.config, out_dir=args.out_dir, cache_dir=args.cache)
+        final = Trainer(cfg).run(max_steps=args.max_steps)
+    except (ValueError, OSError) as exc:
+        return _fail("train run", exc)
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    print(final if final.exists() else f"stopped before the end of the schedule; resume with the same command")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    try:
+        from lipsync_models.training.export import export_trained
+    except ImportError as exc:
+        return _fail("train export", RuntimeError(f"needs torch and onnx (pip install '.[train]'): {exc}"))
+    try:
+        path = export_trained(args.weights, args.out)
+    except (ValueError, OSError) as exc:
+        return _fail("train export", exc)
+    print(path)
+    return 0

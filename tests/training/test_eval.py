@@ -1,0 +1,87 @@
+"""Evaluation metrics: sync correlation and lag, loudness envelope, PSNR outside the lower face, landmarks."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync_service import eval as ev
+
+
+def test_sync_score_finds_correlation_and_lag() -> None:
+    rng = np.random.default_rng(0)
+    env = rng.normal(size=300)
+    mouth_same = list(env + 0.1 * rng.normal(size=300))
+    score = ev.sync_score(mouth_same, env)
+    assert score.r_lag0 > 0.9 and score.best_lag == 0
+    # The mouth follows the sound two frames late.
+    late = list(np.concatenate([rng.normal(size=2), env[:-2]]))
+    score = ev.sync_score(late, env)
+    assert score.best_lag == 2 and score.r_best > 0.9 and score.r_lag0 < 0.3
+    # Unrelated mouth movement scores about 0; frames without a face are left out.
+    noise = [None if k % 10 == 0 else float(v) for k, v in enumerate(rng.normal(size=300))]
+    score = ev.sync_score(noise, env)
+    assert abs(score.r_lag0) < 0.2 and score.frames == 270
+
+
+def test_loudness_envelope_follows_speech_bursts() -> None:
+    sr, fps = 16000, 25.0
+    t = np.arange(2 * sr) / sr
+    on = (t >= 0.4) & (t < 1.2)
+    speech = (0.5 * np.sin(2 * np.pi * 800 * t) * on).astype(np.float32)
+    env = ev.loudness_envelope(speech, fps, 50)
+    assert env.shape == (50,)
+    assert env[15] - env[5] > 40 and env[15] - env[40] > 40  # 40 dB above silence inside the burst
+    hum = (0.5 * np.sin(2 * np.pi * 60 * t)).astype(np.float32)  # outside the speech band
+    assert ev.loudness_envelope(hum, fps, 50).max() < env.max() - 30
+
+
+def _write_video(path: Path, frames: list[np.ndarray]) -> None:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264rgb", rate=Fraction(25))
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "rgb24"
+        stream.options = {"qp": "0"}
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_psnr_outside_ignores_the_lower_face_only(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    base = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    inside = [f.copy() for f in base]
+    for f in inside:
+        f[40:60, 20:44] = 0  # change confined to the lower-face box
+    _write_video(tmp_path / "a.mp4", base)
+    _write_video(tmp_path / "b.mp4", inside)
+    boxes = [[20, 40, 44, 60]] * 3
+    assert ev.psnr_outside(tmp_path / "b.mp4", tmp_path / "a.mp4", boxes) == math.inf
+    outside = [f.copy() for f in inside]
+    for f in outside:
+        f[0:4, 0:4] = np.clip(f[0:4, 0:4].astype(int) + 20, 0, 255)
+    _write_video(tmp_path / "c.mp4", outside)
+    psnr = ev.psnr_outside(tmp_path / "c.mp4", tmp_path / "a.mp4", boxes)
+    assert 25 < psnr < 60
+
+
+def test_landmarks_measure_mouth_opening_on_real_footage(media) -> None:
+    if not ev.DEFAULT_LANDMARK_PYTHON.exists():
+        pytest.skip(f"eval venv not found at {ev.DEFAULT_LANDMARK_PYTHON}: run tools/eval_env/create.sh")
+    video = media("train/lipnet_grid_bbaf2n.mpg")
+    marks = ev.measure_landmarks(video)
+    opening = [v for v in marks["opening"] if v is not None]
+    assert len(marks["opening"]) == 75 and len(opening) >= 70
+    # A GRID speaker reads a sentence: the mouth opens and closes.
+    assert max(opening) > 3 * (min(opening) + 1e-3)
+    # And it follows his own speech (the reference measure of SPEC section 7).
+    env = ev.loudness_envelope(ev.load_speech(video), 25.0, 75)
+    assert ev.sync_score(marks["opening"], env).r_best > 0.3
