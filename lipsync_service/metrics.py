@@ -63,6 +63,11 @@ class Metrics:
         self.streams_active.set(active)
         self.streams_queued.set(queued)
 
+    def observe_inference(self, seconds: float, batch_size: int) -> None:
+        """Inference callback: one generator call of `batch_size` frames took `seconds`."""
+        self.inference_seconds.observe(seconds)
+        self.inference_batch_size.observe(batch_size)
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -298,15 +298,21 @@ def draw_overlay(frame: av.VideoFrame, index: int, faces: list[TrackedFace],
     return out
 
 
-def build_processor(settings: Settings) -> NeuralProcessor:
+def build_processor(settings: Settings, backend: GeneratorBackend | None = None) -> NeuralProcessor:
     """The lip-sync processor with the generator backend the settings select.
+
+    Args:
+        settings: the service settings.
+        backend: a backend to use instead of building one (e.g. a server's shared backend); the processor
+            closes it with itself, so pass a handle whose close() releases only this processor's share.
 
     Raises:
         InferenceUnavailable: the backend cannot be built (message says why).
     """
-    from lipsync_service.inference import build_backend
+    if backend is None:
+        from lipsync_service.inference import build_backend
 
-    backend = build_backend(settings)
+        backend = build_backend(settings)
     try:
         return NeuralProcessor(backend, debug=settings.debug_mode,
                                batch_frames=min(DEFAULT_BATCH_FRAMES, settings.max_batch_size))

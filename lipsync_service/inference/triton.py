@@ -89,6 +89,14 @@ class TritonBackend(GeneratorBackend):
                 self._clients.remove(client)
         client.close()
 
+    def release_thread(self) -> None:
+        """Close the calling thread's client; a stream's worker thread calls this when its stream ends, so a
+        backend shared by many short-lived threads does not keep one open channel per finished thread."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            self._local.client = None
+            self._forget(client)
+
     def _reset(self) -> None:
         with self._lock:
             self._generation += 1

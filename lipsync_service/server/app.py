@@ -28,6 +28,8 @@ log = get_logger(__name__)
 SERVICE_NAME = lipsync_pb2.DESCRIPTOR.services_by_name["LipSyncService"].full_name
 # Seconds between warm-up attempts while the inference backend is unreachable (e.g. Triton still starting).
 WARMUP_RETRY_S = 5.0
+# Seconds between checks of an inference backend that a stream found unreachable, until it answers again.
+BACKEND_PROBE_S = 2.0
 # Protobuf framing around a chunk's payload, so a payload of exactly max_message_bytes is accepted.
 _FRAMING_BYTES = 1024
 
@@ -76,7 +78,7 @@ class LipsyncServer:
                  metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or default_metrics()
-        self.processors = processors or ProcessorFactory(settings)
+        self.processors = processors or ProcessorFactory(settings, observe=self.metrics.observe_inference)
         self.grpc_port = settings.grpc_port
         self.http_port = settings.http_port
         self.admission: Admission | None = None
@@ -87,11 +89,14 @@ class LipsyncServer:
         self._draining = False
         self._stopped = asyncio.Event()
         self._warmup_retry: asyncio.Task | None = None
+        self._backend_down = False
+        self._backend_watch: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def ready(self) -> bool:
-        """True once warmed up, until draining starts."""
-        return self._ready and not self._draining
+        """True once warmed up, until draining starts; false while the inference backend is unreachable."""
+        return self._ready and not self._draining and not self._backend_down
 
     async def start(self) -> None:
         """Listen on both ports, warm up the processor, then report SERVING.
@@ -101,6 +106,8 @@ class LipsyncServer:
         """
         s = self.settings
         credentials = server_credentials(s)
+        self._loop = asyncio.get_running_loop()
+        self.processors.on_backend_unavailable = self._backend_unavailable
         self.admission = Admission(s.max_concurrent_streams, s.max_queued_streams, s.admission_timeout_s,
                                    on_change=self.metrics.set_admission)
         options = [
@@ -177,6 +184,47 @@ class LipsyncServer:
             except Exception as exc:  # noqa: BLE001 - keep trying; the log says why it is not ready
                 log.warning("warm-up failed again: %s", exc)
 
+    def _backend_unavailable(self, exc: Exception) -> None:
+        """From a stream's thread: the inference backend did not answer; go NOT_SERVING until it does."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._mark_backend_down, str(exc))
+            except RuntimeError:
+                pass  # the loop is shutting down
+
+    def _mark_backend_down(self, reason: str) -> None:
+        # Readiness (gRPC health, /v1/health/ready) goes false so load balancers send new streams to replicas
+        # whose backend answers; liveness (/v1/health/live) stays green: restarting us would not bring it back.
+        if self._backend_down or not self._ready or self._draining:
+            return
+        self._backend_down = True
+        log.warning("inference backend unreachable, NOT_SERVING until it answers (checked every %g s): %s",
+                    BACKEND_PROBE_S, reason)
+        self._backend_watch = asyncio.create_task(self._watch_backend(), name="lipsync-backend-watch")
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+
+    async def _watch_backend(self) -> None:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        while not self._draining:
+            await asyncio.sleep(BACKEND_PROBE_S)
+            # A daemon thread: if shutdown cancels us mid-probe, it ends by itself at the backend's deadline.
+            _, probed = start_thread(self.processors.probe, "lipsync-backend-probe")
+            try:
+                await probed
+            except Exception as exc:  # noqa: BLE001 - still down: keep checking, the log says why
+                log.info("inference backend still unreachable: %s", exc)
+                continue
+            if self._draining:
+                return
+            self._backend_down = False
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            log.info("inference backend answers again: SERVING")
+            return
+
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop taking streams (health NOT_SERVING, new calls UNAVAILABLE) and wait for running ones.
 
@@ -207,6 +255,13 @@ class LipsyncServer:
             except BaseException:  # noqa: BLE001 - cancelled, or its last attempt failed: moot now
                 pass
             self._warmup_retry = None
+        if self._backend_watch is not None:
+            self._backend_watch.cancel()
+            try:
+                await self._backend_watch
+            except BaseException:  # noqa: BLE001 - cancelled: moot at shutdown
+                pass
+            self._backend_watch = None
         if self._http is not None:
             await self._http.stop()
             self._http = None
