@@ -22,6 +22,10 @@ class InputTimeout(LipsyncError):
     """The client stopped sending for longer than the input timeout."""
 
 
+class OutputStalled(LipsyncError):
+    """The client stopped reading the responses for longer than the output stall timeout."""
+
+
 class Unavailable(LipsyncError):
     """The service is draining, or a dependency (the inference server) cannot be reached."""
 

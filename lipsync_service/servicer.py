@@ -71,6 +71,6 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
     async def Lipsync(self, request_iterator: AsyncIterator[lipsync_pb2.LipsyncRequest],  # noqa: N802 - gRPC name
                       context: grpc.aio.ServicerContext) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
         session = Session(self.settings, self.processors, self.admission, self.metrics,
-                          client_session_id=self._session_id(context))
+                          client_session_id=self._session_id(context), context=context)
         async for response in session.run(request_iterator):
             yield response

@@ -23,7 +23,8 @@ from lipsync_service import config as job_config
 from lipsync_service._proto.nvidia.ai4m.common.v1 import common_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service.admission import Admission, Slot
-from lipsync_service.errors import Cancelled, InputTimeout, InvalidInput, LipsyncError, ResourceExhausted
+from lipsync_service.errors import (Cancelled, InputTimeout, InvalidInput, LipsyncError, OutputStalled,
+                                    ResourceExhausted)
 from lipsync_service.logs import get_logger, request_id_var
 from lipsync_service.media.audio import AudioTrack
 from lipsync_service.media.pipe import ByteStream
@@ -200,12 +201,13 @@ class Session:
     """Serves one Lipsync call from first request to last response; see SPEC section 2."""
 
     def __init__(self, settings: Settings, processors: ProcessorFactory, admission: Admission, metrics: Metrics,
-                 *, client_session_id: str = "") -> None:
+                 *, client_session_id: str = "", context: grpc.aio.ServicerContext | None = None) -> None:
         self.settings = settings
         self.processors = processors
         self.admission = admission
         self.metrics = metrics
         self.client_session_id = client_session_id
+        self.context = context
         self.request_id = uuid.uuid4().hex
         self.outcome = grpc.StatusCode.OK
         self.error_message = ""
@@ -245,6 +247,11 @@ class Session:
         self._slot: Slot | None = None
         self._result: Any = None
         self._frames_reported = 0
+        # Output stall watch: when the write of the response being sent started (None between writes).
+        self._task: asyncio.Task | None = None
+        self._writing_since: float | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._stall: OutputStalled | None = None
 
     # Event-loop wake-ups -------------------------------------------------------------------------
 
@@ -283,6 +290,8 @@ class Session:
         # another task's context.
         request_id_var.set(self.request_id)
         log.info("stream opened (client session %r)", self.client_session_id)
+        self._task = asyncio.current_task()
+        self._watchdog = asyncio.create_task(self._watch_output(), name=f"lipsync-stall-{self.request_id}")
         try:
             yield _response(service_info=common_pb2.ServiceInfo(
                 feature_name=FEATURE_NAME, feature_version=__version__, model_info=self.processors.model_info,
@@ -299,7 +308,9 @@ class Session:
             self._reader = asyncio.create_task(self._read_requests(requests), name=f"lipsync-reader-{self.request_id}")
             self._reader.add_done_callback(lambda _: self._wake.set())
             async for response in self._respond():
+                self._writing_since = time.monotonic()
                 yield response
+                self._writing_since = None
         except BaseException as exc:
             self._record_failure(exc)
             raise
@@ -308,6 +319,37 @@ class Session:
                 await self._cleanup()
             finally:
                 self._finish_log()
+
+    async def _watch_output(self) -> None:
+        """End the call when one response write stays blocked past output_stall_timeout_s.
+
+        gRPC's flow control parks the write (and, behind it, the pipeline) while the client does not read;
+        a client that half-closed and then stopped reading on a live connection is never caught by the
+        input stall timeout or by transport keepalives, so without this it would hold its slot forever.
+        """
+        limit = self.settings.output_stall_timeout_s
+        tick = min(1.0, limit / 4)
+        while True:
+            await asyncio.sleep(tick)
+            since = self._writing_since
+            if since is None or time.monotonic() - since <= limit:
+                continue
+            self._stall = OutputStalled(
+                f"the client has not read the responses for {limit:g} s; the call is ended to free its slot "
+                "(read the response stream while sending; limit set by NV_AI4M_OUTPUT_STALL_TIMEOUT_S)")
+            log.warning("%s", self._stall)
+            if self.context is not None:
+                # Queue the final status first, so the client gets our code and message once it reads again;
+                # the write ahead of it is stuck, so do not wait for it to go out.
+                try:
+                    await asyncio.wait_for(self.context.abort(status_for(self._stall), str(self._stall)), 0.1)
+                except Exception:  # noqa: BLE001 - AbortError, or the timeout: either way the status is queued
+                    pass
+            if self._task is not None:
+                # The handler task is parked in gRPC's write: cancelling it is the only way to end the call
+                # (the client, once it reads again, sees DEADLINE_EXCEEDED; the log line has our message).
+                self._task.cancel()
+            return
 
     async def _respond(self) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
         keepalive_s = self.settings.keepalive_interval_s
@@ -539,7 +581,10 @@ class Session:
     # End of the call -----------------------------------------------------------------------------
 
     def _record_failure(self, exc: BaseException) -> None:
-        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        if self._stall is not None:
+            self.outcome = status_for(self._stall)
+            self.error_message = str(self._stall)
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
             self.outcome = grpc.StatusCode.CANCELLED
             self.error_message = "the client cancelled the call or went away"
         else:
@@ -549,6 +594,9 @@ class Session:
     async def _cleanup(self) -> None:
         """Stop everything this call started; safe to run after success, failure or cancellation."""
         self._cancel.set()
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog is not asyncio.current_task():
+            watchdog.cancel()
         self._output.close()
         for feed in (self._video_feed, self._speech_feed, self._background_feed):
             if feed is not None:

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     input_queue_timeout_s: float = Field(
         30.0, gt=0, validation_alias=_env("NV_AI4M_LS_INPUT_QUEUE_TIMEOUT_S", "input_queue_timeout_s")
     )
+    # A client that stops reading the responses (e.g. half-closed, then idle on a live connection) would
+    # hold its slot forever: a response write blocked this long ends the call.
+    output_stall_timeout_s: float = Field(
+        60.0, gt=0, validation_alias=_env("NV_AI4M_OUTPUT_STALL_TIMEOUT_S", "output_stall_timeout_s")
+    )
     keepalive_interval_s: float = Field(
         2.0, gt=0, validation_alias=_env("NV_AI4M_KEEPALIVE_INTERVAL_S", "keepalive_interval_s")
     )

@@ -10,6 +10,7 @@ STATUS_TABLE: dict[type[errors.LipsyncError], grpc.StatusCode] = {
     errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.InputTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.OutputStalled: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.InferenceUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.InferenceError: grpc.StatusCode.INTERNAL,
