@@ -217,6 +217,7 @@ class Session:
         self._cancel = threading.Event()
         self._started = time.monotonic()
         self._first_chunk_at: float | None = None
+        self._admitted_at: float | None = None
         self._last_input = time.monotonic()
         self._waiting_for_space = False
         self._input_done = False
@@ -302,6 +303,7 @@ class Session:
                 done, _ = await asyncio.wait({self._acquire}, timeout=self.settings.keepalive_interval_s)
                 if done:
                     self._slot = self._acquire.result()
+                    self._admitted_at = time.monotonic()
                     break
                 yield _response(keepalive=empty_pb2.Empty())
             self._last_input = time.monotonic()
@@ -684,6 +686,7 @@ class Session:
             "outcome": self.outcome.name,
             "message": self.error_message,
             "duration_s": round(elapsed, 3),
+            "queued_s": None if self._admitted_at is None else round(self._admitted_at - self._started, 3),
             "time_to_first_chunk_s": None if self._first_chunk_at is None else round(self._first_chunk_at - self._started, 3),
             "video_mode": self._video_mode,
             "input_bytes": {"video": self._video_bytes, "speech": self._speech_bytes, "background": self._background_bytes},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 
@@ -25,7 +27,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
             "audio": synth.make_wav(d / "a.wav", seconds=2.0).read_bytes()}
 
 
-def test_client_that_stops_reading_is_cut_off_and_everything_is_freed(clip):
+def test_client_that_stops_reading_is_cut_off_and_everything_is_freed(clip, caplog):
+    caplog.set_level(logging.INFO, logger="lipsync_service.session")
     with running_server(output_stall_timeout_s=LIMIT_S, stream_buffer_bytes=65536, keepalive_interval_s=0.3) as srv:
         full = run_call(srv, requests(clip["video"], clip["audio"], config(output_video_encoding=ENCODING)))
         assert len(full.video) > 4 * 65536, "the clip is too small to fill the transport's buffers"
@@ -35,7 +38,8 @@ def test_client_that_stops_reading_is_cut_off_and_everything_is_freed(clip):
         # No window growth: what the client's transport accepts without the application reading stays small.
         with srv.channel(**{"grpc.http2.bdp_probe": 0, "grpc.http2.lookahead_bytes": 65536}) as channel:
             call = srv.stub(channel).Lipsync(requests(clip["video"], clip["audio"],
-                                                      config(output_video_encoding=ENCODING)), timeout=60)
+                                                      config(output_video_encoding=ENCODING)), timeout=60,
+                                                      metadata=[("client-session-id", "stalled-1")])
             assert wait_until(lambda: srv.server.admission.active == 1, timeout=10)
             t0 = time.monotonic()
             # The client reads nothing: the slot is taken back once a write has been blocked for the limit.
@@ -51,6 +55,13 @@ def test_client_that_stops_reading_is_cut_off_and_everything_is_freed(clip):
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert info.value.details().startswith(f"the client has not read the responses for {LIMIT_S:g} s")
             assert "NV_AI4M_OUTPUT_STALL_TIMEOUT_S" in info.value.details()
+        # One structured line ends the request: ids, durations, outcome and why.
+        finished = [json.loads(r.getMessage()) for r in caplog.records if '"request_finished"' in r.getMessage()]
+        stalled = [f for f in finished if f["client_session_id"] == "stalled-1"]
+        assert len(stalled) == 1 and stalled[0]["outcome"] == "DEADLINE_EXCEEDED"
+        assert stalled[0]["message"].startswith("the client has not read the responses")
+        assert len(stalled[0]["request_id"]) == 32 and stalled[0]["duration_s"] >= LIMIT_S
+        assert stalled[0]["queued_s"] is not None and stalled[0]["queued_s"] < 1
         assert wait_until(lambda: threading.active_count() <= threads, timeout=5), threading.enumerate()
         assert wait_until(lambda: open_fds() <= fds, timeout=5)
 
