@@ -23,6 +23,8 @@ from lipsync_service.server.app import LipsyncServer
 from lipsync_service.settings import Settings
 
 CHUNK = 64 * 1024
+# Fuzz cases tried in this test session, by "count" and "target:STATUS" (reported by conftest.py).
+FUZZ_STATS: dict[str, int] = {}
 
 
 class ServerThread:
