@@ -72,6 +72,12 @@ class LipsyncServer:
 
     Lifecycle: `await start()` (listens at once, health NOT_SERVING until the processor is warmed up),
     `await drain(timeout)` (refuse new streams, wait for running ones), `await stop()`.
+
+    Readiness follows the inference backend: when a stream finds it unreachable (e.g. Triton died), that
+    stream ends with UNAVAILABLE naming the server, gRPC health and /v1/health/ready turn NOT_SERVING, and a
+    probe (one blank generator call every BACKEND_PROBE_S) turns them back to SERVING once it answers. New
+    streams are still accepted meanwhile (they fail the same way if they need the generator); liveness
+    (/v1/health/live) stays green, since restarting this process would not bring the backend back.
     """
 
     def __init__(self, settings: Settings, *, processors: ProcessorFactory | None = None,
