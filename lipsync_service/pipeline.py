@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import logging
 import os
-import tempfile
+import secrets
 import threading
 import time
 from collections import deque
@@ -80,9 +80,11 @@ class _Timer:
 class Job:
     """Runs one lip-sync job from decoded input to encoded output, with memory bounded by a few frames.
 
-    Frame i of the input is shown as output frame i; when the video is extended, output frames past
-    the input's end replay its last 5 s (timeline.extension_source_index). Audio is written after each
-    output frame up to that frame's end, so the fragmented MP4 interleaves both and can be streamed.
+    Output frames follow the demuxer's constant-rate timeline (input frame i is output frame i unless
+    a variable-frame-rate input is normalised); speaker data is looked up by the input frame each
+    output frame shows. When the video is extended, output frames past the input's end replay its
+    last 5 s (timeline.extension_source_index). Audio is written after each output frame up to that
+    frame's end, so the fragmented MP4 interleaves both and can be streamed.
     """
 
     def __init__(self, cfg: JobConfig, settings: Settings, processor: FrameProcessor,
@@ -179,13 +181,13 @@ class Job:
             if item is None:
                 video_ended = True
                 break
-            source_index, frame = item
-            if not self._wanted(source_index, fps, extend=False):
+            index, source_index, frame = item
+            if not self._wanted(index, fps, extend=False):
                 break
-            self._push(source_index, source_index, frame, self._speakers_for(source_index, wait=True))
+            self._push(index, source_index, frame, self._speakers_for(source_index, wait=True))
         if video_ended:
-            total = video.frames_decoded
-            self._check_speaker_range(total)
+            total = video.frames_emitted
+            self._check_speaker_range(video.frames_decoded)
             if cfg.extend_video is not ExtendVideo.UNSPECIFIED and self._wanted(total, fps, extend=True):
                 self._extend(video, total, fps)
         else:
@@ -216,7 +218,7 @@ class Job:
             while self._wanted(index, fps, extend=True):
                 self._check_cancel()
                 with self._timer("decode"):
-                    source_index, frame = next(tail)
+                    _, source_index, frame = next(tail)
                 self._push(index, source_index, frame, self._speakers_for(source_index, wait=False))
                 index += 1
         finally:
@@ -381,7 +383,7 @@ def run_files(cfg: JobConfig, settings: Settings, processor: FrameProcessor, vid
     output_path = Path(output_path)
     tracks: list[AudioTrack] = []
     files: list[BinaryIO] = []
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output_path.name}.", suffix=".part", dir=output_path.parent or ".")
+    fd, tmp_name = _create_beside(output_path)
     ok = False
     try:
         with os.fdopen(fd, "wb") as out:
@@ -413,6 +415,24 @@ def run_files(cfg: JobConfig, settings: Settings, processor: FrameProcessor, vid
                 os.unlink(tmp_name)
             except FileNotFoundError:
                 pass
+
+
+def _create_beside(output_path: Path) -> tuple[int, str]:
+    """A new hidden temporary file next to `output_path`, with the mode any new file gets (0666 & ~umask).
+
+    mkstemp would make it 0600, which the rename would carry over to the user's output.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    directory = output_path.parent
+    for _ in range(100):
+        name = str(directory / f".{output_path.name}.{secrets.token_hex(4)}.part")
+        try:
+            return os.open(name, flags, 0o666), name
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise InvalidInput(f"output: cannot create a file in {directory}: {exc.strerror}") from exc
+    raise InvalidInput(f"output: cannot create a temporary file in {directory}")
 
 
 def _open_input(path: Path | str, what: str, files: list[BinaryIO]) -> BinaryIO:

@@ -198,6 +198,23 @@ def make_video(path: str | Path, *, seconds: float = 2.0, fps: int = 25, size: t
     return path
 
 
+def backwards_timestamps(data: bytes) -> bytes:
+    """A copy of a 64x64, 25 fps `make_video` clip whose frame 5 is stamped before frame 4.
+
+    Patches the composition offsets (ctts): x264 gives this clip the pattern 1024, 1024, 2560, 1024...
+    (in 1/12800 s); the third sample's 2560 becomes 1536, so it presents at 0.12 s, after 0.16 s.
+    """
+    import struct
+
+    buf = bytearray(data)
+    at = buf.index(b"ctts") + 4
+    entries = [struct.unpack(">II", buf[at + 8 + 8 * k:at + 16 + 8 * k]) for k in range(3)]
+    if entries != [(2, 1024), (1, 2560), (1, 1024)]:
+        raise ValueError(f"unexpected ctts pattern {entries}: make the clip with make_video(size=(64, 64))")
+    buf[at + 20:at + 24] = struct.pack(">I", 1536)
+    return bytes(buf)
+
+
 def probe(path: str | Path | bytes) -> dict:
     """Decode a media file fully and report what tests assert on.
 

@@ -27,6 +27,18 @@ _OPEN_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
 # Bytes looked at before decoding, to tell a WAV from an MP3 and give a precise mismatch message.
 _SNIFF_BYTES = 12
 
+# What PyAV raises on corrupt or hostile input besides its own errors: tags that are not text,
+# absurd sizes and counts. Translated into InvalidInput naming the track.
+_PYAV_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, OverflowError, MemoryError)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "it declares sizes too large to allocate"
+    if isinstance(exc, (av.error.FFmpegError, OSError)) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc) or type(exc).__name__
+
 
 def _looks_like_wav(head: bytes) -> bool:
     return head[:4] in (b"RIFF", b"RF64", b"BW64") and head[8:12] == b"WAVE"
@@ -333,9 +345,13 @@ class AudioTrack:
         fmt = "wav" if self._codec is AudioCodec.WAV else "mp3"
         reader = self._sniff()
         try:
-            container = av.open(reader, mode="r", format=fmt, container_options=_OPEN_OPTIONS)
-        except av.error.FFmpegError as exc:
-            raise InvalidInput(f"{what}: cannot read the {fmt.upper()} data ({exc.strerror or exc})") from exc
+            # Tags (ID3, RIFF INFO) are free text: undecodable bytes there must not fail the audio.
+            container = av.open(reader, mode="r", format=fmt, container_options=_OPEN_OPTIONS,
+                                metadata_errors="replace")
+        except LipsyncError:
+            raise
+        except _PYAV_ERRORS as exc:
+            raise InvalidInput(f"{what}: cannot read the {fmt.upper()} data ({_reason(exc)})") from exc
         try:
             if not container.streams.audio:
                 raise InvalidInput(f"{what}: no audio stream in the {fmt.upper()} data")
@@ -365,10 +381,12 @@ class AudioTrack:
                         raise ResourceExhausted(f"{what} is longer than the limit of {self._max_duration_s:g} s")
                 if resamplers:
                     self._push(resamplers, targets, None)
-            except av.error.FFmpegError as exc:
+            except LipsyncError:
+                raise
+            except _PYAV_ERRORS as exc:
                 at = self._source_samples / self._source_rate if self._source_rate else 0.0
                 raise InvalidInput(f"{what}: the {fmt.upper()} data is corrupt or truncated after {at:.2f} s "
-                                   f"({exc.strerror or exc})") from exc
+                                   f"({_reason(exc)})") from exc
         finally:
             container.close()
         if self._source_samples == 0:

@@ -1,4 +1,4 @@
-"""Open an input MP4, validate it, and decode its H.264 video frame by frame (with a replayable tail)."""
+"""Open an input MP4, validate it, and decode its H.264 video at a constant frame rate (with a replayable tail)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import av
 import av.error
 
 from lipsync_service.errors import InvalidInput, LipsyncError, ResourceExhausted
-from lipsync_service.media.timeline import EXTENSION_TAIL_S, tail_length
+from lipsync_service.media.timeline import EXTENSION_TAIL_S, first_slot, tail_length
 from lipsync_service.media.types import VideoInfo
 from lipsync_service.settings import Settings
 
@@ -21,20 +21,31 @@ log = logging.getLogger(__name__)
 
 OUTPUT_PIX_FMT = "yuv420p"
 # Stream-level frame rates that differ by more than this (relative) mean variable frame rate, on top
-# of what one odd last-frame duration explains (1/frame count; 5% when the count is unknown). The
-# per-frame timestamp check while decoding is the exact test; this one only fails obvious cases early.
+# of what one odd last-frame duration explains (1/frame count; 5% when the count is unknown).
 _RATE_TOLERANCE = 0.01
 _UNKNOWN_COUNT_TOLERANCE = 0.05
-# A frame interval off by more than this many nominal frame durations means variable frame rate.
-_PTS_TOLERANCE_FRAMES = 0.5
+# Output rate bounds for variable-frame-rate input: a base rate above this is a timestamp grid
+# (e.g. 1/90000 s), not a frame rate, and the average rate is used instead.
+_MAX_NORMALISED_FPS = 60
+_COMMON_RATES = tuple(Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "50", "60000/1001", "60"))
+# A frame stamped this far past the duration the header states has a corrupt timestamp.
+_PTS_PAST_END_S = 1
+# What PyAV raises on corrupt or hostile input besides its own errors: metadata that is not text,
+# absurd sizes and counts. Translated into InvalidInput where they enter.
+_PYAV_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, OverflowError, MemoryError)
 
 
-def _vfr_error(detail: str, fps: Fraction | None) -> InvalidInput:
-    rate = "25" if fps is None else str(fps.numerator) if fps.denominator == 1 else f"{fps.numerator}/{fps.denominator}"
-    return InvalidInput(
-        f"video: variable frame rate is not supported ({detail}); "
-        f"re-encode at a constant frame rate, e.g. ffmpeg -i in.mp4 -vf fps={rate} -c:v libx264 out.mp4"
-    )
+def _reason(exc: BaseException) -> str:
+    """A short cause for an error message, without file names (a spooled upload's path means nothing to a client)."""
+    if isinstance(exc, MemoryError):
+        return "it declares sizes too large to allocate"
+    if isinstance(exc, (av.error.FFmpegError, OSError)) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc) or type(exc).__name__
+
+
+def _rate_text(fps: Fraction) -> str:
+    return f"{float(fps):.3f}".rstrip("0").rstrip(".")
 
 
 def _to_fraction(rate: object) -> Fraction | None:
@@ -45,6 +56,17 @@ def _to_fraction(rate: object) -> Fraction | None:
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     return value if value > 0 else None
+
+
+def _normalised_rate(base: Fraction, average: Fraction) -> Fraction:
+    """Output rate for variable-frame-rate input: the base rate (r_frame_rate) when it is a frame rate,
+    else the average snapped to a common rate or rounded, at most _MAX_NORMALISED_FPS."""
+    if base <= _MAX_NORMALISED_FPS and base >= average * (1 - _RATE_TOLERANCE):
+        return base
+    for common in _COMMON_RATES:
+        if abs(average - common) <= _RATE_TOLERANCE * common:
+            return common
+    return Fraction(min(_MAX_NORMALISED_FPS, max(1, round(average))))
 
 
 class _FullReader:
@@ -72,6 +94,20 @@ class _FullReader:
         return b"".join(parts)
 
 
+class DecodedFrame(NamedTuple):
+    """One output frame of the constant-rate timeline.
+
+    Attributes:
+        index: output frame number (pts index / fps).
+        source_index: which input frame (in decode order, counting from 0) the picture is.
+        frame: the picture, yuv420p.
+    """
+
+    index: int
+    source_index: int
+    frame: av.VideoFrame
+
+
 class _Gop:
     """Compressed packets from one keyframe up to the next, in decode order."""
 
@@ -83,7 +119,14 @@ class _Gop:
 
 
 class VideoSource:
-    """An input MP4's video stream: validation on open, then decoded frames in order.
+    """An input MP4's video stream: validation on open, then decoded frames at a constant frame rate.
+
+    Variable frame rate (phone footage) is normalised as ffmpeg's cfr mode does: output frame k is
+    shown at k / fps and takes the latest input frame presented at or before k / fps + half a frame
+    (timeline.first_slot). An input frame is repeated to fill a gap and dropped when the next one
+    lands in the same output slot. Constant-rate input maps one to one. `fps` is the stream's base
+    rate; each output frame keeps the index of the input frame it shows (speaker data refers to
+    input frames).
 
     Extension support (extend_video): the last 5 s must be replayable after the input ended, but
     the input may be an hour long and is read once from a non-seekable stream. Keeping the decoded
@@ -109,12 +152,19 @@ class VideoSource:
         self._container: av.container.InputContainer | None = None
         self._stream: av.VideoStream | None = None
         self._info: VideoInfo | None = None
-        self._count = 0
-        self._last_pts: int | None = None
+        self._count = 0  # input frames decoded
+        self._slots = 0  # output frames yielded
+        self._repeated = 0
+        self._dropped = 0
         self._first_pts: int | None = None
+        self._last_offset: Fraction | None = None  # presentation time of the latest frame, after the first
+        self._last_duration: Fraction | None = None
+        self._end_limit: Fraction | None = None
         self._gops: deque[_Gop] = deque()
         self._pts_index: dict[int, int] = {}
         self._tail_max = 0
+        # Input frame shown by each of the latest output frames (the extension tail replays them).
+        self._slot_sources: deque[int] = deque()
         self._ended = False
         self._closed = False
 
@@ -124,33 +174,49 @@ class VideoSource:
         """Read the header and validate the video stream.
 
         Returns:
-            Facts about the stream (size, exact fps, frame count when the container has it).
+            Facts about the stream (size, the exact output fps, input frame count when the container
+            has it, whether the input is variable frame rate).
 
         Raises:
-            InvalidInput: not an MP4, corrupt header, no video, not H.264, too large, odd size,
-                variable frame rate.
+            InvalidInput: not an MP4, corrupt header, no video, not H.264, too large, odd size.
             ResourceExhausted: longer than settings.max_duration_s.
         """
         if self._info is not None:
             return self._info
         src = str(self._source) if isinstance(self._source, (Path, str)) else _FullReader(self._source)
         try:
-            # Forcing the MP4 demuxer: probing could take garbage for some other format.
-            self._container = av.open(src, mode="r", format="mp4")
+            # Forcing the MP4 demuxer: probing could take garbage for some other format. Metadata
+            # is free text: undecodable bytes there must not fail the video.
+            self._container = av.open(src, mode="r", format="mp4", metadata_errors="replace")
         except LipsyncError:
             raise
         except EOFError as exc:
             raise InvalidInput("video: the MP4 ended before its header (moov) was complete: the file is truncated") from exc
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
-            raise InvalidInput(f"video: the data is not a readable MP4 file or its header is corrupt ({exc})") from exc
-        if not self._container.streams.video and not self._container.streams.audio:
+        except _PYAV_ERRORS as exc:
+            raise InvalidInput(f"video: the data is not a readable MP4 file or its header is corrupt ({_reason(exc)})") from exc
+        try:
+            self._info = self._inspect(self._container)
+        except LipsyncError:
+            raise
+        except _PYAV_ERRORS as exc:
+            raise InvalidInput(f"video: the MP4 header is corrupt ({_reason(exc)})") from exc
+        return self._info
+
+    def _inspect(self, container: av.container.InputContainer) -> VideoInfo:
+        if not container.streams.video and not container.streams.audio:
             # The demuxer gives up quietly when the input ends inside the moov box.
             raise InvalidInput("video: the MP4 header (moov) is incomplete or corrupt: the file may be truncated")
-        if not self._container.streams.video:
+        if not container.streams.video:
             raise InvalidInput("video: the MP4 has no video stream")
-        stream = self._container.streams.video[0]
+        stream = container.streams.video[0]
         self._stream = stream
         ctx = stream.codec_context
+        if ctx is None:
+            # FFmpeg has no decoder for the track's sample entry (an unknown or corrupt codec tag).
+            raise InvalidInput(
+                "video: the MP4's video track is in a format this server cannot decode (unknown or corrupt "
+                "codec tag): re-encode the video as H.264"
+            )
         if ctx.name != "h264":
             raise InvalidInput(f"video codec {ctx.name} is not supported: re-encode the video as H.264")
         width, height = ctx.width, ctx.height
@@ -167,52 +233,59 @@ class VideoSource:
                 f"video: frame size {width}x{height} is odd; H.264 output in yuv420p needs even width and "
                 "height: crop or scale the video by one pixel (e.g. ffmpeg -vf crop=trunc(iw/2)*2:trunc(ih/2)*2)"
             )
-        fps = self._frame_rate(stream)
-        frame_count = self._frame_count(stream, fps)
-        duration_s = self._duration_s(stream, fps, frame_count)
+        fps, constant = self._frame_rate(stream)
+        frame_count = self._frame_count(stream, fps, constant)
+        duration_s = self._duration_s(stream, fps, frame_count, constant)
         if duration_s is not None and duration_s > s.max_duration_s + 1e-6:
             raise ResourceExhausted(
                 f"video: {duration_s:.1f} s is longer than the {s.max_duration_s:g} s limit; split it into shorter parts"
             )
+        if stream.duration and stream.time_base:
+            self._end_limit = Fraction(stream.duration) * Fraction(stream.time_base) + _PTS_PAST_END_S
         # Frame threading speeds up decode and only delays output by a few frames.
         ctx.thread_type = "AUTO"
         self._tail_max = max(1, round(EXTENSION_TAIL_S * float(fps)))
+        self._slot_sources = deque(maxlen=self._tail_max)
         pix_fmt = ctx.pix_fmt or OUTPUT_PIX_FMT
-        self._info = VideoInfo(width=width, height=height, fps=fps, pix_fmt=pix_fmt, frame_count=frame_count)
+        info = VideoInfo(width=width, height=height, fps=fps, pix_fmt=pix_fmt, frame_count=frame_count,
+                         constant_rate=constant)
         log.debug("video opened: %sx%s %s fps, %s frames, %s", width, height, fps, frame_count, pix_fmt)
-        return self._info
+        if not constant:
+            log.info("video: variable frame rate input (%s fps on average, %s frames): normalising to a constant "
+                     "%s fps", _rate_text(Fraction(stream.average_rate or 0)), frame_count or "unknown",
+                     _rate_text(fps))
+        return info
 
     @staticmethod
-    def _frame_rate(stream: av.VideoStream) -> Fraction:
+    def _frame_rate(stream: av.VideoStream) -> tuple[Fraction, bool]:
+        """The output frame rate and whether the header describes a constant rate."""
         avg = _to_fraction(stream.average_rate)
         base = _to_fraction(stream.base_rate) or _to_fraction(stream.guessed_rate)
         if avg is not None and base is not None:
             slack = 1.5 / stream.frames if stream.frames else _UNKNOWN_COUNT_TOLERANCE
-            if abs(avg - base) > (_RATE_TOLERANCE + slack) * base:
-                raise _vfr_error(
-                    f"the container reports {float(avg):.3f} fps on average but frames at {float(base):.3f} fps",
-                    Fraction(round(avg)) or base,
-                )
-            return base
+            if abs(avg - base) <= (_RATE_TOLERANCE + slack) * base:
+                return base, True
+            return _normalised_rate(base, avg), False
         fps = base or avg
         if fps is None:
             raise InvalidInput("video: the MP4 does not state a frame rate; re-encode it at a constant frame rate")
-        return fps
+        return fps, True
 
     @staticmethod
-    def _frame_count(stream: av.VideoStream, fps: Fraction) -> int | None:
+    def _frame_count(stream: av.VideoStream, fps: Fraction, constant: bool) -> int | None:
         # The sample table can list more samples than the edit list presents (seen in real files:
-        # 266 samples, 209 shown); the presented duration is the better count when both exist.
+        # 266 samples, 209 shown); the presented duration is the better count when both exist. At a
+        # variable rate the duration does not count input frames.
         samples = stream.frames or None
-        if samples and stream.duration and stream.time_base:
+        if constant and samples and stream.duration and stream.time_base:
             shown = round(stream.duration * stream.time_base * fps)
             if 0 < shown < samples:
                 return shown
         return samples
 
     @staticmethod
-    def _duration_s(stream: av.VideoStream, fps: Fraction, frame_count: int | None) -> float | None:
-        if frame_count:
+    def _duration_s(stream: av.VideoStream, fps: Fraction, frame_count: int | None, constant: bool) -> float | None:
+        if frame_count and constant:
             return frame_count / float(fps)
         if stream.duration and stream.time_base:
             return float(stream.duration * stream.time_base)
@@ -227,25 +300,46 @@ class VideoSource:
 
     @property
     def frames_decoded(self) -> int:
-        """Frames yielded so far (the video's frame count once `frames()` is exhausted)."""
+        """Input frames decoded so far (the input's frame count once `frames()` is exhausted)."""
         return self._count
+
+    @property
+    def frames_emitted(self) -> int:
+        """Output frames yielded so far (the constant-rate video's frame count once `frames()` is exhausted)."""
+        return self._slots
+
+    @property
+    def frames_repeated(self) -> int:
+        """Output frames that repeat an input frame to fill a timing gap (variable frame rate)."""
+        return self._repeated
+
+    @property
+    def frames_dropped(self) -> int:
+        """Input frames left out because the next one fell into the same output frame (variable frame rate)."""
+        return self._dropped
 
     # Decode ------------------------------------------------------------------------------------
 
-    def frames(self) -> Iterator[tuple[int, av.VideoFrame]]:
-        """Decode the video in presentation order.
+    def frames(self) -> Iterator[DecodedFrame]:
+        """Decode the video in presentation order at the constant output rate.
+
+        Each input frame is held until the next one is decoded (its timestamp decides how many
+        output frames the held one fills), so output lags decoding by one frame.
 
         Yields:
-            (source index, frame in yuv420p): the decoder's own frame object when it is already
-            yuv420p (the encoder then sees exactly the decoded planes), a converted copy otherwise.
+            DecodedFrame(index, source_index, frame in yuv420p): the decoder's own frame object when
+            it is already yuv420p (the encoder then sees exactly the decoded planes), a converted copy
+            otherwise; a repeated input frame comes as bit-identical copies first, the decoded object last.
 
         Raises:
-            InvalidInput: truncated or corrupt data, or variable frame timing.
+            InvalidInput: truncated or corrupt data, a frame of another size, timestamps that repeat
+                or go backwards.
             ResourceExhausted: the video runs past settings.max_duration_s.
         """
         info = self.open()
         assert self._container is not None and self._stream is not None
         stream = self._stream
+        held: tuple[int, av.VideoFrame] | None = None
         try:
             for packet in self._container.demux(stream):
                 if packet.is_corrupt:
@@ -254,49 +348,96 @@ class VideoSource:
                 if packet.size and self._keep_tail:
                     self._remember(packet)
                 for frame in packet.decode():
-                    yield self._accept(frame)
+                    source, picture, start = self._accept(frame)
+                    if held is not None:
+                        yield from self._fill(*held, start)
+                    held = (source, picture)
         except LipsyncError:
             raise
         except EOFError as exc:
             raise self._truncated() from exc
-        except (av.error.FFmpegError, OSError, ValueError) as exc:
+        except _PYAV_ERRORS as exc:
             raise self._truncated() from exc
         if info.frame_count is not None and self._count < info.frame_count:
             raise self._truncated()
-        if self._count == 0:
+        if held is None:
             raise InvalidInput("video: the MP4 contains no decodable video frames")
+        yield from self._fill(*held, self._end_slot())
         self._ended = True
+        if self._repeated or self._dropped:
+            log.info("video: %d input frames normalised to %d frames at a constant %s fps (%d repeated, %d dropped)",
+                     self._count, self._slots, _rate_text(info.fps), self._repeated, self._dropped)
 
     def _truncated(self) -> InvalidInput:
         return InvalidInput(f"video: the MP4 is truncated or corrupt after frame {self._count}")
 
-    def _accept(self, frame: av.VideoFrame) -> tuple[int, av.VideoFrame]:
+    def _accept(self, frame: av.VideoFrame) -> tuple[int, av.VideoFrame, int]:
+        """Check one decoded frame and place it on the timeline: (source index, yuv420p picture, first slot)."""
         info = self._info
         assert info is not None
+        index = self._count
+        if frame.width != info.width or frame.height != info.height:
+            # Corrupt data, spliced clips or an unaligned left crop (FFmpeg drops it) decode at another
+            # size than the header states; the encoder needs one size.
+            raise InvalidInput(
+                f"video: frame {index} is {frame.width}x{frame.height} but the stream is {info.width}x{info.height}: "
+                "the H.264 data is corrupt, changes resolution mid-stream or has a cropping the decoder does not apply; "
+                "re-encode it at one frame size"
+            )
         pts = frame.pts
-        if pts is not None and frame.time_base is not None:
+        time_base = frame.time_base
+        if pts is None or time_base is None:
+            # No timestamp: assume it follows the previous frame at the nominal rate.
+            offset = Fraction(0) if self._last_offset is None else self._last_offset + 1 / info.fps
+        else:
             if self._first_pts is None:
                 self._first_pts = pts
-            if self._last_pts is not None:
-                delta = float((pts - self._last_pts) * frame.time_base)
-                nominal = 1 / float(info.fps)
-                if abs(delta - nominal) > _PTS_TOLERANCE_FRAMES * nominal:
-                    raise _vfr_error(
-                        f"frames {self._count - 1} and {self._count} are {delta * 1000:.1f} ms apart, "
-                        f"expected {nominal * 1000:.1f} ms at {float(info.fps):.3f} fps",
-                        info.fps,
-                    )
-            self._last_pts = pts
+            offset = Fraction(pts - self._first_pts) * Fraction(time_base)
             if self._keep_tail:
-                self._pts_index[pts] = self._count
-                self._trim_tail()
-        index = self._count
-        self._count += 1
-        if self._count / float(info.fps) > self._settings.max_duration_s + 1e-6:
-            raise ResourceExhausted(
-                f"video: longer than the {self._settings.max_duration_s:g} s limit; split it into shorter parts"
+                self._pts_index[pts] = index
+        if self._last_offset is not None and offset <= self._last_offset:
+            raise InvalidInput(
+                f"video: frame {index} is stamped {float(offset):.3f} s after the first frame, not later than frame "
+                f"{index - 1} ({float(self._last_offset):.3f} s): timestamps repeat or go backwards (corrupt or "
+                f"badly muxed MP4); re-encode it, e.g. ffmpeg -i in.mp4 -vf fps={_rate_text(info.fps)} -c:v libx264 out.mp4"
             )
-        return index, _as_yuv420p(frame)
+        if self._end_limit is not None and offset > self._end_limit:
+            raise InvalidInput(
+                f"video: frame {index} is stamped {float(offset):.1f} s after the first frame, past the "
+                f"{float(self._end_limit - _PTS_PAST_END_S):.1f} s the MP4 header states: its timestamps are corrupt"
+            )
+        self._last_offset = offset
+        duration = frame.duration
+        self._last_duration = Fraction(duration) * Fraction(time_base) if duration and time_base else None
+        self._count += 1
+        return index, _as_yuv420p(frame), first_slot(offset, info.fps)
+
+    def _end_slot(self) -> int:
+        """Where the last input frame stops: its duration (one frame when unknown), at least its own slot."""
+        info = self._info
+        assert info is not None and self._last_offset is not None
+        end = self._last_offset + (self._last_duration or 1 / info.fps)
+        return max(first_slot(end, info.fps), first_slot(self._last_offset, info.fps) + 1)
+
+    def _fill(self, source: int, picture: av.VideoFrame, end_slot: int) -> Iterator[DecodedFrame]:
+        """Yield `picture` for every output slot before `end_slot` not yet filled (none: it is dropped)."""
+        count = end_slot - self._slots
+        if count <= 0:
+            self._dropped += 1
+            return
+        self._repeated += count - 1
+        fps = self.info.fps
+        limit = self._settings.max_duration_s
+        for i in range(count):
+            slot = self._slots
+            if (slot + 1) / fps > limit + 1e-6:
+                raise ResourceExhausted(f"video: longer than the {limit:g} s limit; split it into shorter parts")
+            self._slot_sources.append(source)
+            self._slots += 1
+            if self._keep_tail:
+                self._trim_tail()
+            # Copies first, while the decoded picture is still untouched by whoever gets it.
+            yield DecodedFrame(slot, source, picture if i == count - 1 else _copy(picture))
 
     # Tail for extension -------------------------------------------------------------------------
 
@@ -309,10 +450,14 @@ class VideoSource:
         self._gops[-1].packets.append(packet)
 
     def _trim_tail(self) -> None:
-        # Drop the oldest GOP once the next one alone covers every frame the last 5 s can hold.
+        # Drop the oldest GOP once the next one alone covers every frame the last 5 s can show: the
+        # tail starts at or after the input frame of the output frame tail_max slots back.
+        if len(self._slot_sources) < self._tail_max:
+            return
+        oldest = self._slot_sources[0]
         while len(self._gops) >= 2:
             key_index = self._pts_index.get(self._gops[1].key_pts)  # type: ignore[arg-type]
-            if key_index is None or key_index > self._count - self._tail_max:
+            if key_index is None or key_index > oldest:
                 return
             self._gops.popleft()
             first_key = self._gops[0].key_pts
@@ -322,21 +467,21 @@ class VideoSource:
 
     @property
     def tail_start(self) -> int:
-        """First source index of the replayable tail (after the video ended)."""
-        return self._count - tail_length(self._count, self.info.fps)
+        """First output index of the replayable tail (after the video ended)."""
+        return self._slots - tail_length(self._slots, self.info.fps)
 
-    def tail_frames(self, indices: Iterable[int]) -> Iterator[tuple[int, av.VideoFrame]]:
+    def tail_frames(self, indices: Iterable[int]) -> Iterator[DecodedFrame]:
         """Re-decode frames of the tail (the last 5 s) in any order, after `frames()` ended.
 
-        Memory holds at most one GOP's worth of decoded tail frames. A frame asked for again while
-        its GOP is still decoded comes back as a fresh copy.
+        Memory holds at most one GOP's worth of decoded tail frames. Every frame given out is a fresh
+        copy of the re-decoded picture, so drawing into one never shows up in a later one.
 
         Args:
-            indices: source indices, each in [tail_start, frames_decoded); may be endless (the
+            indices: output indices, each in [tail_start, frames_emitted); may be endless (the
                 caller stops iterating when it has enough).
 
         Yields:
-            (source index, frame in yuv420p).
+            DecodedFrame(output index, source index, frame in yuv420p).
 
         Raises:
             InvalidInput: the compressed tail cannot be decoded again (corrupt data).
@@ -345,19 +490,17 @@ class VideoSource:
         if not self._ended or not self._keep_tail:
             raise ValueError("tail_frames() needs the whole video decoded first, with keep_tail=True")
         start = self.tail_start
+        # _slot_sources holds the sources of the last len() output frames; the tail is within them.
+        first_kept = self._slots - len(self._slot_sources)
+        first_source = self._slot_sources[start - first_kept]
         cache: dict[int, av.VideoFrame] = {}
-        given: set[int] = set()
         for index in indices:
-            if not start <= index < self._count:
-                raise ValueError(f"frame {index} is outside the tail [{start}, {self._count})")
-            if index not in cache:
-                cache = self._decode_gop_of(index, start)
-                given = set()
-            frame = cache[index]
-            if index in given:
-                frame = _copy(frame)
-            given.add(index)
-            yield index, frame
+            if not start <= index < self._slots:
+                raise ValueError(f"frame {index} is outside the tail [{start}, {self._slots})")
+            source = self._slot_sources[index - first_kept]
+            if source not in cache:
+                cache = self._decode_gop_of(source, first_source)
+            yield DecodedFrame(index, source, _copy(cache[source]))
 
     def _gop_position(self, index: int) -> int:
         pos = 0
@@ -394,8 +537,8 @@ class VideoSource:
                     index = self._pts_index.get(frame.pts) if frame.pts is not None else None
                     if index is not None and index >= start:
                         out[index] = _as_yuv420p(frame)
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise InvalidInput(f"video: the end of the video could not be decoded again ({exc})") from exc
+        except _PYAV_ERRORS as exc:
+            raise InvalidInput(f"video: the end of the video could not be decoded again ({_reason(exc)})") from exc
         return out
 
     # Release -----------------------------------------------------------------------------------
@@ -440,4 +583,4 @@ def _copy(frame: av.VideoFrame) -> av.VideoFrame:
     return copy
 
 
-__all__ = ["OUTPUT_PIX_FMT", "VideoSource"]
+__all__ = ["OUTPUT_PIX_FMT", "DecodedFrame", "VideoSource"]

@@ -3,12 +3,56 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from fractions import Fraction
 
 from lipsync_service.config import ExtendAudio, ExtendVideo
 
 # Seconds at the end of the video that extension repeats.
 EXTENSION_TAIL_S = 5
+
+_HALF = Fraction(1, 2)
+
+
+def first_slot(offset_s: Fraction, fps: Fraction) -> int:
+    """The first constant-rate output slot a frame can fill (variable frame rate normalisation).
+
+    Output slot k is shown at k / fps and takes the latest input frame presented at or before
+    k / fps + half a slot, as ffmpeg's cfr mode does: a frame fills the slots from its own
+    `first_slot` up to the next frame's `first_slot` (none when both land in one slot: the earlier
+    frame is dropped; several when a gap follows it: it is repeated).
+
+    Args:
+        offset_s: when the frame is presented, in seconds after the first frame (exact).
+        fps: output frame rate.
+
+    Returns:
+        ceil(offset_s * fps - 1/2), the slot index.
+    """
+    return math.ceil(Fraction(offset_s) * Fraction(fps) - _HALF)
+
+
+def constant_rate_sources(offsets_s: Sequence[Fraction], end_s: Fraction, fps: Fraction) -> list[int]:
+    """Which input frame each constant-rate output slot shows (see `first_slot`).
+
+    Args:
+        offsets_s: presentation times of the input frames in seconds after the first, increasing.
+        end_s: when the last frame stops being shown (its time plus its duration); the last frame fills
+            at least the slot it starts in.
+        fps: output frame rate.
+
+    Returns:
+        One input frame index per output slot, from slot 0 up to the slot the end falls in.
+    """
+    sources: list[int] = []
+    if not offsets_s:
+        return sources
+    # The last frame is shown at least once, even when its stated duration is shorter than a slot.
+    last = max(first_slot(end_s, fps), first_slot(offsets_s[-1], fps) + 1)
+    bounds = [*(first_slot(t, fps) for t in offsets_s[1:]), last]
+    for index, bound in enumerate(bounds):
+        sources.extend([index] * max(0, bound - len(sources)))
+    return sources
 
 
 def audio_frames(audio_s: float, fps: Fraction | float) -> int:

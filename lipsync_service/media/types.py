@@ -21,10 +21,14 @@ class VideoInfo:
 
     Attributes:
         width, height: frame size in pixels.
-        fps: constant frame rate of the input (frames per second, exact).
+        fps: the constant frame rate frames are delivered (and encoded) at, exact: the input's rate,
+            or the rate a variable-frame-rate input is normalised to.
         pix_fmt: pixel format as decoded (frames reach the processor in yuv420p).
-        frame_count: number of frames if the container says so (None for fragmented/streamed input).
+        frame_count: number of input frames if the container says so (None for fragmented/streamed
+            input); speaker data frame ids count these.
         codec: input codec name (always "h264" after validation).
+        constant_rate: False when the header shows variable frame rate: input frames are then
+            repeated or dropped to fill a constant-rate timeline at `fps`.
     """
 
     width: int
@@ -33,6 +37,7 @@ class VideoInfo:
     pix_fmt: str
     frame_count: int | None
     codec: str = "h264"
+    constant_rate: bool = True
 
     @property
     def frame_duration_s(self) -> float:

@@ -8,6 +8,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
@@ -67,9 +68,26 @@ def test_non_h264_video(server, media):
     assert msg == "video codec mpeg4 is not supported: re-encode the video as H.264"
 
 
-def test_variable_frame_rate(server, media):
-    msg = expect_error(server, requests(media["vfr"], media["audio"], config()), INVALID)
-    assert "variable frame rate" in msg and "re-encode at a constant frame rate" in msg
+def test_variable_frame_rate_is_normalised(server, media):
+    # 25 frames 15-90 ms apart (22.7 fps on average): accepted and re-timed to a constant 23 fps. The last
+    # frame starts at 1.11 s; frames 2, 7, 12, 17 and 22 (before 90 ms gaps) show twice, frames 4, 9 and 15
+    # (15 ms before the next one, in the same output slot) are dropped: 27 output frames.
+    cfg = config(extend_audio=lipsync_pb2.EXTEND_AUDIO_SILENCE)
+    result = run_call(server, requests(media["vfr"], media["audio"], cfg))
+    info = synth.probe(result.video)
+    assert info["frame_count"] == 27
+    assert info["pts"][0] == 0 and max(abs(d - 1 / 23) for d in np.diff(info["pts"])) < 1e-6
+    assert abs(info["audio_duration"] - 27 / 23) <= 1 / 23
+    numbers = [synth.read_frame_number(f.to_ndarray(format="gray")) for f in synth.decode_frames(result.video)]
+    assert numbers == [0, 1, 2, 2, 3, 5, 6, 7, 7, 8, 10, 11, 12, 12, 13, 14, 16, 17, 17, 18, 19, 20, 21, 22, 22, 23, 24]
+
+
+def test_video_timestamps_going_backwards(server, media, tmp_path):
+    # Corrupt composition offsets (ctts) make frame 5 come out stamped before frame 4: not repairable.
+    data = synth.backwards_timestamps(synth.make_video(tmp_path / "v.mp4", seconds=1.0, size=(64, 64)).read_bytes())
+    msg = expect_error(server, requests(data, media["audio"], config()), INVALID)
+    assert msg.startswith("video: frame 5 is stamped 0.120 s after the first frame, not later than frame 4")
+    assert "timestamps repeat or go backwards" in msg
 
 
 def test_audio_codec_mismatch(server, media):

@@ -165,6 +165,32 @@ def test_truncated_input_decodes_what_arrived(tmp_path):
     assert track.duration_s == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("maker, codec", [(synth.make_wav, AudioCodec.WAV), (synth.make_mp3, AudioCodec.MP3)])
+@pytest.mark.parametrize("name", ["speech", "background"])
+def test_tags_that_are_not_text_do_not_fail_the_audio(tmp_path, maker, codec, name):
+    # Found by fuzzing: a byte flipped inside the encoder tag ("Lavf..." in the RIFF INFO list or the
+    # ID3 TSSE frame) made PyAV raise UnicodeDecodeError, which reached the client as INTERNAL.
+    data = maker(tmp_path / "a", seconds=0.6).read_bytes()
+    tag = data.index(b"Lavf")
+    bad = data[:tag + 1] + b"\xd5" + data[tag + 2:]
+    with pytest.raises(UnicodeDecodeError):
+        av.open(io.BytesIO(bad), format=codec.value.lower()).close()
+    track = decode(bad, codec, name=name)
+    assert track.duration_s == pytest.approx(0.6, abs=0.03)
+
+
+@pytest.mark.parametrize("name", ["speech", "background"])
+def test_foreign_errors_from_pyav_become_invalid_input_naming_the_track(tmp_path, monkeypatch, name):
+    data = synth.make_wav(tmp_path / "a.wav", seconds=0.3).read_bytes()
+
+    def hostile_open(*args, **kwargs):
+        raise OverflowError("value too large to convert to int")
+
+    monkeypatch.setattr(av, "open", hostile_open)
+    with pytest.raises(InvalidInput, match=rf"^{name} audio: cannot read the WAV data \(value too large"):
+        decode(data, name=name)
+
+
 def test_wait_before_start_is_a_bug_not_a_hang():
     with pytest.raises(InternalError, match="before start"):
         AudioTrack(io.BytesIO(b""), AudioCodec.WAV).wait_for(1.0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -23,6 +25,7 @@ from lipsync_service.config import (
 from lipsync_service.errors import Cancelled, InvalidInput
 from lipsync_service.lipsync.processor import FrameProcessor, PassThroughProcessor
 from lipsync_service.media.audio import AudioTrack
+from lipsync_service.media.demux import VideoSource
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.timeline import extension_source_index
 from lipsync_service.media.types import FrameJob
@@ -116,12 +119,14 @@ class InvertingProcessor(FrameProcessor):
     def __init__(self) -> None:
         self.held: list[FrameJob] = []
         self.seen: list[int] = []
+        self.sources: list[int] = []
 
     def start(self, video, audio) -> None:
         pass
 
     def push(self, job: FrameJob) -> list[FrameJob]:
         self.seen.append(job.index)
+        self.sources.append(job.source_index)
         planes = job.frame.to_ndarray()
         inverted = av.VideoFrame.from_ndarray(255 - planes, format="yuv420p")
         self.held.append(dataclasses.replace(job, frame=inverted, changed=True))
@@ -147,6 +152,45 @@ def test_bypass_frames_skip_the_processor_and_keep_their_place(tmp_path, clip):
     for i in range(50):
         expected = source[i] if i in bypass else 255 - source[i]
         assert np.array_equal(output[i], expected), i
+
+
+def test_variable_frame_rate_is_normalised_and_speaker_data_follows_input_frames(tmp_path):
+    video = synth.make_video(tmp_path / "vfr.mp4", seconds=2.0, size=SIZE, vfr=True)  # 50 frames in 2.25 s
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=1.0)
+    with VideoSource(video, SETTINGS) as src:
+        sources = [o.source_index for o in src.frames()]  # the demuxer's own tests check this mapping
+    assert len(sources) == 50 and len(set(sources)) < 50  # frames repeated and dropped: 2.25 s at 22 fps
+    # Input frame 2 is followed by a 90 ms gap (shown twice); bypass is keyed by input frame ids.
+    bypass = {2, 7, 20}
+    speakers = [FrameSpeakers(frame_id=i, bypass=i in bypass) for i in range(50)]
+    processor = InvertingProcessor()
+    out = tmp_path / "out.mp4"
+    result = run_files(cfg(extend_audio=ExtendAudio.SILENCE, video_encoding=LOSSLESS), SETTINGS, processor,
+                       video, speech, out, speakers=speakers)
+    assert result.video.fps == 22 and not result.video.constant_rate
+    info = synth.probe(out)
+    assert result.frames == info["frame_count"] == len(sources)
+    assert np.allclose(np.diff(info["pts"]), 1 / 22)
+    assert abs(info["audio_duration"] - result.frames / 22) <= 1 / 22
+    kept = [(k, s) for k, s in enumerate(sources) if s not in bypass]
+    assert list(zip(processor.seen, processor.sources)) == kept
+    source = [f.to_ndarray() for f in synth.decode_frames(video)]
+    output = [f.to_ndarray() for f in synth.decode_frames(out)]
+    assert sources.count(2) == 2
+    for k, s in enumerate(sources):
+        expected = source[s] if s in bypass else 255 - source[s]
+        assert np.array_equal(output[k], expected), k
+
+
+def test_output_file_gets_the_usual_mode(tmp_path, clip):
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=1.0)
+    out = tmp_path / "out.mp4"
+    old = os.umask(0o027)
+    try:
+        run_files(cfg(), SETTINGS, PassThroughProcessor(), clip, speech, out)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
 
 
 def rms(x: np.ndarray) -> float:
@@ -261,9 +305,8 @@ def bad_video(tmp_path: Path, kind: str) -> Path:
         path = tmp_path / "cut.mp4"
         path.write_bytes(data[: len(data) * 7 // 10])
         return path
-    if kind == "mpeg4":
-        return synth.make_video(tmp_path / "m.mp4", seconds=1.0, size=SIZE, codec="mpeg4")
-    return synth.make_video(tmp_path / "vfr.mp4", seconds=2.0, size=SIZE, vfr=True)
+    assert kind == "mpeg4"
+    return synth.make_video(tmp_path / "m.mp4", seconds=1.0, size=SIZE, codec="mpeg4")
 
 
 @pytest.mark.parametrize(
@@ -272,7 +315,6 @@ def bad_video(tmp_path: Path, kind: str) -> Path:
         ("garbage", "not a readable MP4"),
         ("truncated", r"truncated or corrupt after frame \d+"),
         ("mpeg4", "video codec mpeg4 is not supported: re-encode the video as H.264"),
-        ("vfr", "variable frame rate.*re-encode at a constant frame rate"),
     ],
 )
 def test_bad_video_fails_without_leaving_output(tmp_path, kind, message):
@@ -350,6 +392,20 @@ def test_speaker_data_arriving_while_the_job_runs(tmp_path, clip):
             track.close()
     assert processor.seen == [i for i in range(50) if i not in bypass]
     assert len(synth.decode_frames(b"".join(chunks))) == 50
+
+
+@pytest.mark.parametrize(("speech_s", "extend_video", "frames"),
+                         [(1.0, ExtendVideo.UNSPECIFIED, 183), (8.0, ExtendVideo.FORWARD, 240)])
+def test_real_variable_frame_rate_clip(tmp_path, media, speech_s, extend_video, frames):
+    # talking_1.mp4: 135 frames 1/30 or 2/30 s apart, 6.1 s: 183 frames at 30 fps; extension replays its tail.
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=speech_s)
+    out = tmp_path / "out.mp4"
+    result = run_files(cfg(extend_audio=ExtendAudio.SILENCE, extend_video=extend_video), SETTINGS,
+                       PassThroughProcessor(), media("talking_1.mp4"), speech, out)
+    info = synth.probe(out)
+    assert result.frames == info["frame_count"] == frames
+    assert np.allclose(np.diff(info["pts"]), 1 / 30)
+    assert abs(info["audio_duration"] - frames / 30) <= 1 / 30
 
 
 def test_real_clip_with_real_speech(tmp_path, media):

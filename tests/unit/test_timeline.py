@@ -9,7 +9,9 @@ import pytest
 from lipsync_service.config import ExtendAudio, ExtendVideo
 from lipsync_service.media.timeline import (
     audio_frames,
+    constant_rate_sources,
     extension_source_index,
+    first_slot,
     output_frame_count,
     tail_length,
 )
@@ -92,3 +94,46 @@ def test_single_frame_tail_repeats_the_last_frame():
 def test_unspecified_mode_does_not_extend():
     with pytest.raises(ValueError):
         extension_source_index(0, 10, 4, U_V)
+
+
+# Variable frame rate normalisation ------------------------------------------------------------------
+
+F = Fraction
+
+
+def test_constant_rate_input_maps_one_to_one():
+    times = [F(i, 25) for i in range(10)]
+    assert constant_rate_sources(times, F(10, 25), F(25)) == list(range(10))
+
+
+def test_gaps_repeat_the_frame_before_them():
+    # talking_1.mp4's pattern: frames 1/30 and 2/30 s apart, normalised to 30 fps.
+    gaps = [2, 1, 1, 2, 1]
+    times = [F(sum(gaps[:i]), 30) for i in range(len(gaps) + 1)]
+    assert constant_rate_sources(times, times[-1] + F(1, 30), F(30)) == [0, 0, 1, 2, 3, 3, 4, 5]
+
+
+def test_two_frames_in_one_slot_keep_the_later_one():
+    # 60 fps input at 30 fps: slot k (centre k/30) takes the latest frame at or before k/30 + 1/60.
+    times = [F(i, 60) for i in range(8)]
+    assert constant_rate_sources(times, F(8, 60), F(30)) == [1, 3, 5, 7]
+
+
+def test_jitter_below_half_a_frame_changes_nothing():
+    # 29.97 fps timestamps rounded to milliseconds, read at 30000/1001.
+    fps = F(30000, 1001)
+    times = [F(round(i * 1001 / 30), 1000) for i in range(300)]
+    assert constant_rate_sources(times, times[-1] + 1 / fps, fps) == list(range(300))
+
+
+def test_the_last_frame_lasts_its_duration_and_is_shown_at_least_once():
+    times = [F(0), F(1, 10)]
+    # At 10 fps a last frame of 0.3 s fills three slots; one of 10 ms still fills its own.
+    assert constant_rate_sources(times, F(4, 10), F(10)) == [0, 1, 1, 1]
+    assert constant_rate_sources(times, F(11, 100), F(10)) == [0, 1]
+    assert constant_rate_sources([], F(1), F(10)) == []
+
+
+def test_half_a_slot_late_is_still_on_time():
+    assert first_slot(F(1, 60), F(30)) == 0
+    assert first_slot(F(1, 60) + F(1, 10**9), F(30)) == 1
