@@ -134,11 +134,16 @@ def build_warp_generator(config: WarpGeneratorConfig):
             return x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
 
         def audio_code(self, mel):
-            """[B, 1, 80, 16] -> [B, code_dim] mouth code in (-1, 1)."""
-            return torch.tanh(self.audio(mel))
+            """[B, 1, 80, 16] -> [B, code_dim] predicted mouth code.
+
+            Linear output (no squashing): a saturated tanh here stopped the regression's gradient in
+            early experiments. The mouth encoder's codes are whitened (mean 0, variance 1).
+            """
+            return self.audio(mel)
 
         def forward(self, face, mel):
-            return self.render(face, self.audio_code(mel))
+            # Served: keep the code inside the range the renderer was trained on.
+            return self.render(face, self.audio_code(mel).clamp(-3.0, 3.0))
 
         def render(self, face, code):
             """Draw the lower half for a given mouth code [B, code_dim]."""
@@ -175,7 +180,10 @@ def build_warp_generator(config: WarpGeneratorConfig):
 
 
 def build_mouth_encoder(config: WarpGeneratorConfig):
-    """The training-only encoder: true lower half of the face [B, 3, S/2, S] -> mouth code in (-1, 1).
+    """The training-only encoder: true lower half of the face [B, 3, S/2, S] -> whitened mouth code.
+
+    The code ends in a BatchNorm without affine parameters: each component has mean 0 and variance 1
+    over the batch, so it can neither collapse to a constant nor saturate (both happened with a tanh).
 
     Args:
         config: the generator's config (code_dim, face_size).
@@ -192,13 +200,13 @@ def build_mouth_encoder(config: WarpGeneratorConfig):
     # distance, which a global average would blur away.
     net = nn.Sequential(
         conv(3, 16, 2), conv(16, 32, 2), conv(32, 64, 2), conv(64, 64, 2),
-        nn.AdaptiveAvgPool2d((3, 6)), nn.Flatten(), nn.Linear(64 * 18, config.code_dim), nn.Tanh(),
+        nn.AdaptiveAvgPool2d((3, 6)), nn.Flatten(), nn.Linear(64 * 18, config.code_dim),
+        nn.BatchNorm1d(config.code_dim, affine=False),
     )
     for mod in net.modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(mod.weight, a=0.2)
             nn.init.zeros_(mod.bias)
-    net[-2].weight.data.mul_(0.1)
     return net
 
 

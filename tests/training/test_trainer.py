@@ -32,7 +32,7 @@ def test_generator_l1_falls(synthetic_cache: Path, tmp_path: Path) -> None:
     assert after["val_l1"] < 0.9 * before["val_l1"]
     # ... because the speech now drives it: swapping the speech changes the mouth.
     assert after["val_audio_effect"] > 10 * before["val_audio_effect"]
-    assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:20])
+    assert np.mean(losses[-20:]) < 0.9 * np.mean(losses[:20])
 
 
 def test_expert_loss_falls(synthetic_cache: Path, tmp_path: Path) -> None:
