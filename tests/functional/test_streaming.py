@@ -11,7 +11,7 @@ import pytest
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from tests import synth
 from tests.functional.helpers import (audio_msg, chunks, config, requests, run_call, running_server,  # noqa: F401
-                                      server, spool_files, video_msg)
+                                      server, spool_files, video_msg, wait_until)
 
 
 def _noise_video(path: Path, frames: int) -> bytes:
@@ -72,8 +72,12 @@ def test_spool_file_lives_only_during_the_call(clips, tmp_path):
 
     def reqs():
         yield config()
-        for i, part in enumerate(chunks(clips["transactional"], 4096)):
+        parts = chunks(clips["transactional"], 4096)
+        for i, part in enumerate(parts):
             yield video_msg(part)
+            if i == len(parts) // 2:
+                # Mid-upload (gRPC may buffer what we yield before the server reads it, so give it time).
+                wait_until(lambda: len(spool_files(spool)) > 0, timeout=10)
             seen.append(len(spool_files(spool)))
         yield audio_msg(clips["audio"])
 
