@@ -20,44 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _media  # noqa: E402
+from _baseline import plain_decode_encode  # noqa: E402
 
 from lipsync_service.config import JobConfig  # noqa: E402
 from lipsync_service.lipsync.processor import PassThroughProcessor  # noqa: E402
-from lipsync_service.media.encode import encoder_options  # noqa: E402
 from lipsync_service.pipeline import run_files  # noqa: E402
 from lipsync_service.settings import Settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def plain_transcode(video: Path, out: Path) -> int:
-    """Baseline: decode every frame with PyAV and encode it with the service's default x264 settings."""
-    with av.open(str(video)) as inp:
-        vin = inp.streams.video[0]
-        vin.thread_type = "AUTO"
-        x264 = encoder_options(JobConfig().video_encoding, vin.average_rate)
-        with av.open(str(out), "w", format="mp4",
-                     options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}) as outp:
-            vout = outp.add_stream("libx264", rate=vin.average_rate)
-            vout.width, vout.height, vout.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
-            vout.options = dict(x264.options)
-            vout.codec_context.gop_size = x264.gop_size
-            if x264.bit_rate:
-                vout.codec_context.bit_rate = x264.bit_rate
-            n = 0
-            for frame in inp.decode(vin):
-                if frame.format.name != "yuv420p":
-                    frame = frame.reformat(format="yuv420p")
-                frame.pts, frame.time_base = n, 1 / vin.average_rate
-                outp.mux(vout.encode(frame))
-                n += 1
-            outp.mux(vout.encode(None))
-    return n
 
 
 def bench_throughput(video: Path, audio: Path, repeat: int) -> dict:
@@ -66,9 +40,8 @@ def bench_throughput(video: Path, audio: Path, repeat: int) -> dict:
     frames = 0
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeat):
-            t = time.perf_counter()
-            frames = plain_transcode(video, Path(tmp) / "plain.mp4")
-            best_plain = min(best_plain, time.perf_counter() - t)
+            frames, seconds = plain_decode_encode(video, Path(tmp) / "plain.mp4", audio)
+            best_plain = min(best_plain, seconds)
             t = time.perf_counter()
             res = run_files(JobConfig(), settings, PassThroughProcessor(), video, audio, Path(tmp) / "ours.mp4")
             best_ours = min(best_ours, time.perf_counter() - t)

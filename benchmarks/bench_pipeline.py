@@ -16,50 +16,19 @@ import json
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _media  # noqa: E402
+from _baseline import plain_decode_encode  # noqa: E402
 
 from lipsync_service.config import JobConfig  # noqa: E402
 from lipsync_service.core.processor import build_processor  # noqa: E402
-from lipsync_service.media.encode import encoder_options  # noqa: E402
 from lipsync_service.pipeline import run_files  # noqa: E402
 from lipsync_service.settings import Settings  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def plain_decode_encode(video: Path, out: Path) -> tuple[int, float]:
-    """Baseline: decode every frame with PyAV and encode it with the service's default x264 settings.
-
-    Returns:
-        (frames, seconds).
-    """
-    start = time.perf_counter()
-    frames = 0
-    with av.open(str(video)) as inp:
-        vin = inp.streams.video[0]
-        x264 = encoder_options(JobConfig().video_encoding, vin.average_rate)
-        with av.open(str(out), "w", format="mp4") as outp:
-            vout = outp.add_stream("libx264", rate=vin.average_rate)
-            vout.width, vout.height, vout.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
-            vout.options = dict(x264.options)
-            vout.codec_context.gop_size = x264.gop_size
-            if x264.bit_rate:
-                vout.codec_context.bit_rate = x264.bit_rate
-            for frame in inp.decode(vin):
-                frame.pts = frames
-                frame.time_base = Fraction(1) / vin.average_rate
-                for packet in vout.encode(frame):
-                    outp.mux(packet)
-                frames += 1
-            for packet in vout.encode(None):
-                outp.mux(packet)
-    return frames, time.perf_counter() - start
 
 
 def lipsync_run(video: Path, audio: Path, out: Path, speed: int) -> dict:
@@ -97,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     video, audio = _media.shared(args.video), _media.shared(args.audio)
     with tempfile.TemporaryDirectory() as tmp:
-        base = min((plain_decode_encode(video, Path(tmp) / "plain.mp4") for _ in range(args.repeat)),
+        base = min((plain_decode_encode(video, Path(tmp) / "plain.mp4", audio) for _ in range(args.repeat)),
                    key=lambda r: r[1])
         runs = [lipsync_run(video, audio, Path(tmp) / "lipsync.mp4", args.speed) for _ in range(args.repeat)]
     best = min(runs, key=lambda r: r["wall_s"])
