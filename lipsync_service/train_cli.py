@@ -41,8 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.set_defaults(func=_run)
 
     exp = sub.add_parser("export", help="export trained generator weights (generator.pt) to ONNX")
-    exp.add_argument("weights", type=Path, help="generator.pt written at the end of `train run`")
+    exp.add_argument("weights", type=Path, help="generator.pt written at the end of `train run`, or a run's checkpoint.pt")
     exp.add_argument("--out", type=Path, required=True, help="the .onnx file, e.g. triton_repo/lipsync_generator/1/model.onnx")
+    exp.add_argument("--code-gain", default=None,
+                     help="served articulation gain: a number, or 'calibrate' to measure it on the cache's "
+                     "validation clips (needs checkpoint.pt and --cache)")
+    exp.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cache for --code-gain calibrate")
     exp.set_defaults(func=_export)
 
     from lipsync_service import eval as evaluation
@@ -95,11 +99,16 @@ def _run(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     try:
-        from lipsync_models.training.export import export_trained
+        from lipsync_models.training.export import export_trained, measure_code_gain
     except ImportError as exc:
         return _fail("train export", RuntimeError(f"needs torch and onnx (pip install '.[train]'): {exc}"))
     try:
-        path = export_trained(args.weights, args.out)
+        gain = args.code_gain
+        if gain == "calibrate":
+            measured = measure_code_gain(args.weights, args.cache)
+            print(f"calibrated on validation clips: {measured}", file=sys.stderr)
+            gain = measured["code_gain"]
+        path = export_trained(args.weights, args.out, None if gain is None else float(gain))
     except (ValueError, OSError) as exc:
         return _fail("train export", exc)
     print(path)

@@ -133,20 +133,23 @@ class WindowSampler:
         pool = far if len(far) else starts
         return int(pool[rng.integers(len(pool))])
 
-    def sample(self, rng: np.random.Generator, batch: int) -> Batch:
+    def sample(self, rng: np.random.Generator, batch: int, one_clip: bool = False) -> Batch:
         """Draw a batch.
 
         Args:
             rng: the run's generator (its state is saved in checkpoints).
             batch: B.
+            one_clip: draw every window of the batch from one clip (so statistics over the batch are
+                statistics of one person in one recording).
 
         Returns:
             the Batch.
         """
         t = self.frames
         targets, refs, mels, wrong = [], [], [], []
+        fixed = int(rng.choice(len(self.clips), p=self.weights)) if one_clip else None
         for _ in range(batch):
-            c = int(rng.choice(len(self.clips), p=self.weights))
+            c = fixed if fixed is not None else int(rng.choice(len(self.clips), p=self.weights))
             clip, starts = self.clips[c], self.starts[c]
             i = int(starts[rng.integers(len(starts))])
             r = self._other(rng, starts, i, self.ref_max_gap)

@@ -48,6 +48,9 @@ class TrainConfig:
             the sync loss is switched on.
         mouth_weight: extra L1 weight on the mouth area over the rest of the lower half.
         ref_max_gap: references from within this many frames of the target window (0: anywhere).
+        one_clip_batches: every generator batch comes from one clip, so the mouth code, whitened over
+            the batch, describes the mouth relative to that person's own range (per-clip normalisation),
+            not who the person is; the speech can predict the former, and only memorise the latter.
         code_dim: size of the mouth code (the bottleneck between speech and renderer).
         code_weight: weight of the audio encoder's regression onto the mouth encoder's code.
         audio_render_start, audio_render_end, audio_render_max: the share of samples rendered from the
@@ -82,6 +85,7 @@ class TrainConfig:
     sync_start: int = 0
     mouth_weight: float = 3.0
     ref_max_gap: int = 0
+    one_clip_batches: bool = False
     code_dim: int = 4
     code_weight: float = 1.0
     audio_render_start: int = 0
@@ -313,7 +317,7 @@ class Trainer:
             result: dict[str, Any] = self._expert_step(batch)
             result["phase"] = "expert"
         else:
-            batch = self.sampler.sample(self.rng, c.gen_batch)
+            batch = self.sampler.sample(self.rng, c.gen_batch, one_clip=c.one_clip_batches)
             result = self._gen_step(batch)
             result["phase"] = "generator"
         self.step_count += 1
