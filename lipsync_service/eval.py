@@ -223,6 +223,9 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
     from lipsync_service.settings import get_settings
 
     settings = settings or get_settings()
+    if not Path(landmark_python).exists():  # fail before minutes of lip-syncing, not after
+        raise LipsyncError(f"landmark venv not found at {landmark_python}: create it with "
+                           "tools/eval_env/create.sh or pass --landmark-python")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     speech = load_speech(audio)
