@@ -5,7 +5,9 @@ number of ONNX Runtime intra-op threads; Triton is the nvidia-pytriton wheel's t
 backend) on loopback, so the ratio is the cost of the gRPC hop, serialisation and Triton's scheduling.
 The two backends are called alternately, call by call, and the median call time gives frames/s, so that
 load from other processes on a shared machine hits both alike.
-Also measured: several client threads sending batch 8 at once through Triton (its dynamic batcher).
+"triton" uses system shared memory for the tensors (same host); "triton_no_shm" sends them in the gRPC
+messages, as a remote server needs. Also measured: several client threads sending batch 8 at once
+through Triton (its dynamic batcher).
 
 Usage: python benchmarks/bench_generator.py [--seconds S] [--threads T]
 Writes benchmarks/results/bench_generator.json.
@@ -89,28 +91,38 @@ def main() -> None:
     )
     results: dict[str, dict] = {}
     with LocalTriton(DEFAULT_MODEL_REPOSITORY) as server:
-        remote = TritonBackend(server.url, MODEL, max_batch_size=max(BATCHES))
-        samples = {
-            batch: _call_times({"embedded_ort": embedded, "triton": remote}, batch, args.seconds) for batch in BATCHES
-        }
+        remote = TritonBackend(server.url, MODEL, max_batch_size=max(BATCHES), shm="on")
+        plain = TritonBackend(server.url, MODEL, max_batch_size=max(BATCHES), shm="off")
+        backends = {"embedded_ort": embedded, "triton": remote, "triton_no_shm": plain}
+        samples = {batch: _call_times(backends, batch, args.seconds) for batch in BATCHES}
         concurrent = _concurrent_fps(server.url, args.threads, 8, args.seconds * 2)
         remote.close()
+        plain.close()
     embedded.close()
 
     size = embedded.spec.face_size
     print(f"generator {MODEL} (S={size}), {threads} CPU threads, alternating calls, median call time")
-    print(f"{'batch':>5} | {'embedded ORT fps':>16} | {'Triton fps':>10} | {'Triton time / embedded time':>27}")
+    print(
+        f"{'batch':>5} | {'embedded ORT fps':>16} | {'Triton fps':>10} | {'Triton time / embedded time':>27} | "
+        f"{'Triton no-shm fps':>17} | {'no-shm time / embedded':>22}"
+    )
     for batch in BATCHES:
         ort_fps = batch / float(np.median(samples[batch]["embedded_ort"]))
         tri_fps = batch / float(np.median(samples[batch]["triton"]))
         ratio = ort_fps / tri_fps
+        plain_fps = batch / float(np.median(samples[batch]["triton_no_shm"]))
         results[str(batch)] = {
             "embedded_ort_fps": ort_fps,
             "triton_fps": tri_fps,
             "triton_overhead_ratio": ratio,
+            "triton_no_shm_fps": plain_fps,
+            "triton_no_shm_overhead_ratio": ort_fps / plain_fps,
             "calls": len(samples[batch]["triton"]),
         }
-        print(f"{batch:>5} | {ort_fps:>16.1f} | {tri_fps:>10.1f} | {ratio:>27.2f}")
+        print(
+            f"{batch:>5} | {ort_fps:>16.1f} | {tri_fps:>10.1f} | {ratio:>27.2f} | "
+            f"{plain_fps:>17.1f} | {ort_fps / plain_fps:>22.2f}"
+        )
     print(f"Triton, {args.threads} client threads x batch 8 at once: {concurrent:.1f} fps")
     verdict = "met" if results["8"]["triton_overhead_ratio"] <= 1.25 else "NOT met"
     print(f"target Triton/embedded <= 1.25x at batch 8: {verdict}")

@@ -6,6 +6,7 @@ import os
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -113,6 +114,8 @@ class Settings(BaseSettings):
     model_version: str = Field("", validation_alias=_env("NV_AI4M_LS_MODEL_VERSION", "model_version"))
     triton_url: str = Field("localhost:8101", validation_alias=_env("NV_AI4M_TRITON_URL", "triton_url"))
     triton_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("NV_AI4M_TRITON_TIMEOUT_S", "triton_timeout_s"))
+    # auto: tensors through POSIX shared memory when Triton is on this host (loopback or unix target).
+    triton_shm: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("NV_AI4M_TRITON_SHM", "triton_shm"))
     max_batch_size: int = Field(16, ge=1, validation_alias=_env("NV_AI4M_LS_MAX_BATCH", "max_batch_size"))
     ort_intra_op_threads: int = Field(
         0, ge=0, validation_alias=_env("NV_AI4M_ORT_THREADS", "ort_intra_op_threads")

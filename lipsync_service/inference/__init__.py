@@ -45,6 +45,7 @@ def build_backend(settings: Settings) -> GeneratorBackend:
             settings.model_version,
             timeout_s=settings.triton_timeout_s,
             max_batch_size=settings.max_batch_size,
+            shm=settings.triton_shm,
         )
     if settings.backend is BackendKind.TENSORRT:
         from lipsync_service.inference import repository

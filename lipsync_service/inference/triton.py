@@ -3,10 +3,17 @@
 The pipeline calls `infer` from worker threads (one per stream), so this uses tritonclient's synchronous
 gRPC client, one per thread: concurrent streams send concurrent requests, which Triton's dynamic batcher
 merges into one model execution.
+
+When Triton runs on the same host, each thread's client also owns a pair of POSIX shared-memory regions
+(inputs, output) registered with the server, so tensors skip protobuf serialisation and the gRPC copy; if
+registration fails (e.g. the server is in another container) that thread falls back to tensors in the message.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import os
 import threading
 
 import numpy as np
@@ -25,6 +32,85 @@ from lipsync_service.inference.base import (
 
 # gRPC status codes (as tritonclient spells them) that mean "the server is not there or not ready".
 _UNAVAILABLE = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED"}
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
+_SHM_MODES = ("auto", "on", "off")
+_region_ids = itertools.count()
+log = logging.getLogger(__name__)
+
+
+def shm_wanted(mode: str, url: str) -> bool:
+    """Whether to try system shared memory for a server at `url`.
+
+    Args:
+        mode: "on", "off", or "auto" (on for loopback and unix-socket targets).
+        url: the gRPC target.
+
+    Returns:
+        True when the client should register shared-memory regions.
+
+    Raises:
+        InferenceError: an unknown mode.
+    """
+    if mode not in _SHM_MODES:
+        raise InferenceError(f"Triton shared-memory mode must be one of {', '.join(_SHM_MODES)}, not {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    if url.startswith("unix:"):
+        return True
+    host = url.rsplit(":", 1)[0] if url.count(":") == 1 or url.startswith("[") else url
+    return host in _LOCAL_HOSTS
+
+
+class _Regions:
+    """One thread's registered input and output shared-memory regions, sized for the largest batch."""
+
+    def __init__(self, client, face_bytes: int, mel_bytes: int, out_bytes: int, timeout_s: float) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        tag = f"lipsync_{os.getpid()}_{next(_region_ids)}"
+        self.in_name, self.out_name = f"{tag}_in", f"{tag}_out"
+        self.face_bytes = face_bytes
+        self._client = client
+        self._in = shm.create_shared_memory_region(self.in_name, f"/{self.in_name}", face_bytes + mel_bytes)
+        self._out = None
+        try:
+            self._out = shm.create_shared_memory_region(self.out_name, f"/{self.out_name}", out_bytes)
+            client.register_system_shared_memory(
+                self.in_name, f"/{self.in_name}", face_bytes + mel_bytes, client_timeout=timeout_s
+            )
+            client.register_system_shared_memory(
+                self.out_name, f"/{self.out_name}", out_bytes, client_timeout=timeout_s
+            )
+        except Exception:
+            self.close()
+            raise
+
+    def write(self, face: np.ndarray, mel: np.ndarray) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        shm.set_shared_memory_region(self._in, [face])
+        shm.set_shared_memory_region(self._in, [mel], offset=self.face_bytes)
+
+    def read(self, shape: tuple[int, ...]) -> np.ndarray:
+        import tritonclient.utils.shared_memory as shm
+
+        # A copy: the region is overwritten by this thread's next call.
+        return np.array(shm.get_contents_as_numpy(self._out, np.float32, list(shape)))
+
+    def close(self) -> None:
+        """Unregister (best effort: the server may be gone) and unlink both regions."""
+        import tritonclient.utils.shared_memory as shm
+
+        for name in (self.in_name, self.out_name):
+            try:
+                self._client.unregister_system_shared_memory(name, client_timeout=2.0)
+            except Exception:  # the server is down or restarted; its registrations are gone with it
+                pass
+        for handle in (self._in, self._out):
+            if handle is not None:
+                shm.destroy_shared_memory_region(handle)
+        self._in = self._out = None
 
 
 def _translate(exc: Exception, url: str, model: str, what: str) -> Exception:
@@ -45,7 +131,13 @@ class TritonBackend(GeneratorBackend):
     """Calls the generator model on a Triton server; checks liveness, readiness and the tensor contract first."""
 
     def __init__(
-        self, url: str, model_name: str, model_version: str = "", timeout_s: float = 30.0, max_batch_size: int = 16
+        self,
+        url: str,
+        model_name: str,
+        model_version: str = "",
+        timeout_s: float = 30.0,
+        max_batch_size: int = 16,
+        shm: str = "auto",
     ) -> None:
         """Connect and check the model.
 
@@ -55,10 +147,13 @@ class TritonBackend(GeneratorBackend):
             model_version: a version, or "" for Triton's choice (latest by default).
             timeout_s: per-call deadline.
             max_batch_size: client-side batch limit; also capped by the model's max_batch_size.
+            shm: system shared memory for tensors: "on", "off", or "auto" (on for a loopback or unix target).
 
         Raises:
             InferenceUnavailable: server down, model not ready, or its metadata breaks the contract.
+            InferenceError: an unknown `shm` mode.
         """
+        self._use_shm = shm_wanted(shm, url)
         self._url = url
         self._model = model_name
         self._version = model_version
@@ -68,6 +163,7 @@ class TritonBackend(GeneratorBackend):
         self._generation = 0
         self._lock = threading.Lock()
         self._clients: list = []  # every client opened, so close() reaches those of other threads
+        self._regions: dict = {}  # client -> its thread's _Regions, released with the client
         self._spec = self._check(max_batch_size)
 
     def _client(self):  # -> tritonclient.grpc.InferenceServerClient
@@ -87,7 +183,35 @@ class TritonBackend(GeneratorBackend):
         with self._lock:
             if client in self._clients:
                 self._clients.remove(client)
+            regions = self._regions.pop(client, None)
+        if regions is not None:
+            regions.close()
         client.close()
+
+    def _regions_for(self, client):  # -> _Regions | None
+        """The calling thread's shared-memory regions on `client`, registered on first use; None for plain gRPC."""
+        if not self._use_shm:
+            return None
+        with self._lock:
+            regions = self._regions.get(client)
+        if regions is not None:
+            return regions
+        spec = self._spec
+        pixels = spec.max_batch_size * spec.face_size * spec.face_size * 4
+        try:
+            mel_bytes = spec.max_batch_size * MEL_BINS * MEL_STEPS * 4
+            regions = _Regions(client, 6 * pixels, mel_bytes, 3 * pixels, self._timeout_s)
+        except Exception as exc:
+            error = _translate(exc, self._url, self._model, "shared-memory registration")
+            if isinstance(error, InferenceUnavailable):
+                raise error from exc  # the server is down: the call fails as it would without shared memory
+            # e.g. the server runs in another container and cannot open our regions: plain tensors from now on.
+            log.warning("Triton shared memory unusable, sending tensors over gRPC: %s", error)
+            self._use_shm = False
+            return None
+        with self._lock:
+            self._regions[client] = regions
+        return regions
 
     def release_thread(self) -> None:
         """Close the calling thread's client; a stream's worker thread calls this when its stream ends, so a
@@ -160,25 +284,44 @@ class TritonBackend(GeneratorBackend):
     def _infer_one(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
         import tritonclient.grpc as grpcclient
 
+        face = np.ascontiguousarray(face, dtype=np.float32)
+        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        out_shape = (face.shape[0], 3, face.shape[2], face.shape[3])
         inputs = [
             grpcclient.InferInput(INPUT_FACE, list(face.shape), "FP32"),
             grpcclient.InferInput(INPUT_MEL, list(mel.shape), "FP32"),
         ]
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(face, dtype=np.float32))
-        inputs[1].set_data_from_numpy(np.ascontiguousarray(mel, dtype=np.float32))
+        output = grpcclient.InferRequestedOutput(OUTPUT_FACE)
         try:
-            result = self._client().infer(
+            client = self._client()
+            regions = self._regions_for(client)
+            if regions is not None:
+                regions.write(face, mel)
+                inputs[0].set_shared_memory(regions.in_name, face.nbytes)
+                inputs[1].set_shared_memory(regions.in_name, mel.nbytes, offset=regions.face_bytes)
+                output.set_shared_memory(regions.out_name, face.shape[0] * 3 * face.shape[2] * face.shape[3] * 4)
+            else:
+                inputs[0].set_data_from_numpy(face)
+                inputs[1].set_data_from_numpy(mel)
+            result = client.infer(
                 self._model,
                 inputs,
                 model_version=self._version,
-                outputs=[grpcclient.InferRequestedOutput(OUTPUT_FACE)],
+                outputs=[output],
                 client_timeout=self._timeout_s,
             )
+        except InferenceUnavailable:  # shared-memory registration found the server gone
+            self._reset()
+            raise
         except Exception as exc:
             error = _translate(exc, self._url, self._model, "inference")
             if isinstance(error, InferenceUnavailable):
                 self._reset()
             raise error from exc
+        if regions is not None:
+            if result.get_output(OUTPUT_FACE) is None:
+                raise InferenceError(f"Triton model {self._model!r} returned no {OUTPUT_FACE!r} tensor")
+            return regions.read(out_shape)
         out = result.as_numpy(OUTPUT_FACE)
         if out is None or out.shape != (face.shape[0], 3, face.shape[2], face.shape[3]):
             raise InferenceError(
@@ -190,6 +333,9 @@ class TritonBackend(GeneratorBackend):
     def close(self) -> None:
         with self._lock:
             clients, self._clients = self._clients, []
+            regions, self._regions = list(self._regions.values()), {}
             self._generation += 1
+        for region in regions:
+            region.close()
         for client in clients:
             client.close()
