@@ -67,3 +67,13 @@ def test_python_backend_models_are_the_current_template() -> None:
 
     for model_py in TRITON_REPO.glob("*/[0-9]*/model.py"):
         assert model_py.read_text() == PYTHON_MODEL_SOURCE.read_text(), f"{model_py} is stale: rerun build-repo"
+
+
+def test_committed_config_describes_the_shipped_weights() -> None:
+    """Triton reports model_info from config.pbtxt, the embedded backend from the ONNX file: they must agree."""
+    import onnx
+
+    config = text_format.Parse((TRITON_REPO / "lipsync_generator" / "config.pbtxt").read_text(), mc.ModelConfig())
+    onnx_model = onnx.load(str(TRITON_REPO / "lipsync_generator" / "1" / "model.onnx"), load_external_data=False)
+    meta = {p.key: p.value for p in onnx_model.metadata_props}
+    assert config.parameters["description"].string_value == meta["lipsync.description"]
