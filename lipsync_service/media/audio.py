@@ -12,6 +12,7 @@ import numpy as np
 
 from lipsync_service.config import AudioCodec
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError, ResourceExhausted
+from lipsync_service.media.av_errors import PYAV_ERRORS, reason
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.types import MODEL_SAMPLE_RATE
 
@@ -27,17 +28,7 @@ _OPEN_OPTIONS = {"probesize": "32768", "analyzeduration": "0"}
 # Bytes looked at before decoding, to tell a WAV from an MP3 and give a precise mismatch message.
 _SNIFF_BYTES = 12
 
-# What PyAV raises on corrupt or hostile input besides its own errors: tags that are not text,
-# absurd sizes and counts. Translated into InvalidInput naming the track.
-_PYAV_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, OverflowError, MemoryError)
 
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, MemoryError):
-        return "it declares sizes too large to allocate"
-    if isinstance(exc, (av.error.FFmpegError, OSError)) and exc.strerror:
-        return str(exc.strerror)
-    return str(exc) or type(exc).__name__
 
 
 def _looks_like_wav(head: bytes) -> bool:
@@ -350,8 +341,8 @@ class AudioTrack:
                                 metadata_errors="replace")
         except LipsyncError:
             raise
-        except _PYAV_ERRORS as exc:
-            raise InvalidInput(f"{what}: cannot read the {fmt.upper()} data ({_reason(exc)})") from exc
+        except PYAV_ERRORS as exc:
+            raise InvalidInput(f"{what}: cannot read the {fmt.upper()} data ({reason(exc)})") from exc
         try:
             if not container.streams.audio:
                 raise InvalidInput(f"{what}: no audio stream in the {fmt.upper()} data")
@@ -383,10 +374,10 @@ class AudioTrack:
                     self._push(resamplers, targets, None)
             except LipsyncError:
                 raise
-            except _PYAV_ERRORS as exc:
+            except PYAV_ERRORS as exc:
                 at = self._source_samples / self._source_rate if self._source_rate else 0.0
                 raise InvalidInput(f"{what}: the {fmt.upper()} data is corrupt or truncated after {at:.2f} s "
-                                   f"({_reason(exc)})") from exc
+                                   f"({reason(exc)})") from exc
         finally:
             container.close()
         if self._source_samples == 0:

@@ -13,6 +13,7 @@ import av
 import av.error
 
 from lipsync_service.errors import InvalidInput, LipsyncError, ResourceExhausted
+from lipsync_service.media.av_errors import PYAV_ERRORS, reason
 from lipsync_service.media.timeline import EXTENSION_TAIL_S, first_slot, tail_length
 from lipsync_service.media.types import VideoInfo
 from lipsync_service.settings import Settings
@@ -30,18 +31,7 @@ _MAX_NORMALISED_FPS = 60
 _COMMON_RATES = tuple(Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "50", "60000/1001", "60"))
 # A frame stamped this far past the duration the header states has a corrupt timestamp.
 _PTS_PAST_END_S = 1
-# What PyAV raises on corrupt or hostile input besides its own errors: metadata that is not text,
-# absurd sizes and counts. Translated into InvalidInput where they enter.
-_PYAV_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, OverflowError, MemoryError)
 
-
-def _reason(exc: BaseException) -> str:
-    """A short cause for an error message, without file names (a spooled upload's path means nothing to a client)."""
-    if isinstance(exc, MemoryError):
-        return "it declares sizes too large to allocate"
-    if isinstance(exc, (av.error.FFmpegError, OSError)) and exc.strerror:
-        return str(exc.strerror)
-    return str(exc) or type(exc).__name__
 
 
 def _rate_text(fps: Fraction) -> str:
@@ -192,14 +182,14 @@ class VideoSource:
             raise
         except EOFError as exc:
             raise InvalidInput("video: the MP4 ended before its header (moov) was complete: the file is truncated") from exc
-        except _PYAV_ERRORS as exc:
-            raise InvalidInput(f"video: the data is not a readable MP4 file or its header is corrupt ({_reason(exc)})") from exc
+        except PYAV_ERRORS as exc:
+            raise InvalidInput(f"video: the data is not a readable MP4 file or its header is corrupt ({reason(exc)})") from exc
         try:
             self._info = self._inspect(self._container)
         except LipsyncError:
             raise
-        except _PYAV_ERRORS as exc:
-            raise InvalidInput(f"video: the MP4 header is corrupt ({_reason(exc)})") from exc
+        except PYAV_ERRORS as exc:
+            raise InvalidInput(f"video: the MP4 header is corrupt ({reason(exc)})") from exc
         return self._info
 
     def _inspect(self, container: av.container.InputContainer) -> VideoInfo:
@@ -356,7 +346,7 @@ class VideoSource:
             raise
         except EOFError as exc:
             raise self._truncated() from exc
-        except _PYAV_ERRORS as exc:
+        except PYAV_ERRORS as exc:
             raise self._truncated() from exc
         if info.frame_count is not None and self._count < info.frame_count:
             raise self._truncated()
@@ -537,8 +527,8 @@ class VideoSource:
                     index = self._pts_index.get(frame.pts) if frame.pts is not None else None
                     if index is not None and index >= start:
                         out[index] = _as_yuv420p(frame)
-        except _PYAV_ERRORS as exc:
-            raise InvalidInput(f"video: the end of the video could not be decoded again ({_reason(exc)})") from exc
+        except PYAV_ERRORS as exc:
+            raise InvalidInput(f"video: the end of the video could not be decoded again ({reason(exc)})") from exc
         return out
 
     # Release -----------------------------------------------------------------------------------
