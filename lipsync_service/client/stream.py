@@ -45,6 +45,8 @@ class LipsyncResult:
     video_chunks: int = 0
     keepalives: int = 0
     order: list[str] = field(default_factory=list)
+    #: time.monotonic() when the first video chunk arrived (how early streaming output flows).
+    first_chunk_at: float | None = None
 
 
 def speaker_info_messages(frames: Iterable[FrameSpeakers]) -> list[lipsync_pb2.SpeakerInfoPerFrame]:
@@ -273,6 +275,8 @@ def collect(responses: Iterable[lipsync_pb2.LipsyncResponse]) -> LipsyncResult:
         elif kind == "config":
             result.config = response.config
         elif kind == "video_file_data":
+            if result.first_chunk_at is None:
+                result.first_chunk_at = time.monotonic()
             chunks.append(response.video_file_data)
             result.video_chunks += 1
         elif kind == "keepalive":

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import grpc
 import pytest
 
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
-from lipsync_service._proto.nvidia.ai4m.common.v1 import common_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_service.client.stream import LipsyncResult, collect  # noqa: F401 - re-exported for the tests
 from lipsync_service.metrics import Metrics
 from lipsync_service.server.app import LipsyncServer
 from lipsync_service.settings import Settings
@@ -151,37 +150,8 @@ def requests(video: bytes, audio: bytes, cfg: lipsync_pb2.LipsyncRequest | None 
 
 # Responses ---------------------------------------------------------------------------------------
 
-@dataclass
-class Result:
-    service_info: common_pb2.ServiceInfo | None = None
-    config: lipsync_pb2.LipsyncConfig | None = None
-    video: bytes = b""
-    chunks: int = 0
-    keepalives: int = 0
-    order: list[str] = field(default_factory=list)
-    first_chunk_at: float | None = None
-
-
-def collect(responses: Iterable[lipsync_pb2.LipsyncResponse]) -> Result:
-    """Gather a response stream; raises grpc.RpcError as the call does."""
-    out = Result()
-    parts = []
-    for r in responses:
-        kind = r.WhichOneof("lipsync_response")
-        out.order.append(kind)
-        if kind == "service_info":
-            out.service_info = r.service_info
-        elif kind == "config":
-            out.config = r.config
-        elif kind == "keepalive":
-            out.keepalives += 1
-        elif kind == "video_file_data":
-            if out.first_chunk_at is None:
-                out.first_chunk_at = time.monotonic()
-            parts.append(r.video_file_data)
-            out.chunks += 1
-    out.video = b"".join(parts)
-    return out
+# The client's own collector: tests read responses exactly as lipsync-client does.
+Result = LipsyncResult
 
 
 def run_call(srv: ServerThread, reqs: Iterable[lipsync_pb2.LipsyncRequest], *, metadata: Any = None,

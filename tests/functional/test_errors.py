@@ -247,7 +247,7 @@ def test_admission_refuses_beyond_limit_and_queue(media):
             release.set()
             holder.join(30)
         # The slot is free again: the next call succeeds.
-        assert run_call(srv, requests(media["video"], media["audio"], config())).chunks >= 1
+        assert run_call(srv, requests(media["video"], media["audio"], config())).video_chunks >= 1
 
 
 def test_admission_queue_times_out(media):
@@ -383,5 +383,5 @@ def test_fuzzed_inputs_always_get_a_status(server, fuzz_media, layout, audio_kin
 
 def test_server_healthy_after_fuzzing(server, media):
     """Runs after the fuzz test in this module: the same server still serves a good call."""
-    assert run_call(server, requests(media["video"], media["audio"], config())).chunks >= 1
+    assert run_call(server, requests(media["video"], media["audio"], config())).video_chunks >= 1
     print(f"fuzz cases tried: {FUZZ_CASES}")

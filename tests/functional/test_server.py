@@ -44,7 +44,7 @@ def test_response_order_and_output(server, clip, tmp_path):
                    metadata=(("client-session-id", "session-42"),))
     # service_info first, then the config echo, then only chunks and keepalives.
     assert res.order[0] == "service_info" and res.order[1] == "config"
-    assert set(res.order[2:]) <= {"video_file_data", "keepalive"} and res.chunks >= 1
+    assert set(res.order[2:]) <= {"video_file_data", "keepalive"} and res.video_chunks >= 1
     info = res.service_info
     assert info.feature_name == "lipsync" and info.feature_version == __version__
     assert info.client_session_id == "session-42"
@@ -281,6 +281,6 @@ def test_not_ready_until_the_backend_answers(monkeypatch, clip):
             assert wait_until(lambda: srv.server.ready, timeout=10)
             assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
         assert len(attempts) == 3
-        assert run_call(srv, requests(clip["video"], clip["audio"], config())).chunks >= 1
+        assert run_call(srv, requests(clip["video"], clip["audio"], config())).video_chunks >= 1
     finally:
         srv.stop()

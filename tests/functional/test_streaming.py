@@ -83,7 +83,7 @@ def test_spool_file_lives_only_during_the_call(clips, tmp_path):
 
     with running_server(spool_dir=spool) as srv:
         res = run_call(srv, reqs())
-    assert res.chunks >= 1
+    assert res.video_chunks >= 1
     assert max(seen) == 1  # the upload went to one spool file ...
     assert spool_files(spool) == []  # ... removed once the call ended
 
