@@ -40,6 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resume later)")
     run.set_defaults(func=_run)
 
+    opening = sub.add_parser("opening", help="train the default model's speech->opening ensemble and opening "
+                             "renderer, and export the served ONNX",
+                             description="Needs mouth labels of the cache's frames: run "
+                             "models/training/mouth_labels.py in the eval venv first (see models/MODEL_CARD.md).")
+    _opening_arguments(opening)
+    opening.set_defaults(func=_opening)
+
     exp = sub.add_parser("export", help="export trained generator weights (generator.pt) to ONNX")
     exp.add_argument("weights", type=Path, help="generator.pt written at the end of `train run`, or a run's checkpoint.pt")
     exp.add_argument("--out", type=Path, required=True, help="the .onnx file, e.g. triton_repo/lipsync_generator/1/model.onnx")
@@ -94,6 +101,29 @@ def _run(args: argparse.Namespace) -> int:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return 130
     print(final if final.exists() else f"stopped before the end of the schedule; resume with the same command")
+    return 0
+
+
+def _opening_arguments(parser: argparse.ArgumentParser) -> None:
+    try:
+        from lipsync_models.training.opening_run import add_arguments
+    except ImportError:  # models not installed: the command still shows, and says what is missing when run
+        parser.add_argument("rest", nargs=argparse.REMAINDER)
+        return
+    add_arguments(parser)
+
+
+def _opening(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+
+        from lipsync_models.training.opening_run import run
+    except ImportError as exc:
+        return _fail("train opening", RuntimeError(f"needs torch and onnx (pip install '.[train]'): {exc}"))
+    try:
+        print(run(args))
+    except (ValueError, OSError) as exc:
+        return _fail("train opening", exc)
     return 0
 
 

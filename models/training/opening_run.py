@@ -1,33 +1,75 @@
-"""Reproduce the round-2 default model: speech MLP + opening renderer from a prepared cache, then export.
+"""Train the default model (round 3): speech -> opening ensemble, opening renderer, then export the served ONNX.
 
-`python -m lipsync_models.training.opening_run CACHE LABELS BASE_CHECKPOINT OUT_DIR [--render-seconds 480]`
-(labels from mouth_labels.py, base: the round-1 run's checkpoint.pt). Writes opening_net.pt, renderer.pt and
-model.onnx into OUT_DIR and prints the MLP's held-out r per validation clip.
+`lipsync-service train opening CACHE LABELS OUT_DIR --base CHECKPOINT` (or `--renderer renderer.pt` to reuse
+a trained renderer; labels from mouth_labels.py). Writes opening_net.pt, renderer.pt and model.onnx into
+OUT_DIR and prints each training clip's audio-video offset and the ensemble's held-out r per validation clip.
 """
 
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 
-def gather(cache: Path, labels: dict[str, np.ndarray], split: str):
-    """Per clip of a split: (name, mel windows, z-scored openings) of the frames with a face and a label."""
-    from lipsync_models.training import opening as op
-    from lipsync_models.training.data import load_clips
+def clip_envelope(entry: dict, frames: int) -> np.ndarray:
+    """Per-frame loudness of a cached clip's own speech (the file `train prepare` read it from)."""
+    from lipsync_service.eval import load_speech, loudness_envelope
 
+    source = entry.get("audio") or entry["video"]
+    if not Path(source).exists():
+        raise FileNotFoundError(f"speech of {entry['name']} not found at {source} (moved since `train prepare`?)")
+    return loudness_envelope(load_speech(Path(source)), float(Fraction(entry["fps"])), frames)
+
+
+def gather(cache: Path, labels: dict[str, np.ndarray], split: str, max_offset: int = 0):
+    """Per clip of a split: (name, offset, mel windows, z-scored openings), labels shifted by the clip's offset.
+
+    Args:
+        cache: the prepared cache.
+        labels: clip name -> raw openings (mouth_labels.py).
+        split: "train" or "val".
+        max_offset: largest audio-video offset searched per clip (0: no shift).
+    """
+    from lipsync_models.training import opening as op
+    from lipsync_models.training.data import load_clips, load_index
+
+    entries = {e["name"]: e for e in load_index(cache)["clips"]}
     out = []
     for clip in load_clips(cache, split):
+        if clip.name not in labels:
+            raise ValueError(f"no mouth labels for {clip.name}: run mouth_labels.py on this cache again")
         z = op.zscore_labels(labels[clip.name])
-        ok = np.isfinite(z) & clip.valid
-        out.append((clip.name, op.mel_windows(clip)[ok], z[ok]))
+        offset = 0
+        if max_offset:
+            offset = op.clip_offset(z, clip_envelope(entries[clip.name], len(z)), max_offset)
+        frames, label_frames = op.aligned_frames(np.isfinite(z) & clip.valid, offset)
+        out.append((clip.name, offset, op.mel_windows(clip)[frames], z[label_frames]))
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line entry (see the module docstring)."""
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The command's arguments (shared by `lipsync-service train opening` and `python -m`)."""
+    ap.add_argument("cache", type=Path, help="the prepared cache (`train prepare`)")
+    ap.add_argument("labels", type=Path, help="mouth openings of the cache's frames (mouth_labels.py)")
+    ap.add_argument("out", type=Path, help="output folder")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--base", type=Path, help="a trained warp generator checkpoint to fine-tune the renderer from")
+    src.add_argument("--renderer", type=Path, help="reuse this trained opening renderer (renderer.pt)")
+    ap.add_argument("--max-offset", type=int, default=2, help="audio-video offset searched per clip, frames")
+    ap.add_argument("--members", type=int, default=4, help="MLPs in the speech ensemble")
+    ap.add_argument("--mlp-steps", type=int, default=3000)
+    ap.add_argument("--render-steps", type=int, default=5000)
+    ap.add_argument("--render-seconds", type=float, default=480.0)
+    ap.add_argument("--gain", type=float, default=3.0, help="served articulation gain on the predicted opening")
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Train what is missing and export; returns the ONNX path."""
+    import shutil
+
     import torch
 
     from lipsync_models.training import opening as op
@@ -35,31 +77,37 @@ def main(argv: list[str] | None = None) -> None:
     from lipsync_models.training.export import load_generator
     from lipsync_models.training.opening_render import finetune
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("cache", type=Path)
-    ap.add_argument("labels", type=Path)
-    ap.add_argument("base", type=Path)
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--mlp-steps", type=int, default=3000)
-    ap.add_argument("--render-steps", type=int, default=5000)
-    ap.add_argument("--render-seconds", type=float, default=480.0)
-    ap.add_argument("--gain", type=float, default=1.5)
-    args = ap.parse_args(argv)
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
     labels = op.load_labels(args.labels)
-    train = gather(args.cache, labels, "train")
-    x = np.concatenate([t[1] for t in train])
-    y = np.concatenate([t[2] for t in train])
-    net = op.train_opening_net(x, y, steps=args.mlp_steps)
-    torch.save(net.state_dict(), args.out / "opening_net.pt")
+    train = gather(args.cache, labels, "train", args.max_offset)
+    for name, offset, _, _ in train:
+        print(f"offset {name} {offset:+d}")
+    x = np.concatenate([t[2] for t in train])
+    y = np.concatenate([t[3] for t in train])
+    hidden, dropout = 128, 0.3
+    net = op.train_opening_net(x, y, steps=args.mlp_steps, hidden=hidden, dropout=dropout, members=args.members)
+    op.save_opening(net, args.out / "opening_net.pt", hidden, dropout)
     print(f"mlp train r {op.pearson(op.predict(net, x), y):.3f}")
-    for name, xv, yv in gather(args.cache, labels, "val"):
+    for name, _, xv, yv in gather(args.cache, labels, "val"):
         print(f"mlp held-out r {name} {op.pearson(op.predict(net, xv), yv):.3f}")
-    finetune(load_generator(args.base), load_clips(args.cache, "train"), labels, args.out / "renderer.pt",
-             steps=args.render_steps, max_seconds=args.render_seconds)
-    op.export_served(args.out / "renderer.pt", args.out / "opening_net.pt", args.out / "model.onnx", gain=args.gain)
-    print(f"wrote {args.out / 'model.onnx'}")
+    renderer = args.out / "renderer.pt"
+    if args.renderer is not None:
+        if args.renderer.resolve() != renderer.resolve():
+            shutil.copyfile(args.renderer, renderer)
+    else:
+        finetune(load_generator(args.base), load_clips(args.cache, "train"), labels, renderer,
+                 steps=args.render_steps, max_seconds=args.render_seconds)
+    out = op.export_served(renderer, args.out / "opening_net.pt", args.out / "model.onnx", gain=args.gain)
+    print(f"wrote {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry (see the module docstring)."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    add_arguments(ap)
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

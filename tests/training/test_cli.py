@@ -42,3 +42,51 @@ def test_errors_are_one_line_and_actionable(tmp_path: Path, capsys) -> None:
     assert main(["eval", "--video", str(tmp_path / "v.mp4"), "--audio", str(tmp_path / "a.wav"),
                  "--landmark-python", str(tmp_path / "nopython"), "--out", str(tmp_path / "e")]) == 2
     assert "tools/eval_env/create.sh" in capsys.readouterr().err
+
+
+def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, capsys) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from lipsync_models.dataset import write_clip
+    from lipsync_models.training.warpnet import WarpGeneratorConfig, build_warp_generator
+
+    from lipsync_service.core.mel import melspectrogram, window_start
+    from lipsync_service.eval import write_wav
+
+    from .conftest import FPS, synthetic_clip
+
+    cache, labels = tmp_path / "cache", {}
+    for n, (ident, split) in enumerate([("a", "train"), ("b", "train"), ("c", "val")]):
+        faces, _, env = synthetic_clip(n, 120, 96, (120, 150, 200))
+        # A 600 Hz tone gated by the mouth's envelope: inside the eval's 300-3000 Hz loudness band.
+        t = np.arange(len(env) * 640) / 16000
+        speech = (0.3 * np.repeat(env, 640) * np.sin(2 * np.pi * 600 * t)).astype(np.float32)
+        wav = tmp_path / f"{ident}.wav"
+        write_wav(wav, speech)
+        starts = np.array([window_start(i, FPS) for i in range(len(faces))])
+        write_clip(cache, f"clip_{ident}", ident, split, faces, np.ones(len(faces), bool), melspectrogram(speech),
+                   starts, FPS, extra={"audio": str(wav), "video": str(wav)})
+        # Labelled openings lead the sound by one frame, as real mouths do.
+        labels[f"clip_{ident}"] = np.concatenate((env[1:], [0.0])).astype(np.float32)
+    np.savez(tmp_path / "labels.npz", **labels)
+    cfg = WarpGeneratorConfig(face_size=96, width=8, audio_dim=16, code_dim=1)
+    torch.save({"kind": "warp_generator", "config": cfg.to_dict(), "state_dict": build_warp_generator(cfg).state_dict()},
+               tmp_path / "renderer.pt")
+    out = tmp_path / "out"
+    assert main(["train", "opening", str(cache), str(tmp_path / "labels.npz"), str(out), "--renderer",
+                 str(tmp_path / "renderer.pt"), "--mlp-steps", "30", "--members", "2", "--gain", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "offset clip_a -1" in printed and "offset clip_b -1" in printed
+    assert "mlp held-out r clip_c" in printed
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"face": np.random.default_rng(0).random((2, 6, 96, 96), dtype=np.float32),
+                             "mel": np.zeros((2, 1, 80, 16), np.float32)})[0]
+    assert got.shape == (2, 3, 96, 96)
+    assert "ensemble x2" in session.get_modelmeta().custom_metadata_map["lipsync.description"]
+    # Reusing the renderer in place (same path) works too; a missing labels entry is a clear error.
+    np.savez(tmp_path / "few.npz", clip_a=labels["clip_a"])
+    assert main(["train", "opening", str(cache), str(tmp_path / "few.npz"), str(out), "--renderer",
+                 str(out / "renderer.pt"), "--mlp-steps", "5"]) == 2
+    assert "no mouth labels for clip_b" in capsys.readouterr().err
