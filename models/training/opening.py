@@ -213,4 +213,5 @@ def export_served(renderer_path: Path, opening_path: Path, out: Path, gain: floa
     description = (f"lipsync-opening-warp-s{renderer.config.face_size} ({params / 1e6:.2f} M params, speech MLP "
                    f"ensemble x{len(net.members)} -> "
                    f"mouth opening -> warp renderer, opening gain {gain:.2f}, trained weights)")
-    return export_onnx(served, out, renderer.config.face_size, description=description)
+    # float16 storage keeps the shipped file small (the repository holds it); computation stays float32.
+    return export_onnx(served, out, renderer.config.face_size, description=description, fp16_weights=True)

@@ -80,7 +80,7 @@ def test_served_graph_follows_the_opening_and_exports_with_parity(tmp_path: Path
     with torch.no_grad():
         want = served(torch.from_numpy(face), torch.from_numpy(mel)).numpy()
     assert got.shape == (3, 3, 96, 96)
-    assert np.abs(got - want).max() < 1e-4
+    assert np.abs(got - want).max() < 4e-3  # weights stored as float16 (export_served), computed in float32
     # Different speech, different lower face; the upper half is the input's.
     other = session.run(None, {INPUT_FACE: face, INPUT_MEL: -mel})[0]
     assert np.abs(other[:, :, 48:] - got[:, :, 48:]).mean() > 1e-4
