@@ -143,7 +143,7 @@ def make_mp3(path: str | Path, *, seconds: float = 2.0, rate: int = 16000, chann
 
 def make_video(path: str | Path, *, seconds: float = 2.0, fps: int = 25, size: tuple[int, int] = (160, 120),
                layout: Layout = "faststart", codec: str = "libx264", pix_fmt: str = "yuv420p",
-               with_audio: bool = False, gop: int | None = None, vfr: bool = False) -> Path:
+               with_audio: bool = False, gop: int | None = None, vfr: bool = False, rotation: int = 0) -> Path:
     """Write an MP4 whose frames carry their frame number (see `draw_frame`).
 
     Args:
@@ -157,6 +157,7 @@ def make_video(path: str | Path, *, seconds: float = 2.0, fps: int = 25, size: t
         with_audio: add an AAC tone track of the same length.
         gop: keyframe interval in frames (encoder default when None).
         vfr: variable frame timing (frame durations cycle through 40, 40, 90, 40, 15 ms).
+        rotation: display rotation (degrees counter-clockwise) written into the track, as phones do.
     """
     path = Path(path)
     width, height = size
@@ -165,6 +166,8 @@ def make_video(path: str | Path, *, seconds: float = 2.0, fps: int = 25, size: t
     with av.open(str(path), "w", format="mp4", options=options) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         time_base = Fraction(1, 1000) if vfr else Fraction(1, fps)
         stream.codec_context.time_base = time_base
         if gop:

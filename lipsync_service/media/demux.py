@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -11,6 +13,7 @@ from typing import BinaryIO, NamedTuple
 
 import av
 import av.error
+import numpy as np
 
 from lipsync_service.errors import InvalidInput, LipsyncError, ResourceExhausted
 from lipsync_service.media.av_errors import PYAV_ERRORS, reason
@@ -157,6 +160,12 @@ class VideoSource:
         self._slot_sources: deque[int] = deque()
         self._ended = False
         self._closed = False
+        # The first decoded frame, read by open() for its rotation, and the decoding it came from.
+        self._decoded: Iterator[av.VideoFrame] | None = None
+        self._first: av.VideoFrame | None = None
+        self._first_error: BaseException | None = None
+        self._coded_size: tuple[int, int] = (0, 0)
+        self._turns = 0  # quarter turns counter-clockwise that make a decoded picture upright
 
     # Open and validate ------------------------------------------------------------------------
 
@@ -185,12 +194,57 @@ class VideoSource:
         except PYAV_ERRORS as exc:
             raise InvalidInput(f"video: the data is not a readable MP4 file or its header is corrupt ({reason(exc)})") from exc
         try:
-            self._info = self._inspect(self._container)
+            info = self._inspect(self._container)
         except LipsyncError:
             raise
         except PYAV_ERRORS as exc:
             raise InvalidInput(f"video: the MP4 header is corrupt ({reason(exc)})") from exc
+        self._info = self._upright(info, self._peek())
         return self._info
+
+    def _peek(self) -> int:
+        """Decode the first frame now, for the display rotation only decoded frames report (0 if none).
+
+        A failure is kept and raised by frames(), where a corrupt first frame is reported today.
+        """
+        self._decoded = self._decode_all()
+        try:
+            self._first = next(self._decoded, None)
+        except (LipsyncError, EOFError, *PYAV_ERRORS) as exc:
+            self._first_error = exc
+            return 0
+        if self._first is None:
+            return 0
+        try:
+            return int(round(self._first.rotation or 0))
+        except (AttributeError, TypeError, ValueError):  # no or unreadable display matrix
+            return 0
+
+    def _upright(self, info: VideoInfo, rotation: int) -> VideoInfo:
+        """The stream as players show it: frames are turned by `rotation` (CCW degrees) as they are decoded."""
+        self._coded_size = (info.width, info.height)
+        if rotation % 90:
+            log.warning("video: display rotation %s degrees is not a quarter turn; frames are used as coded", rotation)
+            return info
+        self._turns = (rotation // 90) % 4
+        if not self._turns:
+            return info
+        rotation = (rotation + 179) % 360 - 179  # in (-180, 180]: FFmpeg may say -180 for a half turn
+        log.info("video: display matrix rotates by %s degrees; frames are turned upright, output carries no rotation",
+                 rotation)
+        width, height = (info.height, info.width) if self._turns % 2 else (info.width, info.height)
+        return dataclasses.replace(info, width=width, height=height, rotation=rotation)
+
+    def _decode_all(self) -> Iterator[av.VideoFrame]:
+        """Every decoded frame of the input in decode order, remembering packets for the tail."""
+        assert self._container is not None and self._stream is not None
+        for packet in self._container.demux(self._stream):
+            if packet.is_corrupt:
+                # The demuxer flags a sample cut short by the end of the input.
+                raise self._truncated()
+            if packet.size and self._keep_tail:
+                self._remember(packet)
+            yield from packet.decode()
 
     def _inspect(self, container: av.container.InputContainer) -> VideoInfo:
         if not container.streams.video and not container.streams.audio:
@@ -327,21 +381,17 @@ class VideoSource:
             ResourceExhausted: the video runs past settings.max_duration_s.
         """
         info = self.open()
-        assert self._container is not None and self._stream is not None
-        stream = self._stream
+        assert self._decoded is not None
         held: tuple[int, av.VideoFrame] | None = None
         try:
-            for packet in self._container.demux(stream):
-                if packet.is_corrupt:
-                    # The demuxer flags a sample cut short by the end of the input.
-                    raise self._truncated()
-                if packet.size and self._keep_tail:
-                    self._remember(packet)
-                for frame in packet.decode():
-                    source, picture, start = self._accept(frame)
-                    if held is not None:
-                        yield from self._fill(*held, start)
-                    held = (source, picture)
+            if self._first_error is not None:
+                raise self._first_error
+            first, self._first = self._first, None
+            for frame in itertools.chain([first] if first is not None else [], self._decoded):
+                source, picture, start = self._accept(frame)
+                if held is not None:
+                    yield from self._fill(*held, start)
+                held = (source, picture)
         except LipsyncError:
             raise
         except EOFError as exc:
@@ -366,11 +416,12 @@ class VideoSource:
         info = self._info
         assert info is not None
         index = self._count
-        if frame.width != info.width or frame.height != info.height:
+        coded_w, coded_h = self._coded_size
+        if frame.width != coded_w or frame.height != coded_h:
             # Corrupt data, spliced clips or an unaligned left crop (FFmpeg drops it) decode at another
             # size than the header states; the encoder needs one size.
             raise InvalidInput(
-                f"video: frame {index} is {frame.width}x{frame.height} but the stream is {info.width}x{info.height}: "
+                f"video: frame {index} is {frame.width}x{frame.height} but the stream is {coded_w}x{coded_h}: "
                 "the H.264 data is corrupt, changes resolution mid-stream or has a cropping the decoder does not apply; "
                 "re-encode it at one frame size"
             )
@@ -400,7 +451,7 @@ class VideoSource:
         duration = frame.duration
         self._last_duration = Fraction(duration) * Fraction(time_base) if duration and time_base else None
         self._count += 1
-        return index, _as_yuv420p(frame), first_slot(offset, info.fps)
+        return index, _as_yuv420p(frame, self._turns), first_slot(offset, info.fps)
 
     def _end_slot(self) -> int:
         """Where the last input frame stops: its duration (one frame when unknown), at least its own slot."""
@@ -526,7 +577,7 @@ class VideoSource:
                 for frame in ctx.decode(packet):
                     index = self._pts_index.get(frame.pts) if frame.pts is not None else None
                     if index is not None and index >= start:
-                        out[index] = _as_yuv420p(frame)
+                        out[index] = _as_yuv420p(frame, self._turns)
         except PYAV_ERRORS as exc:
             raise InvalidInput(f"video: the end of the video could not be decoded again ({reason(exc)})") from exc
         return out
@@ -554,14 +605,28 @@ class VideoSource:
         self.close()
 
 
-def _as_yuv420p(frame: av.VideoFrame) -> av.VideoFrame:
-    if frame.format.name == OUTPUT_PIX_FMT:
-        return frame
-    converted = frame.reformat(format=OUTPUT_PIX_FMT)
-    converted.pts = frame.pts
-    if frame.time_base is not None:
-        converted.time_base = frame.time_base
+def _as_yuv420p(frame: av.VideoFrame, turns: int = 0) -> av.VideoFrame:
+    """The frame in yuv420p, turned `turns` quarter turns counter-clockwise (the decoded object when no work)."""
+    converted = frame if frame.format.name == OUTPUT_PIX_FMT else frame.reformat(format=OUTPUT_PIX_FMT)
+    if turns:
+        converted = _turned(converted, turns)
+    if converted is not frame:
+        converted.pts = frame.pts
+        if frame.time_base is not None:
+            converted.time_base = frame.time_base
     return converted
+
+
+def _turned(frame: av.VideoFrame, turns: int) -> av.VideoFrame:
+    """A yuv420p frame rotated by quarter turns counter-clockwise, plane by plane (lossless)."""
+    h, w = frame.height, frame.width
+    flat = frame.to_ndarray()  # [3h/2, w]: Y rows, then U and V planes back to back
+    chroma = flat[h:].reshape(-1)
+    planes = (flat[:h], chroma[: h * w // 4].reshape(h // 2, w // 2), chroma[h * w // 4:].reshape(h // 2, w // 2))
+    turned = [np.rot90(plane, turns) for plane in planes]
+    out_h, out_w = turned[0].shape
+    packed = np.concatenate([plane.reshape(-1) for plane in turned]).reshape(out_h * 3 // 2, out_w)
+    return av.VideoFrame.from_ndarray(packed, format=OUTPUT_PIX_FMT)
 
 
 def _copy(frame: av.VideoFrame) -> av.VideoFrame:

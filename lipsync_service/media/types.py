@@ -29,6 +29,9 @@ class VideoInfo:
         codec: input codec name (always "h264" after validation).
         constant_rate: False when the header shows variable frame rate: input frames are then
             repeated or dropped to fill a constant-rate timeline at `fps`.
+        rotation: degrees (counter-clockwise, a multiple of 90) the input's display matrix asked players
+            to turn its pictures; frames are delivered already turned, so width and height are the
+            upright size and the output needs no rotation of its own.
     """
 
     width: int
@@ -38,6 +41,7 @@ class VideoInfo:
     frame_count: int | None
     codec: str = "h264"
     constant_rate: bool = True
+    rotation: int = 0
 
     @property
     def frame_duration_s(self) -> float:

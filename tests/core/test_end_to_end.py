@@ -61,3 +61,54 @@ def test_lossless_job_changes_only_the_lower_face_and_keeps_bypass_frames(media,
         assert diff[1].min() >= crop.cx - crop.side / 2 - slack
         assert diff[1].max() <= crop.cx + crop.side / 2 + slack
     assert changed >= 0.95 * (len(frames_out) - len(bypass)), "most frames must be re-drawn"
+
+
+def _write_sideways(frames: list[np.ndarray], fps, path) -> None:
+    """Frames stored turned a quarter counter-clockwise with a display matrix that turns them back (as phones do)."""
+    h, w = frames[0].shape[0] * 2 // 3, frames[0].shape[1]
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = h, w, "yuv420p"
+        stream.set_display_rotation(-90)
+        for i, flat in enumerate(frames):
+            chroma = flat[h:].reshape(-1)
+            planes = [flat[:h], chroma[: h * w // 4].reshape(h // 2, w // 2), chroma[h * w // 4:].reshape(h // 2, w // 2)]
+            turned = [np.rot90(p, 1) for p in planes]
+            frame = av.VideoFrame.from_ndarray(np.concatenate([p.reshape(-1) for p in turned]).reshape(w * 3 // 2, h),
+                                               format="yuv420p")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def test_a_sideways_phone_video_is_lip_synced_upright(media, tmp_path):
+    video, audio = media("talking_3.mp4"), media("speech_en_2.wav")
+    settings = Settings()
+    if not any((settings.model_repository / settings.model_name).glob("*/model.onnx")):
+        pytest.skip("no generator model.onnx in the model repository")
+    with av.open(str(video)) as container:
+        fps = container.streams.video[0].average_rate
+    frames_in = _decode_planes(video)[:50]
+    sideways = tmp_path / "sideways.mp4"
+    _write_sideways(frames_in, fps, sideways)
+    cfg = dataclasses.replace(JobConfig(), video_encoding=VideoEncodingSpec(mode=EncodingMode.LOSSLESS))
+    out = tmp_path / "out.mp4"
+    run_files(cfg, settings, build_processor(settings), sideways, audio, out)
+    with av.open(str(out)) as container:
+        decoded = list(container.decode(video=0))
+    # Upright pictures and no rotation left for the player to apply.
+    assert len(decoded) == len(frames_in)
+    assert all(f.rotation == 0 and (f.width, f.height) == (frames_in[0].shape[1], frames_in[0].shape[0] * 2 // 3)
+               for f in decoded)
+    h = frames_in[0].shape[0] * 2 // 3
+    changed = 0
+    for a, f in zip(frames_in, decoded):
+        b = f.to_ndarray(format="yuv420p")
+        rows = np.nonzero((a[:h] != b[:h]).any(axis=1))[0]
+        if rows.size:
+            changed += 1
+            # Only the lower part of the picture (the mouth of the upright face) is re-drawn.
+            assert rows.min() > h * 0.35, "pixels above the mouth changed: the face was not processed upright"
+    assert changed >= 0.9 * len(frames_in), "the upright face must be found and re-drawn in most frames"

@@ -392,3 +392,43 @@ def test_no_tail_is_kept_unless_asked(tmp_path):
         assert not src._gops
         with pytest.raises(ValueError, match="keep_tail"):
             next(src.tail_frames([19]))
+
+
+def _raw_planes(path) -> list[np.ndarray]:
+    """Frames as coded (the display rotation not applied), yuv420p [3h/2, w]."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="yuv420p") for f in container.decode(video=0)]
+
+
+def _planes(flat: np.ndarray, w: int, h: int) -> list[np.ndarray]:
+    chroma = flat[h:].reshape(-1)
+    return [flat[:h], chroma[: h * w // 4].reshape(h // 2, w // 2), chroma[h * w // 4:].reshape(h // 2, w // 2)]
+
+
+@pytest.mark.parametrize("rotation,turns", [(-90, -1), (90, 1), (180, 2)])
+def test_a_rotated_phone_video_is_delivered_upright(tmp_path, rotation, turns):
+    path = synth.make_video(tmp_path / "v.mp4", seconds=1.0, fps=25, size=(96, 64), rotation=rotation)
+    coded = _raw_planes(path)
+    with VideoSource(path, SETTINGS) as source:
+        info = source.open()
+        assert info.rotation == rotation
+        assert (info.width, info.height) == ((96, 64) if turns == 2 else (64, 96))
+        frames = list(source.frames())
+        assert len(frames) == len(coded) == 25
+        for got, raw in zip(frames, coded):
+            assert (got.frame.width, got.frame.height) == (info.width, info.height)
+            want = [np.rot90(p, turns) for p in _planes(raw, 96, 64)]
+            for g, w in zip(_planes(got.frame.to_ndarray(), info.width, info.height), want):
+                assert np.array_equal(g, w)
+        # The extension tail is turned the same way.
+        tail = list(source.tail_frames(range(20, 25)))
+        for t in tail:
+            assert np.array_equal(t.frame.to_ndarray(), frames[t.source_index].frame.to_ndarray())
+
+
+def test_a_rotated_video_streams_upright_from_a_pipe(tmp_path):
+    path = synth.make_video(tmp_path / "v.mp4", seconds=1.0, fps=25, size=(96, 64), layout="fragmented",
+                            rotation=-90)
+    with VideoSource(feed(path.read_bytes()), SETTINGS) as source:
+        assert (source.open().width, source.open().height) == (64, 96)
+        assert sum(1 for _ in source.frames()) == 25
