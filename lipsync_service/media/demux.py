@@ -617,13 +617,17 @@ def _as_yuv420p(frame: av.VideoFrame, turns: int = 0) -> av.VideoFrame:
     return converted
 
 
+def yuv420p_planes(flat: np.ndarray, width: int, height: int) -> list[np.ndarray]:
+    """Y, U and V views of a yuv420p picture in to_ndarray()'s layout ([3h/2, w]: Y rows, then U and V back to back)."""
+    chroma = flat[height:].reshape(-1)
+    quarter = height * width // 4
+    return [flat[:height], chroma[:quarter].reshape(height // 2, width // 2),
+            chroma[quarter:].reshape(height // 2, width // 2)]
+
+
 def _turned(frame: av.VideoFrame, turns: int) -> av.VideoFrame:
     """A yuv420p frame rotated by quarter turns counter-clockwise, plane by plane (lossless)."""
-    h, w = frame.height, frame.width
-    flat = frame.to_ndarray()  # [3h/2, w]: Y rows, then U and V planes back to back
-    chroma = flat[h:].reshape(-1)
-    planes = (flat[:h], chroma[: h * w // 4].reshape(h // 2, w // 2), chroma[h * w // 4:].reshape(h // 2, w // 2))
-    turned = [np.rot90(plane, turns) for plane in planes]
+    turned = [np.rot90(plane, turns) for plane in yuv420p_planes(frame.to_ndarray(), frame.width, frame.height)]
     out_h, out_w = turned[0].shape
     packed = np.concatenate([plane.reshape(-1) for plane in turned]).reshape(out_h * 3 // 2, out_w)
     return av.VideoFrame.from_ndarray(packed, format=OUTPUT_PIX_FMT)
@@ -638,4 +642,4 @@ def _copy(frame: av.VideoFrame) -> av.VideoFrame:
     return copy
 
 
-__all__ = ["OUTPUT_PIX_FMT", "DecodedFrame", "VideoSource"]
+__all__ = ["OUTPUT_PIX_FMT", "DecodedFrame", "VideoSource", "yuv420p_planes"]

@@ -12,6 +12,7 @@ from lipsync_service.config import EncodingMode, JobConfig, VideoEncodingSpec
 from lipsync_service.core.crops import SquareBox
 from lipsync_service.core.faces import FaceDetector
 from lipsync_service.core.processor import build_processor
+from lipsync_service.media.demux import yuv420p_planes
 from lipsync_service.pipeline import run_files
 from lipsync_service.settings import Settings
 from lipsync_service.speakers import FrameSpeakers
@@ -71,9 +72,7 @@ def _write_sideways(frames: list[np.ndarray], fps, path) -> None:
         stream.width, stream.height, stream.pix_fmt = h, w, "yuv420p"
         stream.set_display_rotation(-90)
         for i, flat in enumerate(frames):
-            chroma = flat[h:].reshape(-1)
-            planes = [flat[:h], chroma[: h * w // 4].reshape(h // 2, w // 2), chroma[h * w // 4:].reshape(h // 2, w // 2)]
-            turned = [np.rot90(p, 1) for p in planes]
+            turned = [np.rot90(p, 1) for p in yuv420p_planes(flat, w, h)]
             frame = av.VideoFrame.from_ndarray(np.concatenate([p.reshape(-1) for p in turned]).reshape(w * 3 // 2, h),
                                                format="yuv420p")
             frame.pts = i

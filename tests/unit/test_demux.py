@@ -12,7 +12,7 @@ import pytest
 
 from lipsync_service.config import ExtendVideo
 from lipsync_service.errors import Cancelled, InvalidInput, ResourceExhausted
-from lipsync_service.media.demux import VideoSource
+from lipsync_service.media.demux import VideoSource, yuv420p_planes
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.timeline import extension_source_index
 from lipsync_service.settings import Settings
@@ -400,11 +400,6 @@ def _raw_planes(path) -> list[np.ndarray]:
         return [f.to_ndarray(format="yuv420p") for f in container.decode(video=0)]
 
 
-def _planes(flat: np.ndarray, w: int, h: int) -> list[np.ndarray]:
-    chroma = flat[h:].reshape(-1)
-    return [flat[:h], chroma[: h * w // 4].reshape(h // 2, w // 2), chroma[h * w // 4:].reshape(h // 2, w // 2)]
-
-
 @pytest.mark.parametrize("rotation,turns", [(-90, -1), (90, 1), (180, 2)])
 def test_a_rotated_phone_video_is_delivered_upright(tmp_path, rotation, turns):
     path = synth.make_video(tmp_path / "v.mp4", seconds=1.0, fps=25, size=(96, 64), rotation=rotation)
@@ -417,8 +412,8 @@ def test_a_rotated_phone_video_is_delivered_upright(tmp_path, rotation, turns):
         assert len(frames) == len(coded) == 25
         for got, raw in zip(frames, coded):
             assert (got.frame.width, got.frame.height) == (info.width, info.height)
-            want = [np.rot90(p, turns) for p in _planes(raw, 96, 64)]
-            for g, w in zip(_planes(got.frame.to_ndarray(), info.width, info.height), want):
+            want = [np.rot90(p, turns) for p in yuv420p_planes(raw, 96, 64)]
+            for g, w in zip(yuv420p_planes(got.frame.to_ndarray(), info.width, info.height), want):
                 assert np.array_equal(g, w)
         # The extension tail is turned the same way.
         tail = list(source.tail_frames(range(20, 25)))
