@@ -205,7 +205,7 @@ class VideoSource:
     def _peek(self) -> int:
         """Decode the first frame now, for the display rotation only decoded frames report (0 if none).
 
-        A failure is kept and raised by frames(), where a corrupt first frame is reported today.
+        A failure is kept and raised by frames(), which reports every decoding error of the input.
         """
         self._decoded = self._decode_all()
         try:
@@ -284,7 +284,9 @@ class VideoSource:
             raise ResourceExhausted(
                 f"video: {duration_s:.1f} s is longer than the {s.max_duration_s:g} s limit; split it into shorter parts"
             )
-        if stream.duration and stream.time_base:
+        # Only a header with a sample table states a duration: for a fragmented MP4 read from a pipe,
+        # FFmpeg's figure is just the fragments its probing has read, and would reject the rest.
+        if frame_count is not None and stream.duration and stream.time_base:
             self._end_limit = Fraction(stream.duration) * Fraction(stream.time_base) + _PTS_PAST_END_S
         # Frame threading speeds up decode and only delays output by a few frames.
         ctx.thread_type = "AUTO"
@@ -589,6 +591,10 @@ class VideoSource:
         if self._closed:
             return
         self._closed = True
+        self._first = None
+        if self._decoded is not None:
+            self._decoded.close()  # a generator paused inside the container's demuxing
+            self._decoded = None
         self._gops.clear()
         self._pts_index.clear()
         if self._container is not None:

@@ -427,3 +427,13 @@ def test_a_rotated_video_streams_upright_from_a_pipe(tmp_path):
     with VideoSource(feed(path.read_bytes()), SETTINGS) as source:
         assert (source.open().width, source.open().height) == (64, 96)
         assert sum(1 for _ in source.frames()) == 25
+
+
+def test_a_fragmented_mp4_longer_than_the_probe_streams_to_the_end(tmp_path):
+    # From a pipe FFmpeg only knows the fragments its probing read (1-2 s here): that is no header duration
+    # to reject later frames against.
+    path = synth.make_video(tmp_path / "v.mp4", seconds=6.0, fps=25, size=(320, 240), layout="fragmented", gop=5)
+    with VideoSource(feed(path.read_bytes()), SETTINGS) as source:
+        assert source.open().frame_count is None
+        indices, nums = decode_all(source)
+    assert indices == nums == list(range(150))

@@ -258,9 +258,10 @@ def feed(stream: ByteStream, data: bytes, chunk: int = 2048, delay: float = 0.0)
 
 @pytest.mark.parametrize("layout", ["faststart", "fragmented"])
 def test_streaming_input_from_byte_streams(tmp_path, layout):
-    # Short GOPs make a clip of ~70 kB: several of the demuxer's 32 KiB reads.
-    video = synth.make_video(tmp_path / "v.mp4", seconds=2.0, size=(320, 240), layout=layout, gop=5).read_bytes()
-    speech = synth.make_wav(tmp_path / "s.wav", seconds=2.0).read_bytes()
+    # Short GOPs make a clip of ~210 kB: many of the demuxer's 32 KiB reads, and more than FFmpeg's probing
+    # reads before the first frame, so the upload (about 2 s here) outlasts the start of the output.
+    video = synth.make_video(tmp_path / "v.mp4", seconds=6.0, size=(320, 240), layout=layout, gop=5).read_bytes()
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=6.0).read_bytes()
     video_stream, audio_stream = ByteStream(65536, "video"), ByteStream(65536, "speech")
     chunks: list[tuple[float, bytes]] = []
     track = AudioTrack(audio_stream, AudioCodec.WAV)
@@ -274,10 +275,10 @@ def test_streaming_input_from_byte_streams(tmp_path, layout):
     finally:
         track.close()
     data = b"".join(b for _, b in chunks)
-    assert result.frames == synth.probe(data)["frame_count"] == 50
-    assert frame_numbers(data) == list(range(50))
-    # Output started while the video was still uploading (its upload takes a few tenths of a second).
-    assert len(video) > 50 * 1024
+    assert result.frames == synth.probe(data)["frame_count"] == 150
+    assert frame_numbers(data) == list(range(150))
+    # Output started while the video was still uploading.
+    assert len(video) > 150 * 1024
     assert chunks[0][0] < upload_finished[0]
 
 
