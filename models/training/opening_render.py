@@ -36,8 +36,13 @@ def sample(rng: np.random.Generator, clips: list[Clip], z: list[np.ndarray], bat
 
 
 def finetune(base, clips: list[Clip], labels: dict[str, np.ndarray], out: Path, steps: int, batch: int = 16,
-             lr: float = 3e-4, mouth_weight: float = 6.0, seed: int = 0, max_seconds: float = 1e9):
+             lr: float = 3e-4, mouth_weight: float = 6.0, seed: int = 0, max_seconds: float = 1e9,
+             adv_weight: float = 0.0, disc_width: int = 32):
     """Train a 1-number-code renderer initialised from `base` (a WarpGenerator). Saves out every 100 steps.
+
+    Args:
+        adv_weight: weight of a non-saturating adversarial loss from the patch discriminator on the lower
+            half (0: L1 only, as the shipped renderer was trained); it pushes against L1's blur.
 
     Returns:
         the renderer (eval mode).
@@ -58,6 +63,12 @@ def finetune(base, clips: list[Clip], labels: dict[str, np.ndarray], out: Path, 
     z = [zscore_labels(labels[c.name]) for c in clips]
     weights = torch.from_numpy(_mouth_weights(cfg.face_size, mouth_weight)).float()
     opt = torch.optim.Adam([p for n, p in gen.named_parameters() if not n.startswith("audio.")], lr=lr)
+    disc = disc_opt = None
+    if adv_weight > 0:
+        from lipsync_models.training.discriminator import build_discriminator
+
+        disc = build_discriminator(disc_width)
+        disc_opt = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     rng = np.random.default_rng(seed)
     s = cfg.face_size
     start = time.time()
@@ -68,12 +79,20 @@ def finetune(base, clips: list[Clip], labels: dict[str, np.ndarray], out: Path, 
         masked = t.clone()
         masked[:, :, s // 2:] = 0
         pred = gen.render(torch.cat((masked, r), 1), torch.from_numpy(code)[:, None].clamp(-3, 3))
-        loss = ((pred - t).abs() * weights).mean()
+        loss = l1 = ((pred - t).abs() * weights).mean()
+        if disc is not None:
+            loss = l1 + adv_weight * F.softplus(-disc(pred[:, :, s // 2:])).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if disc is not None:
+            d_loss = (F.softplus(-disc(t[:, :, s // 2:])).mean()
+                      + F.softplus(disc(pred[:, :, s // 2:].detach())).mean())
+            disc_opt.zero_grad()
+            d_loss.backward()
+            disc_opt.step()
         if step % 50 == 0:
-            print(f"step {step} l1 {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+            print(f"step {step} l1 {l1.item():.4f} {time.time() - start:.0f}s", flush=True)
         if step % 100 == 0 or step == steps or time.time() - start > max_seconds:
             torch.save({"kind": "warp_generator", "config": dataclasses.asdict(cfg), "state_dict": gen.state_dict()},
                        out)

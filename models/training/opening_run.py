@@ -1,8 +1,10 @@
-"""Train the default model (round 3): speech -> opening ensemble, opening renderer, then export the served ONNX.
+"""Train the default model: speech -> opening ensemble, opening renderer (L1, then optionally sharpened with an
+adversarial loss), then export the served ONNX.
 
-`lipsync-service train opening CACHE LABELS OUT_DIR --base CHECKPOINT` (or `--renderer renderer.pt` to reuse
-a trained renderer; labels from mouth_labels.py). Writes opening_net.pt, renderer.pt and model.onnx into
-OUT_DIR and prints each training clip's audio-video offset and the ensemble's held-out r per validation clip.
+`lipsync-service train opening CACHE LABELS OUT_DIR --base CHECKPOINT [--adv-seconds 1200]` (or `--renderer
+renderer.pt` to start from a trained renderer; labels from mouth_labels.py). Writes opening_net.pt, renderer.pt
+and model.onnx into OUT_DIR and prints each training clip's audio-video offset and the ensemble's held-out r
+per validation clip.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--mlp-steps", type=int, default=3000)
     ap.add_argument("--render-steps", type=int, default=5000)
     ap.add_argument("--render-seconds", type=float, default=480.0)
+    ap.add_argument("--adv-seconds", type=float, default=0.0,
+                    help="then sharpen the renderer with the adversarial loss for this long (the shipped model: 1200)")
+    ap.add_argument("--adv-steps", type=int, default=10**9, help="or for this many steps, whichever ends first")
+    ap.add_argument("--adv-weight", type=float, default=0.05, help="adversarial loss weight of the sharpening stage")
+    ap.add_argument("--adv-lr", type=float, default=1e-4, help="renderer learning rate of the sharpening stage")
     ap.add_argument("--gain", type=float, default=3.0, help="served articulation gain on the predicted opening")
 
 
@@ -98,6 +105,10 @@ def run(args: argparse.Namespace) -> Path:
     else:
         finetune(load_generator(args.base), load_clips(args.cache, "train"), labels, renderer,
                  steps=args.render_steps, max_seconds=args.render_seconds)
+    if args.adv_seconds > 0:
+        # L1 alone leaves the mouth blurred; a patch critic on the lower half puts the detail back.
+        finetune(load_generator(renderer), load_clips(args.cache, "train"), labels, renderer, steps=args.adv_steps,
+                 max_seconds=args.adv_seconds, adv_weight=args.adv_weight, lr=args.adv_lr)
     out = op.export_served(renderer, args.out / "opening_net.pt", args.out / "model.onnx", gain=args.gain)
     print(f"wrote {out}")
     return out

@@ -76,7 +76,8 @@ def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, 
                tmp_path / "renderer.pt")
     out = tmp_path / "out"
     assert main(["train", "opening", str(cache), str(tmp_path / "labels.npz"), str(out), "--renderer",
-                 str(tmp_path / "renderer.pt"), "--mlp-steps", "30", "--members", "2", "--gain", "2"]) == 0
+                 str(tmp_path / "renderer.pt"), "--mlp-steps", "30", "--members", "2", "--gain", "2",
+                 "--adv-seconds", "60", "--adv-steps", "3"]) == 0
     printed = capsys.readouterr().out
     assert "offset clip_a -1" in printed and "offset clip_b -1" in printed
     assert "mlp held-out r clip_c" in printed
@@ -85,6 +86,10 @@ def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, 
                              "mel": np.zeros((2, 1, 80, 16), np.float32)})[0]
     assert got.shape == (2, 3, 96, 96)
     assert "ensemble x2" in session.get_modelmeta().custom_metadata_map["lipsync.description"]
+    # The sharpening stage trained the copied renderer further.
+    before = torch.load(tmp_path / "renderer.pt")["state_dict"]
+    after = torch.load(out / "renderer.pt")["state_dict"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)
     # Reusing the renderer in place (same path) works too; a missing labels entry is a clear error.
     np.savez(tmp_path / "few.npz", clip_a=labels["clip_a"])
     assert main(["train", "opening", str(cache), str(tmp_path / "few.npz"), str(out), "--renderer",
