@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "renderer, and export the served ONNX",
                              description="Needs mouth labels of the cache's frames: run "
                              "models/training/mouth_labels.py in the eval venv first (see models/MODEL_CARD.md).")
-    _opening_arguments(opening)
+    # lipsync_models ships in the same distribution; this module imports numpy only (torch when run).
+    from lipsync_models.training.opening_run import add_arguments
+
+    add_arguments(opening)
     opening.set_defaults(func=_opening)
 
     exp = sub.add_parser("export", help="export trained generator weights (generator.pt) to ONNX")
@@ -102,15 +105,6 @@ def _run(args: argparse.Namespace) -> int:
         return 130
     print(final if final.exists() else f"stopped before the end of the schedule; resume with the same command")
     return 0
-
-
-def _opening_arguments(parser: argparse.ArgumentParser) -> None:
-    try:
-        from lipsync_models.training.opening_run import add_arguments
-    except ImportError:  # models not installed: the command still shows, and says what is missing when run
-        parser.add_argument("rest", nargs=argparse.REMAINDER)
-        return
-    add_arguments(parser)
 
 
 def _opening(args: argparse.Namespace) -> int:
