@@ -1,8 +1,9 @@
-"""Build hook: generate the gRPC stubs from proto/ into lipsync_service/_proto at build time."""
+"""Build hooks: generate the gRPC stubs from proto/ into lipsync_service/_proto, and ship triton_repo/ in the wheel."""
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -12,6 +13,10 @@ ROOT = Path(__file__).resolve().parent
 PROTO_ROOT = ROOT / "proto"
 OUT_PACKAGE = "lipsync_service._proto"
 OUT_DIR = ROOT / "lipsync_service" / "_proto"
+# The committed model repository (one copy, in the checkout) and where the wheel carries it; settings.py
+# looks there first.
+MODEL_REPOSITORY = ROOT / "triton_repo"
+PACKAGED_REPOSITORY = Path("lipsync_service") / "model_repository"
 
 # protoc writes `from nvidia.ai4m... import x_pb2`; NVIDIA's CUDA wheels own the top-level
 # `nvidia` name, so the generated modules live inside our package and imports are rewritten.
@@ -46,14 +51,25 @@ def generate_protos() -> None:
         (folder / "__init__.py").touch()
 
 
+def copy_model_repository(build_lib: Path) -> None:
+    """Copy triton_repo/ into the built package, so an installed wheel serves its default model."""
+    target = build_lib / PACKAGED_REPOSITORY
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(MODEL_REPOSITORY, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 class BuildPyWithProtos(build_py):
-    """build_py that generates the stubs first and ships them as packages."""
+    """build_py that generates the stubs first, ships them as packages, and adds the model repository."""
 
     def run(self) -> None:
         generate_protos()
         generated = find_packages(str(ROOT), include=[f"{OUT_PACKAGE}*"])
         self.packages = sorted(set(self.packages or []) | set(generated))
         super().run()
+        # An editable install reads triton_repo/ from the checkout itself: nothing to copy.
+        if not getattr(self, "editable_mode", False):
+            copy_model_repository(Path(self.build_lib))
 
 
 def _packages() -> list[str]:

@@ -27,7 +27,7 @@ import _media  # noqa: E402
 from _baseline import plain_decode_encode  # noqa: E402
 
 from lipsync_service.config import JobConfig  # noqa: E402
-from lipsync_service.lipsync.processor import PassThroughProcessor  # noqa: E402
+from lipsync_service.core.processor import PassThroughProcessor  # noqa: E402
 from lipsync_service.pipeline import run_files  # noqa: E402
 from lipsync_service.settings import Settings  # noqa: E402
 

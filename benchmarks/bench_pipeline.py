@@ -24,7 +24,7 @@ import _media  # noqa: E402
 from _baseline import plain_decode_encode  # noqa: E402
 
 from lipsync_service.config import JobConfig  # noqa: E402
-from lipsync_service.core.processor import build_processor  # noqa: E402
+from lipsync_service.core.neural import build_neural_processor as build_processor  # noqa: E402
 from lipsync_service.pipeline import run_files  # noqa: E402
 from lipsync_service.settings import Settings  # noqa: E402
 

@@ -21,7 +21,7 @@ import av
 
 from lipsync_service.config import ExtendAudio, ExtendVideo, JobConfig
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError
-from lipsync_service.lipsync.processor import FrameProcessor
+from lipsync_service.core.processor import FrameProcessor
 from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, mix
 from lipsync_service.media.demux import VideoSource
 from lipsync_service.media.encode import OutputWriter

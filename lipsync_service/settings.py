@@ -11,8 +11,20 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The committed model repository, used when the service runs from a checkout.
-DEFAULT_MODEL_REPOSITORY = Path(__file__).resolve().parent.parent / "triton_repo"
+
+
+def default_model_repository() -> Path:
+    """The model repository that ships with the service, default model included.
+
+    An installed wheel carries it inside the package (the build copies the checkout's triton_repo/ there);
+    an editable install or a source tree uses triton_repo/ of the checkout itself, the one committed copy.
+    """
+    package = Path(__file__).resolve().parent
+    packaged = package / "model_repository"
+    return packaged if packaged.is_dir() else package.parent / "triton_repo"
+
+
+DEFAULT_MODEL_REPOSITORY = default_model_repository()
 
 
 class SslMode(str, Enum):

@@ -13,14 +13,14 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_service.admission import Admission
+from lipsync_service.server.admission import Admission
 from lipsync_service.errors import Unavailable
 from lipsync_service.logs import get_logger
-from lipsync_service.metrics import Metrics, default_metrics
-from lipsync_service.processors import ProcessorFactory
+from lipsync_service.server.metrics import Metrics, default_metrics
+from lipsync_service.core.factory import ProcessorFactory
 from lipsync_service.server.http import HttpServer
-from lipsync_service.servicer import LipSyncServicer
-from lipsync_service.session import start_thread
+from lipsync_service.server.servicer import LipSyncServicer
+from lipsync_service.server.session import start_thread
 from lipsync_service.settings import Settings, SslMode
 
 log = get_logger(__name__)

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from lipsync_service.logs import get_logger
-from lipsync_service.metrics import Metrics
+from lipsync_service.server.metrics import Metrics
 
 log = get_logger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 def clip_envelope(entry: dict, frames: int) -> np.ndarray:
     """Per-frame loudness of a cached clip's own speech (the file `train prepare` read it from)."""
-    from lipsync_service.eval import load_speech, loudness_envelope
+    from lipsync_service.evaluation import load_speech, loudness_envelope
 
     source = entry.get("audio") or entry["video"]
     if not Path(source).exists():

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lipsync_service.metrics import Metrics
+from lipsync_service.server.metrics import Metrics
 from lipsync_service.settings import Settings
 from tests.deploy._dockerfile import stages
 

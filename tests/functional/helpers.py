@@ -17,7 +17,7 @@ import pytest
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
 from lipsync_service.client.stream import LipsyncResult, collect  # noqa: F401 - re-exported for the tests
-from lipsync_service.metrics import Metrics
+from lipsync_service.server.metrics import Metrics
 from lipsync_service.server.app import LipsyncServer
 from lipsync_service.settings import Settings
 

@@ -28,7 +28,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 def test_client_that_stops_reading_is_cut_off_and_everything_is_freed(clip, caplog):
-    caplog.set_level(logging.INFO, logger="lipsync_service.session")
+    caplog.set_level(logging.INFO, logger="lipsync_service.server.session")
     with running_server(output_stall_timeout_s=LIMIT_S, stream_buffer_bytes=65536, keepalive_interval_s=0.3) as srv:
         full = run_call(srv, requests(clip["video"], clip["audio"], config(output_video_encoding=ENCODING)))
         assert len(full.video) > 4 * 65536, "the clip is too small to fill the transport's buffers"

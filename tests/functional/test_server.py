@@ -234,7 +234,7 @@ def test_sigterm_drains_then_exits_zero(clip, tmp_path):
     assert synth.probe(out)["frame_count"] == 50
     rid = res.service_info.server_request_id
     tagged = [line for line in stderr_lines if line.startswith(f"[{rid}]")]
-    assert any("lipsync_service.session" in line for line in tagged)
+    assert any("lipsync_service.server.session" in line for line in tagged)
     finished = [json.loads(line.split(": ", 1)[1]) for line in tagged if '"request_finished"' in line]
     assert len(finished) == 1 and finished[0]["outcome"] == "OK" and finished[0]["frames"] == 50
     assert finished[0]["request_id"] == rid and finished[0]["duration_s"] > 1.0
@@ -250,15 +250,15 @@ def test_serve_refuses_to_start_with_missing_tls_files(tmp_path):
                NIM_HTTP_API_PORT=str(_free_port()), NV_AI4M_LS_PROCESSOR="passthrough")
     proc = subprocess.run([sys.executable, "-m", "lipsync_service", "serve"], env=env, capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert f"cannot start: NIM_SSL_CERT_PATH={tmp_path / 'server.pem'}: cannot read it (No such file" in proc.stderr
 
 
 def test_not_ready_until_the_backend_answers(monkeypatch, clip):
     """Warm-up against an unreachable backend: the server stays up and NOT_SERVING, retries, then serves."""
     from lipsync_service.errors import InferenceUnavailable
-    from lipsync_service.lipsync.processor import PassThroughProcessor
-    from lipsync_service.processors import ProcessorFactory
+    from lipsync_service.core.processor import PassThroughProcessor
+    from lipsync_service.core.factory import ProcessorFactory
     from lipsync_service.server import app
     from tests.functional.helpers import ServerThread, server_settings, wait_until
 

@@ -85,7 +85,7 @@ def test_serving_path_does_not_import_torch() -> None:
         "import sys\n"
         "from lipsync_service.inference import build_backend\n"
         "from lipsync_service.settings import Settings\n"
-        "import lipsync_service.models_cli, lipsync_service.inference.triton, lipsync_service.inference.tensorrt\n"
+        "import lipsync_service.cli.models, lipsync_service.inference.triton, lipsync_service.inference.tensorrt\n"
         "build_backend(Settings(ort_intra_op_threads=1)).close()\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

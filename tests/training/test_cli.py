@@ -33,15 +33,15 @@ def test_train_run_then_export(synthetic_cache: Path, tmp_path: Path, capsys) ->
 def test_errors_are_one_line_and_actionable(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "none.toml"
     missing.write_text(f'[run]\ncache_dir = "{tmp_path / "nothing"}"\nout_dir = "{tmp_path / "o"}"\n')
-    assert main(["train", "run", str(missing)]) == 2
+    assert main(["train", "run", str(missing)]) == 1
     assert "run `lipsync-service train prepare` first" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["train", "prepare", str(empty), "--cache", str(tmp_path / "c")]) == 2
+    assert main(["train", "prepare", str(empty), "--cache", str(tmp_path / "c")]) == 1
     assert "no video with speech found" in capsys.readouterr().err
     assert main(["eval", "--video", str(tmp_path / "v.mp4"), "--audio", str(tmp_path / "a.wav"),
-                 "--landmark-python", str(tmp_path / "nopython"), "--out", str(tmp_path / "e")]) == 2
-    assert "tools/eval_env/create.sh" in capsys.readouterr().err
+                 "--landmark-python", str(tmp_path / "nopython"), "--out", str(tmp_path / "e")]) == 1
+    assert "lipsync-service eval-env" in capsys.readouterr().err
 
 
 def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, capsys) -> None:
@@ -53,7 +53,7 @@ def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, 
     from lipsync_models.training.warpnet import WarpGeneratorConfig, build_warp_generator
 
     from lipsync_service.core.mel import melspectrogram, window_start
-    from lipsync_service.eval import write_wav
+    from lipsync_service.evaluation import write_wav
 
     from .conftest import FPS, synthetic_clip
 
@@ -93,5 +93,5 @@ def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, 
     # Reusing the renderer in place (same path) works too; a missing labels entry is a clear error.
     np.savez(tmp_path / "few.npz", clip_a=labels["clip_a"])
     assert main(["train", "opening", str(cache), str(tmp_path / "few.npz"), str(out), "--renderer",
-                 str(out / "renderer.pt"), "--mlp-steps", "5"]) == 2
+                 str(out / "renderer.pt"), "--mlp-steps", "5"]) == 1
     assert "no mouth labels for clip_b" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipsync_service import eval as ev
+from lipsync_service import evaluation as ev
 
 
 def test_sync_score_finds_correlation_and_lag() -> None:
@@ -75,7 +75,7 @@ def test_psnr_outside_ignores_the_lower_face_only(tmp_path: Path) -> None:
 
 def test_landmarks_measure_mouth_opening_on_real_footage(media) -> None:
     if not ev.DEFAULT_LANDMARK_PYTHON.exists():
-        pytest.skip(f"eval venv not found at {ev.DEFAULT_LANDMARK_PYTHON}: run tools/eval_env/create.sh")
+        pytest.skip(f"eval venv not found at {ev.DEFAULT_LANDMARK_PYTHON}: run `lipsync-service eval-env`")
     video = media("train/lipnet_grid_bbaf2n.mpg")
     marks = ev.measure_landmarks(video)
     opening = [v for v in marks["opening"] if v is not None]

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from lipsync_service.admission import Admission
+from lipsync_service.server.admission import Admission
 from lipsync_service.errors import ResourceExhausted, Unavailable
 
 

@@ -23,7 +23,7 @@ from lipsync_service.config import (
     VideoEncodingSpec,
 )
 from lipsync_service.errors import Cancelled, InvalidInput
-from lipsync_service.lipsync.processor import FrameProcessor, PassThroughProcessor
+from lipsync_service.core.processor import FrameProcessor, PassThroughProcessor
 from lipsync_service.media.audio import AudioTrack
 from lipsync_service.media.demux import VideoSource
 from lipsync_service.media.pipe import ByteStream

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from lipsync_service import config as job_config
-from lipsync_service import processors
+from lipsync_service.core import factory as processors
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service.cli import main as cli_main
 from lipsync_service.client.flags import add_job_flags, job_config_from_args
 from lipsync_service.errors import Cancelled, InvalidInput, ResourceExhausted
-from lipsync_service.lipsync.processor import PassThroughProcessor
+from lipsync_service.core.processor import PassThroughProcessor
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.server.app import StartupError, server_credentials
-from lipsync_service.session import OutputBuffer, _Feeder, start_thread
+from lipsync_service.server.session import OutputBuffer, _Feeder, start_thread
 from lipsync_service.settings import Settings
 from tests import synth
 
@@ -105,7 +105,7 @@ def test_feeder_waits_for_a_reader_without_blocking_the_loop():
 
 
 def test_feeder_overflows_when_the_reader_waits_on_another_input(monkeypatch):
-    import lipsync_service.session as session
+    import lipsync_service.server.session as session
 
     monkeypatch.setattr(session, "OVERFLOW_GRACE_S", 0.05)
     monkeypatch.setattr(session, "OVERFLOW_FACTOR", 4)
@@ -147,14 +147,10 @@ def test_start_thread_carries_the_context_and_the_outcome():
 
 # Processor factory ---------------------------------------------------------------------------------
 
-def test_processor_choice(monkeypatch, caplog):
+def test_processor_choice():
     assert isinstance(processors.build_processor(Settings(processor="passthrough")), PassThroughProcessor)
     with pytest.raises(ValueError, match="NV_AI4M_LS_PROCESSOR='magic' is not known"):
         processors.build_processor(Settings(processor="magic"))
-    monkeypatch.setattr(processors, "_neural_builder", lambda: None)
-    with caplog.at_level("WARNING"):
-        assert isinstance(processors.build_processor(Settings(processor="neural")), PassThroughProcessor)
-    assert "frames pass through unchanged" in caplog.text
 
 
 def test_factory_reuses_the_warm_up_processor():

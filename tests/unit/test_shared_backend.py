@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from lipsync_service import processors
-from lipsync_service.core.processor import NeuralProcessor
+from lipsync_service.core import factory as processors
+from lipsync_service.core.neural import NeuralProcessor
 from lipsync_service.errors import InferenceUnavailable
 from lipsync_service.settings import Settings
 from tests.core.fakes import EchoBackend

@@ -1,6 +1,6 @@
 """Mouth opening and lower-face box per frame, measured with MediaPipe Face Mesh (the independent yardstick).
 
-Runs inside the eval venv (tools/eval_env/create.sh), not the service's: `python landmarks.py VIDEO OUT.json`.
+Runs inside the eval venv (`lipsync-service eval-env` creates it), not the service's: `python landmarks.py VIDEO OUT.json`.
 Per frame: the inner-lip gap (landmarks 13, 14) divided by the face height (10 to 152), and the box of
 the lower face (the face oval below the nose bridge, landmark 6, down to the chin) in pixels; null where no
 face is found.

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_service.admission import Admission
+from lipsync_service.server.admission import Admission
 from lipsync_service.errors import LipsyncError
 from lipsync_service.logs import get_logger, request_id_var
-from lipsync_service.metrics import Metrics
-from lipsync_service.processors import ProcessorFactory
+from lipsync_service.server.metrics import Metrics
+from lipsync_service.core.factory import ProcessorFactory
 from lipsync_service.server.status import status_for
-from lipsync_service.session import Session
+from lipsync_service.server.session import Session
 from lipsync_service.settings import Settings
 
 log = get_logger(__name__)

@@ -4,7 +4,7 @@
 # protobuf 6, so it cannot live in the service's venv. Face Mesh weights ship inside the wheel:
 # nothing is downloaded at run time.
 #
-# Usage: tools/eval_env/create.sh [VENV_DIR]   (default: ~/.cache/lipsync-service/eval-venv)
+# Usage: `lipsync-service eval-env [VENV_DIR]` (runs this script)   (default: ~/.cache/lipsync-service/eval-venv)
 set -euo pipefail
 VENV="${1:-${HOME}/.cache/lipsync-service/eval-venv}"
 PYTHON="${PYTHON:-python3}"

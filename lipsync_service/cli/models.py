@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lipsync_service.cli.common import fail, needs_extra
 from lipsync_service.errors import LipsyncError
 from lipsync_service.inference.repository import Target
 from lipsync_service.settings import get_settings
@@ -65,10 +66,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     engine.set_defaults(func=_build_engine)
 
 
-def _fail(command: str, exc: Exception) -> int:
-    print(f"lipsync-service models {command}: error: {exc}", file=sys.stderr)
-    return 1
-
 
 def _import_wav2lip(args: argparse.Namespace) -> int:
     from lipsync_service.inference.repository import write_model
@@ -77,7 +74,7 @@ def _import_wav2lip(args: argparse.Namespace) -> int:
         from lipsync_models.checkpoint import import_wav2lip
         from lipsync_models.export import export_onnx
     except ImportError as exc:
-        return _fail("import-wav2lip", RuntimeError(f"needs torch and onnx (pip install '.[train]'): {exc}"))
+        return fail("models import-wav2lip", needs_extra("train", exc))
     repo = args.repo or get_settings().model_repository
     try:
         model = import_wav2lip(args.checkpoint, trusted=args.trusted)
@@ -86,7 +83,7 @@ def _import_wav2lip(args: argparse.Namespace) -> int:
             onnx_path = export_onnx(model, Path(tmp) / "model.onnx", 96, description=description)
             folder = write_model(Target(args.target), onnx_path, repo, args.name, max_batch=args.max_batch, gpu=True)
     except LipsyncError as exc:
-        return _fail("import-wav2lip", exc)
+        return fail("models import-wav2lip", exc)
     print(f"imported {args.checkpoint} as model {args.name!r} into {folder}")
     print(f"serve it with NV_AI4M_LS_MODEL_REPOSITORY={Path(repo).resolve()} NV_AI4M_LS_MODEL_NAME={args.name}")
     return 0
@@ -115,7 +112,7 @@ def _build_repo(args: argparse.Namespace) -> int:
             plan_path=plan,
         )
     except LipsyncError as exc:
-        return _fail("build-repo", exc)
+        return fail("models build-repo", exc)
     print(f"wrote {target.value} model {args.name!r} to {folder}")
     return 0
 
@@ -126,7 +123,7 @@ def _build_engine(args: argparse.Namespace) -> int:
     try:
         path = build_engine(args.onnx, args.max_batch, fp16=not args.fp32, cache_dir=_cache_dir(args))
     except LipsyncError as exc:
-        return _fail("build-engine", exc)
+        return fail("models build-engine", exc)
     print(path)
     return 0
 

@@ -1,17 +1,14 @@
-"""Which FrameProcessor a job gets, and the one generator backend per process that all streams share."""
+"""Which FrameProcessor a job gets, and the factory that gives each stream one over a shared backend."""
 
 from __future__ import annotations
 
-import importlib
 import threading
-import time
 from collections.abc import Callable
 
-import numpy as np
-
+from lipsync_service.core.processor import FrameProcessor, PassThroughProcessor
+from lipsync_service.inference.base import GeneratorBackend
+from lipsync_service.inference.shared import InferenceObserver, SharedBackend
 from lipsync_service.errors import InferenceUnavailable
-from lipsync_service.inference.base import MEL_BINS, MEL_STEPS, GeneratorBackend, ModelSpec
-from lipsync_service.lipsync.processor import FrameProcessor, PassThroughProcessor
 from lipsync_service.logs import get_logger
 from lipsync_service.settings import Settings
 
@@ -20,134 +17,32 @@ log = get_logger(__name__)
 PASSTHROUGH = "passthrough"
 NEURAL = "neural"
 
-# observe(seconds, batch_size) after each successful generator call.
-InferenceObserver = Callable[[float, int], None]
-
-
-def _neural_builder() -> Callable[..., FrameProcessor] | None:
-    """core.processor.build_processor, or None while the core is not installed."""
-    try:
-        module = importlib.import_module("lipsync_service.core.processor")
-    except ModuleNotFoundError as exc:
-        # Only the core module itself being absent means "not built yet"; a missing dependency inside
-        # it is a real error that must surface.
-        if exc.name != "lipsync_service.core.processor":
-            raise
-        return None
-    return getattr(module, "build_processor", None)
-
 
 def uses_backend(settings: Settings) -> bool:
-    """True when settings.processor needs a generator backend (the neural core, when installed)."""
-    return settings.processor.strip().lower() == NEURAL and _neural_builder() is not None
+    """True when settings.processor needs a generator backend (the neural processor)."""
+    return settings.processor.strip().lower() == NEURAL
 
 
 def build_processor(settings: Settings, backend: GeneratorBackend | None = None) -> FrameProcessor:
     """A processor for one job.
 
     Args:
-        settings: settings.processor chooses: "passthrough", or "neural" (the lip-sync core; falls back to
-            pass-through with a warning while the core is not part of this installation).
+        settings: settings.processor chooses: "passthrough", or "neural" (the lip-sync processor).
         backend: the generator backend for the neural processor (closed with the processor); built from
             the settings when None.
 
     Raises:
         ValueError: an unknown settings.processor value.
-        LipsyncError: the core could not build its processor (e.g. the inference backend is unavailable).
+        LipsyncError: the neural processor could not be built (e.g. the inference backend is unavailable).
     """
     kind = settings.processor.strip().lower()
     if kind == PASSTHROUGH:
         return PassThroughProcessor()
     if kind != NEURAL:
         raise ValueError(f"NV_AI4M_LS_PROCESSOR={settings.processor!r} is not known: use {NEURAL} or {PASSTHROUGH}")
-    builder = _neural_builder()
-    if builder is None:
-        log.warning("the lip-sync core (lipsync_service.core.processor) is not available: "
-                    "frames pass through unchanged")
-        return PassThroughProcessor()
-    return builder(settings) if backend is None else builder(settings, backend=backend)
+    from lipsync_service.core.neural import build_neural_processor
 
-
-class SharedBackend(GeneratorBackend):
-    """The process's one generator backend, called concurrently by every stream.
-
-    Every backend is safe to call from several threads (ONNX Runtime sessions are; Triton keeps one client
-    per thread; TensorRT serialises on a lock), so one model copy serves all streams. This wrapper also
-    reports each call to the metrics and tells the server when the inference server is unreachable.
-    """
-
-    def __init__(self, inner: GeneratorBackend, observe: InferenceObserver | None = None,
-                 on_unavailable: Callable[[InferenceUnavailable], None] | None = None) -> None:
-        """Args:
-            inner: the real backend (owned: closed by close()).
-            observe: called with (seconds, batch size) after each successful call.
-            on_unavailable: called (from the calling thread) when a call finds the backend unreachable.
-        """
-        self._inner = inner
-        self._observe = observe
-        self._on_unavailable = on_unavailable
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self._inner.spec
-
-    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        t0 = time.perf_counter()
-        try:
-            out = self._inner.infer(face, mel)
-        except InferenceUnavailable as exc:
-            if self._on_unavailable is not None:
-                self._on_unavailable(exc)
-            raise
-        if self._observe is not None:
-            self._observe(time.perf_counter() - t0, int(face.shape[0]))
-        return out
-
-    def probe(self) -> None:
-        """One generator call on a blank batch of one, from a thread of its own: does the backend answer?
-
-        Raises:
-            InferenceUnavailable: it does not (yet).
-            InferenceError: it answers with an error.
-        """
-        size = self.spec.face_size
-        face = np.zeros((1, 6, size, size), np.float32)
-        mel = np.zeros((1, 1, MEL_BINS, MEL_STEPS), np.float32)
-        try:
-            self._inner.infer(face, mel)
-        finally:
-            self.release_thread()
-
-    def release_thread(self) -> None:
-        """Free what the backend holds for the calling thread (Triton: its client and channel)."""
-        release = getattr(self._inner, "release_thread", None)
-        if release is not None:
-            release()
-
-    def borrow(self) -> GeneratorBackend:
-        """A handle for one stream: calls go to this backend, close() releases only the stream's share."""
-        return _StreamHandle(self)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class _StreamHandle(GeneratorBackend):
-    """One stream's view of the shared backend."""
-
-    def __init__(self, shared: SharedBackend) -> None:
-        self._shared = shared
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self._shared.spec
-
-    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        return self._shared.infer(face, mel)
-
-    def close(self) -> None:
-        # The processor closes its backend from the job's worker thread, which ends with the stream.
-        self._shared.release_thread()
+    return build_neural_processor(settings, backend)
 
 
 class ProcessorFactory:

@@ -1,4 +1,4 @@
-"""`lipsync-service train ...` (prepare data, run training, export weights) and `lipsync-service eval`.
+"""`lipsync-service train ...`: prepare data, run training, export weights.
 
 torch is imported only inside the training subcommands (pip install '.[train]').
 """
@@ -10,13 +10,14 @@ import fnmatch
 import sys
 from pathlib import Path
 
+from lipsync_service.cli.common import EXIT_INTERRUPTED, fail, needs_extra
 from lipsync_service.errors import LipsyncError
 
 DEFAULT_CACHE = Path.home() / ".cache" / "lipsync-data"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `train` command (prepare, run, export) and the `eval` command; each sets `func`."""
+    """Add the `train` command (prepare, run, opening, export); each subcommand sets `func`."""
     train = subparsers.add_parser("train", help="build the training cache, train the default model, export it")
     sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
 
@@ -59,27 +60,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cache for --code-gain calibrate")
     exp.set_defaults(func=_export)
 
-    from lipsync_service import eval as evaluation
-
-    evaluation.register(subparsers)
-
-
-def _fail(command: str, exc: BaseException) -> int:
-    print(f"lipsync-service {command}: error: {exc}", file=sys.stderr)
-    return 2
 
 
 def _prepare(args: argparse.Namespace) -> int:
     try:
         from lipsync_models.dataset import prepare
     except ImportError as exc:
-        return _fail("train prepare", RuntimeError(f"the training package is not installed: {exc}"))
+        return fail("train prepare", needs_extra("train", exc))
     try:
         index = prepare(args.dirs, args.cache, args.val_identity, args.face_size, args.max_frames,
                         exclude=lambda name: any(fnmatch.fnmatch(name, p) for p in args.exclude),
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     except (ValueError, OSError, LipsyncError) as exc:
-        return _fail("train prepare", exc)
+        return fail("train prepare", exc)
     clips = index["clips"]
     for split in ("train", "val"):
         chosen = [c for c in clips if c["split"] == split]
@@ -94,15 +87,15 @@ def _run(args: argparse.Namespace) -> int:
     try:
         from lipsync_models.training.trainer import Trainer, load_config
     except ImportError as exc:
-        return _fail("train run", RuntimeError(f"needs torch (pip install '.[train]'): {exc}"))
+        return fail("train run", needs_extra("train", exc))
     try:
         cfg = load_config(args.config, out_dir=args.out_dir, cache_dir=args.cache)
         final = Trainer(cfg).run(max_steps=args.max_steps)
     except (ValueError, OSError) as exc:
-        return _fail("train run", exc)
+        return fail("train run", exc)
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(final if final.exists() else f"stopped before the end of the schedule; resume with the same command")
     return 0
 
@@ -113,11 +106,11 @@ def _opening(args: argparse.Namespace) -> int:
 
         from lipsync_models.training.opening_run import run
     except ImportError as exc:
-        return _fail("train opening", RuntimeError(f"needs torch and onnx (pip install '.[train]'): {exc}"))
+        return fail("train opening", needs_extra("train", exc))
     try:
         print(run(args))
     except (ValueError, OSError) as exc:
-        return _fail("train opening", exc)
+        return fail("train opening", exc)
     return 0
 
 
@@ -125,7 +118,7 @@ def _export(args: argparse.Namespace) -> int:
     try:
         from lipsync_models.training.export import export_trained, measure_code_gain
     except ImportError as exc:
-        return _fail("train export", RuntimeError(f"needs torch and onnx (pip install '.[train]'): {exc}"))
+        return fail("train export", needs_extra("train", exc))
     try:
         gain = args.code_gain
         if gain == "calibrate":
@@ -134,6 +127,6 @@ def _export(args: argparse.Namespace) -> int:
             gain = measured["code_gain"]
         path = export_trained(args.weights, args.out, None if gain is None else float(gain))
     except (ValueError, OSError) as exc:
-        return _fail("train export", exc)
+        return fail("train export", exc)
     print(path)
     return 0

@@ -2,7 +2,7 @@
 
 Sync: Pearson correlation, at lag 0 and at the best lag within +-6 frames, between the mouth opening of
 the output, measured by an independent landmark model (MediaPipe Face Mesh, run in its own venv as a
-subprocess: tools/eval_env/), and the per-frame loudness envelope of the speech. Preservation: PSNR
+subprocess: `lipsync-service eval-env` creates it), and the per-frame loudness envelope of the speech. Preservation: PSNR
 outside the lower face between the output and the unchanged input (both written losslessly, the input
 extended the same way). The same sync scores are reported for the unchanged video with that speech
 (baseline, about 0) and, when the input video has its own speech, for the real footage with it (reference).
@@ -25,8 +25,10 @@ import numpy as np
 from lipsync_service.errors import InvalidInput, LipsyncError
 from lipsync_service.media.types import MODEL_SAMPLE_RATE
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-LANDMARK_SCRIPT = REPO_ROOT / "tools" / "eval_env" / "landmarks.py"
+# The landmark script and the script that builds its venv ship inside this package.
+LANDMARK_ENV = Path(__file__).resolve().parent / "landmark_env"
+LANDMARK_SCRIPT = LANDMARK_ENV / "landmarks.py"
+CREATE_ENV_SCRIPT = LANDMARK_ENV / "create.sh"
 DEFAULT_LANDMARK_PYTHON = Path.home() / ".cache" / "lipsync-service" / "eval-venv" / "bin" / "python"
 MAX_LAG = 6
 # Speech band used for the loudness envelope (where voiced energy and formants are).
@@ -151,10 +153,8 @@ def measure_landmarks(video: Path, python: Path = DEFAULT_LANDMARK_PYTHON) -> di
         LipsyncError: the eval venv or the script is missing, or the model failed.
     """
     if not Path(python).exists():
-        raise LipsyncError(f"landmark venv not found at {python}: create it with tools/eval_env/create.sh "
+        raise LipsyncError(f"landmark venv not found at {python}: create it with `lipsync-service eval-env` "
                            "or pass --landmark-python")
-    if not LANDMARK_SCRIPT.exists():
-        raise LipsyncError(f"{LANDMARK_SCRIPT} not found: run eval from a checkout of the repository")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "landmarks.json"
         proc = subprocess.run([str(python), str(LANDMARK_SCRIPT), str(video), str(out)],
@@ -218,14 +218,14 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
     """
     from lipsync_service import pipeline
     from lipsync_service.config import AudioCodec, EncodingMode, ExtendVideo, JobConfig, VideoEncodingSpec
-    from lipsync_service.lipsync.processor import PassThroughProcessor
-    from lipsync_service.processors import build_processor
+    from lipsync_service.core.processor import PassThroughProcessor
+    from lipsync_service.core.factory import build_processor
     from lipsync_service.settings import get_settings
 
     settings = settings or get_settings()
     if not Path(landmark_python).exists():  # fail before minutes of lip-syncing, not after
         raise LipsyncError(f"landmark venv not found at {landmark_python}: create it with "
-                           "tools/eval_env/create.sh or pass --landmark-python")
+                           "`lipsync-service eval-env` or pass --landmark-python")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     speech = load_speech(audio)
@@ -279,36 +279,3 @@ def format_table(scores: dict) -> str:
     lines.append(f"PSNR outside the lower face: {scores['psnr_outside_lower_face_db']:.2f} dB "
                  f"over {scores['duration_s']:.1f} s")
     return "\n".join(lines)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `eval` command (sets `func`)."""
-    p = subparsers.add_parser("eval", help="lip-sync a video to a speech track and score sync and preservation")
-    p.add_argument("--video", required=True, type=Path, help="input MP4 (H.264)")
-    p.add_argument("--audio", required=True, type=Path, help="speech (WAV, MP3, or any file with an audio track)")
-    p.add_argument("--out", type=Path, default=Path("eval_out"), help="output folder (default ./eval_out)")
-    p.add_argument("--extend", choices=["forward", "reverse"], default="forward",
-                   help="how the video is extended to the speech's length (default forward)")
-    p.add_argument("--reference-audio", type=Path, default=None,
-                   help="the video's own speech, for the reference score (default: its audio track)")
-    p.add_argument("--model-repository", type=Path, default=None, help="override NV_AI4M_LS_MODEL_REPOSITORY")
-    p.add_argument("--landmark-python", type=Path, default=DEFAULT_LANDMARK_PYTHON,
-                   help=f"python of the eval venv with mediapipe (default {DEFAULT_LANDMARK_PYTHON})")
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    from lipsync_service.settings import get_settings
-
-    settings = get_settings()
-    if args.model_repository is not None:
-        settings = settings.model_copy(update={"model_repository": args.model_repository})
-    try:
-        scores = evaluate(args.video, args.audio, args.out, args.extend, settings, args.landmark_python,
-                          args.reference_audio)
-    except LipsyncError as exc:
-        print(f"lipsync-service eval: error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(scores))
-    print(f"details: {args.out / 'scores.json'}")
-    return 0

@@ -22,15 +22,15 @@ from lipsync_service import __version__, FEATURE_NAME
 from lipsync_service import config as job_config
 from lipsync_service._proto.nvidia.ai4m.common.v1 import common_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
-from lipsync_service.admission import Admission, Slot
+from lipsync_service.server.admission import Admission, Slot
 from lipsync_service.errors import (Cancelled, InputTimeout, InvalidInput, LipsyncError, OutputStalled,
                                     ResourceExhausted)
 from lipsync_service.logs import get_logger, request_id_var
 from lipsync_service.media.audio import AudioTrack
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.probe import classify_mp4
-from lipsync_service.metrics import Metrics
-from lipsync_service.processors import ProcessorFactory
+from lipsync_service.server.metrics import Metrics
+from lipsync_service.core.factory import ProcessorFactory
 from lipsync_service.server.status import status_for
 from lipsync_service.settings import Settings
 from lipsync_service.speakers import SpeakerData, frames_from_proto
