@@ -314,7 +314,7 @@ class Job:
         if data is not None:
             info = self._info
             assert info is not None
-            SpeakerData.check_frame(data, info.width, info.height, None)
+            SpeakerData.check_boxes(data, info.width, info.height)
         return data
 
     @staticmethod
@@ -326,11 +326,7 @@ class Job:
         speakers = self._inputs.speakers if self._inputs is not None else None
         if speakers is None or not self._cfg.speaker_info_provided:
             return
-        highest = speakers.max_frame_id
-        if highest >= frame_count:
-            raise InvalidInput(
-                f"speaker data: frame_id {highest} is out of range: the video has {frame_count} frames"
-            )
+        speakers.check_range(frame_count)
 
     # Helpers -----------------------------------------------------------------------------------
 

@@ -114,26 +114,25 @@ class SpeakerData:
             self._highest = max(self._highest, frame.frame_id)
             self._cond.notify_all()
 
-    def validate_against(self, width: int, height: int, frame_count: int | None) -> None:
-        """Check boxes lie inside the frame and frame ids are in range.
+    def check_range(self, frame_count: int) -> None:
+        """Check that no frame id received so far lies past the video's last frame.
 
         Raises:
-            InvalidInput: naming the frame and field at fault.
+            InvalidInput: naming the highest frame id and the video's frame count.
         """
-        for frame in self._frames.values():
-            self.check_frame(frame, width, height, frame_count)
+        highest = self.max_frame_id
+        if highest >= frame_count:
+            raise InvalidInput(
+                f"speaker data: frame_id {highest} is out of range: the video has {frame_count} frames"
+            )
 
     @staticmethod
-    def check_frame(frame: FrameSpeakers, width: int, height: int, frame_count: int | None) -> None:
-        """Check one frame's data against the video size and length.
+    def check_boxes(frame: FrameSpeakers, width: int, height: int) -> None:
+        """Check that one frame's boxes lie inside a width x height frame.
 
         Raises:
-            InvalidInput: naming the frame and field at fault.
+            InvalidInput: naming the frame and speaker at fault.
         """
-        if frame_count is not None and frame.frame_id >= frame_count:
-            raise InvalidInput(
-                f"speaker data: frame_id {frame.frame_id} is out of range: the video has {frame_count} frames"
-            )
         for k, s in enumerate(frame.speakers):
             if s.is_empty:
                 continue

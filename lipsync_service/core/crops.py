@@ -3,7 +3,7 @@
 The crop convention (shared with the training data builder, so a model sees at serving time what it saw
 in training): a square centred on the detector's face box, `CROP_SCALE` times the box's larger side,
 shifted down by `CROP_SHIFT` of the box height so the chin stays inside. On that square the generator's
-input masks rows S/2..S-1 (SPEC section 6).
+input masks rows S/2..S-1 (docs/models-contract.md#generator-contract, #face-crops).
 """
 
 from __future__ import annotations

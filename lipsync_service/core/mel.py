@@ -1,4 +1,4 @@
-"""Audio front end of the generator (SPEC section 6): log-mel windows per video frame, computed as speech arrives."""
+"""Audio front end of the generator (docs/models-contract.md#mel-front-end): log-mel windows per video frame, computed as speech arrives."""
 
 from __future__ import annotations
 

@@ -204,22 +204,19 @@ class NeuralProcessor(FrameProcessor):
             self._run()
 
     def _generate(self, items: list[_Item]) -> list[np.ndarray]:
-        outputs: list[np.ndarray] = []
+        """One generator call for all waiting faces (the backend splits at its own batch limit)."""
         spec = self._spec
-        for start in range(0, len(items), spec.max_batch_size):
-            chunk = items[start : start + spec.max_batch_size]
-            t0 = time.perf_counter()
-            face = model_face_input([i.crop for i in chunk], channel_order=spec.channel_order)
-            mel = np.stack([i.mel for i in chunk])[:, None].astype(np.float32)
-            self._timed("features", t0)
-            t0 = time.perf_counter()
-            out = self._backend.infer(face, mel)
-            self._timed("generator", t0)
-            expected = (len(chunk), 3, spec.face_size, spec.face_size)
-            if tuple(out.shape) != expected:
-                raise InternalError(f"generator returned shape {tuple(out.shape)}, expected {expected}")
-            outputs.extend(model_output_to_bgr(out, spec.channel_order))
-        return outputs
+        t0 = time.perf_counter()
+        face = model_face_input([i.crop for i in items], channel_order=spec.channel_order)
+        mel = np.stack([i.mel for i in items])[:, None].astype(np.float32)
+        self._timed("features", t0)
+        t0 = time.perf_counter()
+        out = self._backend.infer(face, mel)
+        self._timed("generator", t0)
+        expected = (len(items), 3, spec.face_size, spec.face_size)
+        if tuple(out.shape) != expected:
+            raise InternalError(f"generator returned shape {tuple(out.shape)}, expected {expected}")
+        return list(model_output_to_bgr(out, spec.channel_order))
 
     def _run(self) -> None:
         """Run the generator on every waiting face, blend, and move all waiting frames to the output."""

@@ -1,8 +1,9 @@
-"""The generator contract (SPEC section 6) and the interface every inference backend implements."""
+"""The generator contract (docs/models-contract.md#generator-contract) and the interface every inference backend implements."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,7 +49,7 @@ class GeneratorBackend(ABC):
 
     @abstractmethod
     def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        """Run one batch.
+        """Run the generator on any number of faces; the backend splits them at its own batch limit.
 
         Args:
             face: float32 [B, 6, S, S] in [0, 1] (masked target crop, then reference crop).
@@ -86,3 +87,16 @@ def check_batch(face: np.ndarray, mel: np.ndarray, face_size: int) -> None:
             f"generator input shapes face {face.shape} / mel {mel.shape} do not match "
             f"[B, 6, {face_size}, {face_size}] / [B, 1, {MEL_BINS}, {MEL_STEPS}] with the same B >= 1"
         )
+
+
+def run_in_batches(face: np.ndarray, mel: np.ndarray, limit: int,
+                   run: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Call run on consecutive slices of at most limit faces and join the outputs in order.
+
+    The backend is the one place that knows its batch limit (the model config's max_batch_size), so
+    callers hand it all their faces and this splits them once.
+    """
+    if face.shape[0] <= limit:
+        return run(face, mel)
+    parts = [run(face[i : i + limit], mel[i : i + limit]) for i in range(0, face.shape[0], limit)]
+    return np.concatenate(parts)

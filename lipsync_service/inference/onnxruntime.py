@@ -13,7 +13,7 @@ from lipsync_service.inference.base import (
     OUTPUT_FACE,
     GeneratorBackend,
     ModelSpec,
-    check_batch,
+    check_batch, run_in_batches,
 )
 from lipsync_service.inference.repository import ONNX_FILE, inspect_onnx, model_version_dir, read_model_config
 
@@ -105,18 +105,17 @@ class OnnxRuntimeBackend(GeneratorBackend):
 
     def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
         check_batch(face, mel, self._spec.face_size)
-        limit = self._spec.max_batch_size
-        outputs = []
+        return run_in_batches(face, mel, self._spec.max_batch_size, self._run)
+
+    def _run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+        feeds = {
+            INPUT_FACE: np.ascontiguousarray(face, dtype=np.float32),
+            INPUT_MEL: np.ascontiguousarray(mel, dtype=np.float32),
+        }
         try:
-            for start in range(0, face.shape[0], limit):
-                feeds = {
-                    INPUT_FACE: np.ascontiguousarray(face[start : start + limit], dtype=np.float32),
-                    INPUT_MEL: np.ascontiguousarray(mel[start : start + limit], dtype=np.float32),
-                }
-                outputs.append(self._session.run([OUTPUT_FACE], feeds)[0])
+            return self._session.run([OUTPUT_FACE], feeds)[0]
         except Exception as exc:  # ONNX Runtime raises private exception types
             raise InferenceError(f"generator inference failed: {exc}") from exc
-        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
 
     def close(self) -> None:
         self._session = None

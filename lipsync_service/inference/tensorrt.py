@@ -19,7 +19,7 @@ from lipsync_service.inference.base import (
     OUTPUT_FACE,
     GeneratorBackend,
     ModelSpec,
-    check_batch,
+    check_batch, run_in_batches,
 )
 from lipsync_service.inference.repository import inspect_onnx
 
@@ -193,10 +193,7 @@ class TensorRTBackend(GeneratorBackend):
 
     def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
         check_batch(face, mel, self._size)
-        parts = []
-        for start in range(0, face.shape[0], self._max_batch):
-            parts.append(self._run(face[start : start + self._max_batch], mel[start : start + self._max_batch]))
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return run_in_batches(face, mel, self._max_batch, self._run)
 
     def _run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
         cuda = self._cuda

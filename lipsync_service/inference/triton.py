@@ -27,7 +27,7 @@ from lipsync_service.inference.base import (
     OUTPUT_FACE,
     GeneratorBackend,
     ModelSpec,
-    check_batch,
+    check_batch, run_in_batches,
 )
 
 # gRPC status codes (as tritonclient spells them) that mean "the server is not there or not ready".
@@ -277,9 +277,7 @@ class TritonBackend(GeneratorBackend):
 
     def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
         check_batch(face, mel, self._spec.face_size)
-        limit = self._spec.max_batch_size
-        parts = [self._infer_one(face[i : i + limit], mel[i : i + limit]) for i in range(0, face.shape[0], limit)]
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return run_in_batches(face, mel, self._spec.max_batch_size, self._infer_one)
 
     def _infer_one(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
         import tritonclient.grpc as grpcclient

@@ -8,7 +8,7 @@ in the painted colour. It keeps the reference's skin, texture and lighting for f
 learn how the mouth moves. In training a mouth encoder that sees the true lower face supplies the
 code (a bottleneck the renderer cannot ignore) and the audio encoder learns to predict it; served,
 the code comes from the audio alone.
-Serving contract as SPEC section 6: face [B, 6, S, S] in [0, 1], mel [B, 1, 80, 16], output
+Serving contract as docs/models-contract.md#generator-contract: face [B, 6, S, S] in [0, 1], mel [B, 1, 80, 16], output
 [B, 3, S, S] in [0, 1]; the upper half of the output is the target's own upper half.
 """
 

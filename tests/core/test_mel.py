@@ -1,4 +1,4 @@
-"""The mel front end matches SPEC section 6 computed straight from the formulas, incrementally."""
+"""The mel front end matches docs/models-contract.md#mel-front-end computed straight from the formulas, incrementally."""
 
 from __future__ import annotations
 

@@ -82,6 +82,6 @@ def test_landmarks_measure_mouth_opening_on_real_footage(media) -> None:
     assert len(marks["opening"]) == 75 and len(opening) >= 70
     # A GRID speaker reads a sentence: the mouth opens and closes.
     assert max(opening) > 3 * (min(opening) + 1e-3)
-    # And it follows his own speech (the reference measure of SPEC section 7).
+    # And it follows his own speech (the reference measure of docs/models-contract.md#sync-measure).
     env = ev.loudness_envelope(ev.load_speech(video), 25.0, 75)
     assert ev.sync_score(marks["opening"], env).r_best > 0.3

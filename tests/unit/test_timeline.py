@@ -1,4 +1,4 @@
-"""Output length rules and extension frame order (SPEC section 3)."""
+"""Output length rules and extension frame order (docs/protocol.md#output-length)."""
 
 from __future__ import annotations
 
