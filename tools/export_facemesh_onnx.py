@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -130,8 +131,8 @@ def convert(tflite_path: Path, onnx_path: Path) -> None:
             if o.FusedActivationFunction() != 0 or o.DilationHFactor() != 1 or o.DilationWFactor() != 1:
                 raise NotImplementedError(f"{oname}: fused activation or dilation not handled")
             # TFLite kernels: conv [O, KH, KW, I], depthwise [1, KH, KW, C*M]; ONNX wants [O, I/g, KH, KW].
-            w = weight(ins[1], lambda a: a.transpose(3, 0, 1, 2) if depthwise else a.transpose(0, 3, 1, 2),
-                       f"{oname}_w")
+            perm = (3, 0, 1, 2) if depthwise else (0, 3, 1, 2)
+            w = weight(ins[1], lambda a, perm=perm: a.transpose(perm), f"{oname}_w")
             b = weight(ins[2], lambda a: a, f"{oname}_b")
             kshape = shape(ins[1])
             k = (kshape[1], kshape[2])
@@ -139,7 +140,7 @@ def convert(tflite_path: Path, onnx_path: Path) -> None:
             pads = [0, 0, 0, 0]
             if o.Padding() == tflite.Padding.SAME:
                 pads = same_pads(shape(ins[0])[1:3], shape(out)[1:3], k, s)
-            attrs = dict(kernel_shape=list(k), strides=list(s), pads=pads)
+            attrs = {"kernel_shape": list(k), "strides": list(s), "pads": pads}
             if depthwise:
                 attrs["group"] = shape(ins[0])[3]
             nodes.append(helper.make_node("Conv", [x, w, b], [oname], **attrs))
@@ -254,17 +255,18 @@ def check(media_dir: Path) -> None:
             res = mp_graph.process({"image": rgb})
             ref = _mp_points(res, w, h)
             rect = res.face_rects_from_detections[0]
-            centre = (rect.x_center * w, rect.y_center * h)
-            side = rect.width * w
-            crop, matrix = lm.crop_for_model(rgb[..., ::-1], centre, side, rect.rotation)
+            roi = lm.FaceRoi(cx=rect.x_center * w, cy=rect.y_center * h, side=rect.width * w,
+                             rotation=rect.rotation)
+            crop = lm.crop_for_model(rgb, roi)
             for label, (scale, offset) in {"[0,1]": (1 / 255, 0.0), "[-1,1]": (2 / 255, -1.0)}.items():
-                x = crop[None, ..., ::-1].astype(np.float32) * scale + offset
+                x = crop[None].astype(np.float32) * scale + offset
                 raw, flag = marker._session.run(None, {"image": x})
-                pts = lm.project_points(raw[0].reshape(-1, 3), centre, side, rect.rotation)
+                pts = lm.project_points(raw[0].reshape(-1, 3), roi)
                 d = float(np.abs(pts[:, :2] - ref[:, :2]).max())
                 worst[label] = max(worst[label], d)
                 if label == "[0,1]":
-                    print(f"{clip} frame {k}: max |dxy| {d:.3f} px, face {side / 1.5:.0f} px, "
+                    dz = float(np.abs(pts[:, 2] - ref[:, 2]).max())
+                    print(f"{clip} frame {k}: max |dxy| {d:.3f} px, |dz| {dz:.3f}, crop {roi.side:.0f} px, "
                           f"presence {1 / (1 + np.exp(-flag[0, 0])):.3f}")
     print("worst max |dxy| by input range:", {k: round(v, 3) for k, v in worst.items()})
 
@@ -296,7 +298,9 @@ def reference(media_dir: Path, out: Path) -> None:
         "clips": clips,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    # One point per line keeps the file short and its diffs readable.
+    text = re.sub(r"\[\s+(-?[\d.]+),\s+(-?[\d.]+)\s+\]", r"[\1, \2]", json.dumps(doc, indent=1))
+    out.write_text(text + "\n")
     print(f"wrote {out}")
 
 
