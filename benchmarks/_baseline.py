@@ -15,7 +15,7 @@ from pathlib import Path
 
 import av
 
-from lipsync_service.config import JobConfig
+from lipsync_service.job import JobConfig
 from lipsync_service.media.encode import encoder_options
 
 FRAGMENTED = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}

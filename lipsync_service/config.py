@@ -1,9 +1,8 @@
-"""Job configuration: the wire `LipsyncConfig` checked, defaults filled, and echoed back."""
+"""The config's wire boundary: a `LipsyncConfig` checked into a `job.JobConfig`, and the config echo back."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import wrappers_pb2
@@ -12,81 +11,9 @@ from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service._proto.nvidia.ai4m.video.v1 import video_pb2
 from lipsync_service.errors import InvalidInput
-
-DEFAULT_BITRATE_MBPS = 30
-DEFAULT_IDR_INTERVAL = 8
-MAX_BITRATE_MBPS = 1000
-
-
-class AudioCodec(str, Enum):
-    WAV = "wav"
-    MP3 = "mp3"
-    OPUS = "opus"
-
-
-class ExtendAudio(str, Enum):
-    UNSPECIFIED = "unspecified"
-    SILENCE = "silence"
-
-
-class ExtendVideo(str, Enum):
-    UNSPECIFIED = "unspecified"
-    FORWARD = "forward"
-    REVERSE = "reverse"
-
-
-class EncodingMode(str, Enum):
-    LOSSLESS = "lossless"
-    LOSSY = "lossy"
-    CUSTOM = "custom"
-
-
-# Documented custom encoding keys: name -> (accepted Python types, description).
-CUSTOM_ENCODING_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
-    "preset": ((str,), "x264 preset: ultrafast, superfast, veryfast, faster, fast, medium, slow, slower, veryslow"),
-    "tune": ((str,), "x264 tune: film, animation, grain, stillimage, fastdecode, zerolatency"),
-    "profile": ((str,), "H.264 profile: baseline, main, high, high444"),
-    "crf": ((int, float), "constant rate factor 0-51 (quality mode; replaces the bitrate)"),
-    "qp": ((int,), "constant quantizer 0-51 (0 is lossless)"),
-    "bitrate_mbps": ((int, float), "average bitrate in Mbps"),
-    "max_bitrate_mbps": ((int, float), "VBV maximum bitrate in Mbps"),
-    "idr_interval": ((int,), "frames between IDR frames"),
-    "bframes": ((int,), "maximum consecutive B-frames (0-16)"),
-}
-_PRESETS = {"ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo"}
-_TUNES = {"film", "animation", "grain", "stillimage", "fastdecode", "zerolatency", "psnr", "ssim"}
-_PROFILES = {"baseline", "main", "high", "high444"}
-
-
-@dataclass(frozen=True)
-class VideoEncodingSpec:
-    """How the output H.264 is encoded."""
-
-    mode: EncodingMode = EncodingMode.LOSSY
-    bitrate_mbps: float = DEFAULT_BITRATE_MBPS
-    idr_interval: int = DEFAULT_IDR_INTERVAL
-    custom: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BackgroundAudioSpec:
-    codec: AudioCodec = AudioCodec.WAV
-    volume: float = 1.0
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    """Everything a job needs to know from the client's config, defaults filled in."""
-
-    input_audio_codec: AudioCodec = AudioCodec.WAV
-    speaker_info_provided: bool = False
-    extend_audio: ExtendAudio = ExtendAudio.UNSPECIFIED
-    extend_video: ExtendVideo = ExtendVideo.UNSPECIFIED
-    video_encoding: VideoEncodingSpec = field(default_factory=VideoEncodingSpec)
-    output_audio_codec: AudioCodec = AudioCodec.OPUS
-    head_movement_speed: int = 0
-    background: BackgroundAudioSpec | None = None
-
+from lipsync_service.job import (CUSTOM_ENCODING_KEYS, DEFAULT_BITRATE_MBPS, DEFAULT_IDR_INTERVAL, LOSSLESS_PROFILE,
+                                 MAX_BITRATE_MBPS, MAX_IDR_INTERVAL, AudioCodec, BackgroundAudioSpec, CustomEncoding,
+                                 EncodingMode, ExtendAudio, ExtendVideo, JobConfig, VideoEncodingSpec)
 
 _IN_CODECS = {audio_pb2.AUDIO_CODEC_WAV: AudioCodec.WAV, audio_pb2.AUDIO_CODEC_MP3: AudioCodec.MP3}
 _OUT_CODECS = {audio_pb2.AUDIO_CODEC_OPUS: AudioCodec.OPUS, audio_pb2.AUDIO_CODEC_MP3: AudioCodec.MP3}
@@ -120,41 +47,55 @@ def _unpack_any(key: str, value: Any) -> Any:
     )
 
 
-def validate_custom_encoding(options: dict[str, Any]) -> dict[str, Any]:
-    """Check a custom encoding map against the documented keys.
+def validate_custom_encoding(options: Mapping[str, Any]) -> CustomEncoding:
+    """Check a custom encoding map against the documented keys and the combinations x264 refuses.
+
+    Every rule lives here, so a bad custom encoding is refused before the config echo and the encoder
+    only maps the typed values.
+
+    Args:
+        options: key -> value, unpacked from the protobuf wrappers.
+
+    Returns:
+        The typed settings (keys not given stay None).
 
     Raises:
-        InvalidInput: unknown key, wrong type or out-of-range value.
+        InvalidInput: unknown key, wrong type, out-of-range value, or a combination x264 cannot honour.
     """
     out: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in CUSTOM_ENCODING_KEYS:
+        spec = CUSTOM_ENCODING_KEYS.get(key)
+        if spec is None:
             raise InvalidInput(
                 f"output_video_encoding.custom_encoding: unknown key {key!r}; "
                 f"supported keys: {', '.join(sorted(CUSTOM_ENCODING_KEYS))}"
             )
-        types, _ = CUSTOM_ENCODING_KEYS[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise InvalidInput(f"output_video_encoding.custom_encoding[{key!r}]: expected {types[0].__name__}, got {value!r}")
         where = f"output_video_encoding.custom_encoding[{key!r}]"
-        if key == "preset" and value not in _PRESETS:
-            raise InvalidInput(f"{where}: {value!r} is not one of {', '.join(sorted(_PRESETS))}")
-        if key == "tune" and value not in _TUNES:
-            raise InvalidInput(f"{where}: {value!r} is not one of {', '.join(sorted(_TUNES))}")
-        if key == "profile" and value not in _PROFILES:
-            raise InvalidInput(f"{where}: {value!r} is not one of {', '.join(sorted(_PROFILES))}")
-        if key in ("crf", "qp") and not 0 <= value <= 51:
-            raise InvalidInput(f"{where}: must be between 0 and 51, got {value}")
-        if key in ("bitrate_mbps", "max_bitrate_mbps") and not 0 < value <= MAX_BITRATE_MBPS:
-            raise InvalidInput(f"{where}: must be between 0 (exclusive) and {MAX_BITRATE_MBPS}, got {value}")
-        if key == "idr_interval" and not 1 <= value <= 1000:
-            raise InvalidInput(f"{where}: must be between 1 and 1000, got {value}")
-        if key == "bframes" and not 0 <= value <= 16:
-            raise InvalidInput(f"{where}: must be between 0 and 16, got {value}")
+        if isinstance(value, bool) or not isinstance(value, spec.types):
+            raise InvalidInput(f"{where}: expected {spec.types[0].__name__}, got {value!r}")
+        if spec.choices and value not in spec.choices:
+            raise InvalidInput(f"{where}: {value!r} is not one of {', '.join(sorted(spec.choices))}")
+        if spec.low is not None and spec.high is not None and isinstance(value, (int, float)):
+            above_low = value > spec.low if spec.low_exclusive else value >= spec.low
+            if not (above_low and value <= spec.high):
+                raise InvalidInput(f"{where}: must be {spec.range_text}, got {value}")
         out[key] = value
-    if "crf" in out and "qp" in out:
+    custom = CustomEncoding(**out)
+    if custom.crf is not None and custom.qp is not None:
         raise InvalidInput("output_video_encoding.custom_encoding: give either 'crf' or 'qp', not both")
-    return out
+    # x264 codes losslessly at qp 0 and at any crf below 1 (8-bit) and refuses that in every profile below
+    # High 4:4:4, but only when the encoder opens, after the config echo: judge it here instead.
+    lossless = ""
+    if custom.qp == 0:
+        lossless = "qp=0 (lossless)"
+    elif custom.crf is not None and custom.crf < 1:
+        lossless = f"crf={custom.crf:g} (below 1: lossless)"
+    if lossless and custom.profile not in (None, LOSSLESS_PROFILE):
+        raise InvalidInput(
+            f"output_video_encoding.custom_encoding: {lossless} needs profile {LOSSLESS_PROFILE!r} "
+            f"(got {custom.profile!r}); drop 'profile' or set it to {LOSSLESS_PROFILE!r}"
+        )
+    return custom
 
 
 def _video_encoding(msg: video_pb2.VideoEncoding) -> VideoEncodingSpec:
@@ -173,8 +114,10 @@ def _video_encoding(msg: video_pb2.VideoEncoding) -> VideoEncodingSpec:
             raise InvalidInput(
                 f"output_video_encoding.lossy.bitrate_mbps must be between 1 and {MAX_BITRATE_MBPS}, got {bitrate}"
             )
-        if not 1 <= idr <= 1000:
-            raise InvalidInput(f"output_video_encoding.lossy.idr_interval must be between 1 and 1000 frames, got {idr}")
+        if not 1 <= idr <= MAX_IDR_INTERVAL:
+            raise InvalidInput(
+                f"output_video_encoding.lossy.idr_interval must be between 1 and {MAX_IDR_INTERVAL} frames, got {idr}"
+            )
         return VideoEncodingSpec(mode=EncodingMode.LOSSY, bitrate_mbps=bitrate, idr_interval=idr)
     options = {k: _unpack_any(k, v) for k, v in msg.custom_encoding.custom.items()}
     return VideoEncodingSpec(mode=EncodingMode.CUSTOM, custom=validate_custom_encoding(options))
@@ -185,6 +128,9 @@ def from_proto(msg: lipsync_pb2.LipsyncConfig | None) -> JobConfig:
 
     Args:
         msg: the client's config, or None when the stream did not start with one.
+
+    Returns:
+        The typed job config; every rule a config value must meet has been checked.
 
     Raises:
         InvalidInput: naming the field and the accepted values.
@@ -256,7 +202,14 @@ def _pack_any(value: Any) -> Any:
 
 
 def to_proto(cfg: JobConfig) -> lipsync_pb2.LipsyncConfig:
-    """The config echo: every field set, defaults included."""
+    """The config echo: every field set, defaults included.
+
+    Args:
+        cfg: a config `from_proto` returned.
+
+    Returns:
+        The wire config; a custom encoding carries only the keys the client set.
+    """
     enc = video_pb2.VideoEncoding()
     if cfg.video_encoding.mode is EncodingMode.LOSSLESS:
         enc.lossless = True
@@ -264,7 +217,7 @@ def to_proto(cfg: JobConfig) -> lipsync_pb2.LipsyncConfig:
         enc.lossy.bitrate_mbps = int(cfg.video_encoding.bitrate_mbps)
         enc.lossy.idr_interval = cfg.video_encoding.idr_interval
     else:
-        for key, value in cfg.video_encoding.custom.items():
+        for key, value in cfg.video_encoding.custom.given().items():
             enc.custom_encoding.custom[key].CopyFrom(_pack_any(value))
     msg = lipsync_pb2.LipsyncConfig(
         input_audio_codec=_CODEC_TO_WIRE[cfg.input_audio_codec],

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import av
 
-from lipsync_service.config import ExtendAudio, ExtendVideo, JobConfig
+from lipsync_service.job import ExtendAudio, ExtendVideo, JobConfig
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError
 from lipsync_service.core.processor import FrameProcessor
 from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, mix

@@ -1,7 +1,7 @@
 """Job flags shared by `lipsync-client` and `lipsync-service run`: argparse definitions -> wire LipsyncConfig.
 
-The flag names mirror the reference LipSync client (SPEC section 4). Values are passed through as given
-(e.g. --bitrate 0): the server's config validation is the one place that judges them.
+The flag names mirror the reference LipSync client (docs/protocol.md#client-cli). Values are passed through
+as given (e.g. --bitrate 0): the server's config validation is the one place that judges them.
 """
 
 from __future__ import annotations
@@ -17,12 +17,17 @@ from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service._proto.nvidia.ai4m.video.v1 import video_pb2
 from lipsync_service.errors import InvalidInput
+from lipsync_service.job import CUSTOM_ENCODING_KEYS
 
 _EXTEND_AUDIO = {"unspecified": lipsync_pb2.EXTEND_AUDIO_UNSPECIFIED, "silence": lipsync_pb2.EXTEND_AUDIO_SILENCE}
 _EXTEND_VIDEO = {"unspecified": lipsync_pb2.EXTEND_VIDEO_UNSPECIFIED, "forward": lipsync_pb2.EXTEND_VIDEO_FORWARD,
                  "reverse": lipsync_pb2.EXTEND_VIDEO_REVERSE}
 _OUT_AUDIO = {"opus": audio_pb2.AUDIO_CODEC_OPUS, "mp3": audio_pb2.AUDIO_CODEC_MP3}
 _INT32 = range(-(2**31), 2**31)
+# Built from the accepted sets and ranges themselves, so the help cannot drift from what the server accepts.
+_CUSTOM_ENCODING_HELP = ("custom encoder options as a JSON object (or a path to a JSON file), "
+                         'e.g. \'{"preset": "fast", "crf": 18}\'; keys: '
+                         + "; ".join(f"{name}: {key.description}" for name, key in CUSTOM_ENCODING_KEYS.items()))
 
 
 def _lower(value: str) -> str:
@@ -47,9 +52,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--idr-interval", type=int, default=None, metavar="FRAMES",
                    help="frames between IDR frames (lossy)")
     g.add_argument("--lossless", action="store_true", help="mathematically lossless H.264 output")
-    g.add_argument("--custom-encoding-params", default=None, metavar="JSON",
-                   help="custom encoder options as a JSON object (or a path to a JSON file), "
-                        'e.g. \'{"preset": "fast", "crf": 18}\'')
+    g.add_argument("--custom-encoding-params", default=None, metavar="JSON", help=_CUSTOM_ENCODING_HELP)
     g.add_argument("--output-audio-codec", type=_lower, choices=sorted(_OUT_AUDIO), default=None,
                    help="audio codec of the output MP4 (default opus)")
     g.add_argument("--head-movement-speed", type=int, choices=(0, 1), default=None,

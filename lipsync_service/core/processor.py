@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from lipsync_service.media.types import FrameJob, SpeechAudio, VideoInfo
 
 if TYPE_CHECKING:
-    from lipsync_service.config import JobConfig
+    from lipsync_service.job import JobConfig
 
 
 class FrameProcessor(ABC):

@@ -10,8 +10,8 @@ from typing import NamedTuple
 import av
 import numpy as np
 
-from lipsync_service.config import DEFAULT_IDR_INTERVAL, AudioCodec, EncodingMode, VideoEncodingSpec
 from lipsync_service.errors import InternalError, InvalidInput, LipsyncError
+from lipsync_service.job import DEFAULT_IDR_INTERVAL, AudioCodec, EncodingMode, VideoEncodingSpec
 from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE
 from lipsync_service.media.types import VideoInfo
 
@@ -56,19 +56,22 @@ def _gop_params(gop: int, bframes: int | None = None) -> str:
 def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264Settings:
     """Map our encoding spec to libx264 settings.
 
+    The spec has passed config validation (`lipsync_service.config`), which refuses every combination
+    x264 would reject, so this only maps values.
+
     Mapping:
         lossless: qp=0 (x264's lossless mode; yuv420p in, identical planes out), preset veryfast,
             an IDR every second (round(fps) frames: lossless frames are large, so a long GOP saves size).
         lossy: bit_rate = bitrate_mbps * 1e6 (average, ABR), maxrate = bufsize = that bitrate (a one-second
             VBV buffer, so no stretch of the stream runs far above the requested rate), an IDR every
             idr_interval frames, preset veryfast, profile high.
-        custom (keys of config.CUSTOM_ENCODING_KEYS):
+        custom (the fields of job.CustomEncoding; unset ones fall back as noted):
             preset -> x264 preset (default veryfast); tune -> x264 tune; profile -> H.264 profile;
-            crf -> constant rate factor; qp -> constant quantizer (0 = lossless; needs profile high444
-            or no profile); bitrate_mbps -> average bitrate (bit_rate); max_bitrate_mbps -> VBV maxrate
-            with bufsize = the same (one second); idr_interval -> IDR every N frames (default 8, as the lossy default);
-            bframes -> maximum consecutive B-frames. crf or qp take precedence over bitrate_mbps (x264
-            uses one rate-control mode; with max_bitrate_mbps, crf becomes capped CRF).
+            crf -> constant rate factor; qp -> constant quantizer (0 = lossless); bitrate_mbps -> average
+            bitrate (bit_rate); max_bitrate_mbps -> VBV maxrate with bufsize = the same (one second);
+            idr_interval -> IDR every N frames (default 8, as the lossy default); bframes -> maximum
+            consecutive B-frames. crf or qp take precedence over bitrate_mbps (x264 uses one rate-control
+            mode; with max_bitrate_mbps, crf becomes capped CRF).
         Every mode: keyint == min-keyint, scenecut=0 and closed GOP, so keyframes fall exactly every
         gop_size frames and each is an IDR.
 
@@ -78,9 +81,6 @@ def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264S
 
     Returns:
         X264Settings(options, bit_rate, gop_size).
-
-    Raises:
-        InvalidInput: a combination x264 cannot honour (lossless qp=0 with a profile other than high444).
     """
     if encoding.mode is EncodingMode.LOSSLESS:
         gop = max(1, int(round(float(fps))))
@@ -92,29 +92,24 @@ def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264S
                    "x264-params": _gop_params(gop)}
         return X264Settings(options, rate, gop)
     custom = encoding.custom
-    gop = int(custom.get("idr_interval", DEFAULT_IDR_INTERVAL))
-    options = {"preset": str(custom.get("preset", DEFAULT_PRESET))}
-    for key in ("tune", "profile"):
-        if key in custom:
-            options[key] = str(custom[key])
-    if "crf" in custom:
-        options["crf"] = f"{float(custom['crf']):g}"
-    if "qp" in custom:
-        options["qp"] = str(int(custom["qp"]))
-        if int(custom["qp"]) == 0 and custom.get("profile", "high444") != "high444":
-            raise InvalidInput(
-                "output_video_encoding.custom_encoding: qp=0 (lossless) needs profile 'high444' "
-                f"(got {custom['profile']!r}); drop 'profile' or set it to 'high444'"
-            )
+    gop = int(custom.idr_interval if custom.idr_interval is not None else DEFAULT_IDR_INTERVAL)
+    options = {"preset": custom.preset or DEFAULT_PRESET}
+    if custom.tune is not None:
+        options["tune"] = custom.tune
+    if custom.profile is not None:
+        options["profile"] = custom.profile
+    if custom.crf is not None:
+        options["crf"] = f"{float(custom.crf):g}"
+    if custom.qp is not None:
+        options["qp"] = str(int(custom.qp))
     bit_rate = None
-    if "bitrate_mbps" in custom:
-        bit_rate = int(round(float(custom["bitrate_mbps"]) * 1_000_000))
-    if "max_bitrate_mbps" in custom:
-        maxrate = int(round(float(custom["max_bitrate_mbps"]) * 1_000_000))
+    if custom.bitrate_mbps is not None:
+        bit_rate = int(round(float(custom.bitrate_mbps) * 1_000_000))
+    if custom.max_bitrate_mbps is not None:
+        maxrate = int(round(float(custom.max_bitrate_mbps) * 1_000_000))
         options["maxrate"] = str(maxrate)
         options["bufsize"] = str(maxrate)
-    bframes = int(custom["bframes"]) if "bframes" in custom else None
-    options["x264-params"] = _gop_params(gop, bframes)
+    options["x264-params"] = _gop_params(gop, None if custom.bframes is None else int(custom.bframes))
     return X264Settings(options, bit_rate, gop)
 
 
@@ -158,8 +153,8 @@ class OutputWriter:
             threads: x264 threads; 0 lets x264 choose from the CPU count.
 
         Raises:
-            InvalidInput: odd frame size, an unsupported audio codec, or encoder options x264 rejects.
-            InternalError: the encoders could not be set up for another reason.
+            InvalidInput: odd frame size (a property of the input video, known only now).
+            InternalError: the encoders could not be set up, which for a validated config is our fault.
         """
         if video.width % 2 or video.height % 2:
             raise InvalidInput(
@@ -168,7 +163,8 @@ class OutputWriter:
                 "trunc(ih/2)*2)"
             )
         if audio_codec not in _AUDIO_ENCODERS:
-            raise InvalidInput(f"output audio codec {audio_codec.value} is not supported: use OPUS or MP3")
+            # Config validation only lets OPUS and MP3 through: anything else is a caller's bug.
+            raise InternalError(f"output: audio codec {audio_codec.value} has no encoder (OPUS or MP3 expected)")
         self._fps = Fraction(video.fps)
         self._time_base = 1 / self._fps
         self._audio_rate = audio_rate
@@ -180,7 +176,6 @@ class OutputWriter:
         self._closed = False
         self._file = _SinkFile(sink)
         self.settings = encoder_options(encoding, self._fps)
-        custom = encoding.mode is EncodingMode.CUSTOM
         try:
             self._container = av.open(self._file, mode="w", format="mp4", options={"movflags": MOVFLAGS})
         except av.error.FFmpegError as exc:
@@ -198,11 +193,11 @@ class OutputWriter:
             ctx.open()
         except av.error.FFmpegError as exc:
             self.abort()
-            if custom:
-                raise InvalidInput(
-                    f"output_video_encoding.custom_encoding: x264 rejected the options {encoding.custom} ({exc})"
-                ) from exc
-            raise InternalError(f"output: cannot open the H.264 encoder ({exc})") from exc
+            # Config validation refuses every combination x264 rejects, so a refusal here is our bug, not the
+            # client's; the options are named so it can be reproduced.
+            raise InternalError(
+                f"output: cannot open the H.264 encoder with the options {self.settings.options} ({exc})"
+            ) from exc
         name, sample_fmt, audio_bit_rate = _AUDIO_ENCODERS[audio_codec]
         try:
             self._audio = self._container.add_stream(name, rate=audio_rate, layout="mono")
@@ -213,7 +208,8 @@ class OutputWriter:
             actx.open()
         except (av.error.FFmpegError, ValueError) as exc:
             self.abort()
-            raise InvalidInput(f"output audio: cannot encode {audio_codec.value} at {audio_rate} Hz ({exc})") from exc
+            # The codec was validated and the rate is ours (the pipeline's output rate): not the client's fault.
+            raise InternalError(f"output audio: cannot encode {audio_codec.value} at {audio_rate} Hz ({exc})") from exc
         self._sample_fmt = sample_fmt
         self._frame_size = self._audio.codec_context.frame_size or 1024
         self._audio_time_base = Fraction(1, audio_rate)

@@ -1,4 +1,4 @@
-"""Output length rules and the frame mapping used when the video is extended (SPEC section 3)."""
+"""Output length rules and the frame mapping used when the video is extended (docs/protocol.md#output-length)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from fractions import Fraction
 
-from lipsync_service.config import ExtendAudio, ExtendVideo
+from lipsync_service.job import ExtendAudio, ExtendVideo
 
 # Seconds at the end of the video that extension repeats.
 EXTENSION_TAIL_S = 5
@@ -75,7 +75,7 @@ def output_frame_count(
 ) -> int:
     """Number of frames in the output.
 
-    Rules (SPEC section 3):
+    Rules (docs/protocol.md#output-length):
       * video longer than audio: SILENCE keeps every video frame (speech padded with silence);
         UNSPECIFIED ends with the audio: ceil(audio_s * fps) frames, so the last frame still shows
         the end of the speech and the audio track (cut at that frame's end) is at most one frame

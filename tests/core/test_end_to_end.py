@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_service.config import EncodingMode, JobConfig, VideoEncodingSpec
+from lipsync_service.job import EncodingMode, JobConfig, VideoEncodingSpec
 from lipsync_service.core.crops import SquareBox
 from lipsync_service.core.faces import FaceDetector
 from lipsync_service.core.neural import build_neural_processor as build_processor

@@ -153,6 +153,23 @@ def test_unknown_custom_encoding_key(server, media):
     assert "unknown key 'warp_speed'" in msg and "supported keys" in msg
 
 
+def test_lossless_qp_with_a_lower_profile_fails_before_the_config_echo(server, media):
+    from google.protobuf import wrappers_pb2
+
+    cfg = config()
+    custom = cfg.config.output_video_encoding.custom_encoding.custom
+    custom["qp"].Pack(wrappers_pb2.Int32Value(value=0))
+    custom["profile"].Pack(wrappers_pb2.StringValue(value="main"))
+    kinds = []
+    with server.channel() as channel, pytest.raises(grpc.RpcError) as info:
+        for response in server.stub(channel).Lipsync(requests(media["video"], media["audio"], cfg), timeout=60):
+            kinds.append(response.WhichOneof("lipsync_response"))
+    assert info.value.code() == INVALID
+    assert info.value.details() == ("output_video_encoding.custom_encoding: qp=0 (lossless) needs profile 'high444' "
+                                    "(got 'main'); drop 'profile' or set it to 'high444'")
+    assert "config" not in kinds, f"the config was echoed before the error: {kinds}"
+
+
 def test_background_without_config_and_config_without_background(server, media):
     msg = expect_error(server, [config(), video_msg(media["video"]), background_msg(media["audio"])], INVALID)
     assert msg.startswith("background audio data arrived, but the config did not announce it")

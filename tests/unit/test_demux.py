@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_service.config import ExtendVideo
+from lipsync_service.job import ExtendVideo
 from lipsync_service.errors import Cancelled, InvalidInput, ResourceExhausted
 from lipsync_service.media.demux import VideoSource, yuv420p_planes
 from lipsync_service.media.pipe import ByteStream

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_service.config import (
+from lipsync_service.job import (
     AudioCodec,
     BackgroundAudioSpec,
     EncodingMode,

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from lipsync_service.config import ExtendAudio, ExtendVideo
+from lipsync_service.job import ExtendAudio, ExtendVideo
 from lipsync_service.media.timeline import (
     audio_frames,
     constant_rate_sources,
