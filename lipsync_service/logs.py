@@ -27,7 +27,3 @@ def configure(level: str = "INFO") -> None:
     handler.setFormatter(logging.Formatter("[%(request_id)s] %(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level.upper())
-
-
-def get_logger(name: str) -> logging.Logger:
-    return logging.getLogger(name)

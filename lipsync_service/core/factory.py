@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 
 from lipsync_service.core.processor import FrameProcessor, PassThroughProcessor
+from lipsync_service.errors import InferenceUnavailable
 from lipsync_service.inference.base import GeneratorBackend
 from lipsync_service.inference.shared import InferenceObserver, SharedBackend
-from lipsync_service.errors import InferenceUnavailable
-from lipsync_service.logs import get_logger
 from lipsync_service.settings import Settings
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 PASSTHROUGH = "passthrough"
 NEURAL = "neural"

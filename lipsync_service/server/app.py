@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -13,17 +14,16 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_service.server.admission import Admission
-from lipsync_service.errors import Unavailable
-from lipsync_service.logs import get_logger
-from lipsync_service.server.metrics import Metrics, default_metrics
 from lipsync_service.core.factory import ProcessorFactory
+from lipsync_service.errors import Unavailable
+from lipsync_service.server.admission import Admission
 from lipsync_service.server.http import HttpServer
+from lipsync_service.server.metrics import Metrics, default_metrics
 from lipsync_service.server.servicer import LipSyncServicer
-from lipsync_service.server.session import start_thread
+from lipsync_service.server.threads import start_thread
 from lipsync_service.settings import Settings, SslMode
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 SERVICE_NAME = lipsync_pb2.DESCRIPTOR.services_by_name["LipSyncService"].full_name
 # Seconds between warm-up attempts while the inference backend is unreachable (e.g. Triton still starting).

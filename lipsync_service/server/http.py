@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
-from lipsync_service.logs import get_logger
 from lipsync_service.server.metrics import Metrics
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 # A health probe or a scraper sends a few hundred bytes; anything far larger is not a client of ours.
 MAX_HEAD_BYTES = 16 * 1024

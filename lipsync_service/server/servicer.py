@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
-from lipsync_service.server.admission import Admission
-from lipsync_service.errors import LipsyncError
-from lipsync_service.logs import get_logger, request_id_var
-from lipsync_service.server.metrics import Metrics
 from lipsync_service.core.factory import ProcessorFactory
-from lipsync_service.server.status import status_for
+from lipsync_service.errors import LipsyncError
+from lipsync_service.logs import request_id_var
+from lipsync_service.server.admission import Admission
+from lipsync_service.server.metrics import Metrics
 from lipsync_service.server.session import Session
+from lipsync_service.server.status import status_for
 from lipsync_service.settings import Settings
 
-log = get_logger(__name__)
+log = logging.getLogger(__name__)
 
 StreamHandler = Callable[..., AsyncIterator[lipsync_pb2.LipsyncResponse]]
 

@@ -1,12 +1,8 @@
-"""Pieces of the server that need no server: output buffer, upload backpressure, threads, factory, flags, CLI, TLS."""
+"""Pieces of the server that need no server: factory, flags, CLI, TLS."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextvars
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,133 +12,13 @@ from lipsync_service.core import factory as processors
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service.cli import main as cli_main
 from lipsync_service.client.flags import add_job_flags, job_config_from_args
-from lipsync_service.errors import Cancelled, InvalidInput, ResourceExhausted
+from lipsync_service.errors import InvalidInput
+from lipsync_service.job import (AudioCodec, BackgroundAudioSpec, CustomEncoding, EncodingMode, ExtendAudio,
+                                 ExtendVideo)
 from lipsync_service.core.processor import PassThroughProcessor
-from lipsync_service.media.pipe import ByteStream
 from lipsync_service.server.app import StartupError, server_credentials
-from lipsync_service.server.session import OutputBuffer, _Feeder, start_thread
 from lipsync_service.settings import Settings
 from tests import synth
-
-
-# Output buffer ------------------------------------------------------------------------------------
-
-def test_output_buffer_coalesces_splits_and_bounds():
-    notified = []
-    buf = OutputBuffer(100, lambda: notified.append(1))
-    for part in (b"a" * 30, b"b" * 30, b"c" * 30):
-        buf.put(part)
-    assert len(notified) == 3 and buf.pending == 90
-    assert buf.take(50) == b"a" * 30 + b"b" * 20  # small writes coalesce, a larger one splits
-    assert buf.take(1000) == b"b" * 10 + b"c" * 30
-    assert buf.take(10) == b""
-    # A full buffer blocks the producer until the consumer takes some.
-    buf.put(b"x" * 100)
-    done = threading.Event()
-    t = threading.Thread(target=lambda: (buf.put(b"y"), done.set()))
-    t.start()
-    assert not done.wait(0.1)
-    buf.take(60)
-    assert done.wait(2)
-    t.join()
-    # Closing wakes a blocked producer with Cancelled.
-    buf.put(b"z" * 100)
-    errors = []
-    t = threading.Thread(target=lambda: _catch(errors, buf.put, b"w"))
-    t.start()
-    time.sleep(0.05)
-    buf.close()
-    t.join(2)
-    assert len(errors) == 1 and isinstance(errors[0], Cancelled)
-
-
-def _catch(errors, fn, *args):
-    try:
-        fn(*args)
-    except Exception as exc:  # noqa: BLE001
-        errors.append(exc)
-
-
-# Upload backpressure ------------------------------------------------------------------------------
-
-def test_feeder_waits_for_a_reader_without_blocking_the_loop():
-    async def main():
-        stream = ByteStream(capacity=65536, name="video")
-        feeder = _Feeder(stream)
-        waits = []
-        ticks = 0
-
-        async def ticker():
-            nonlocal ticks
-            while True:
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        tick_task = asyncio.create_task(ticker())
-        got = bytearray()
-
-        def reader():
-            while True:
-                time.sleep(0.002)
-                data = stream.read(8192)
-                if not data:
-                    return
-                got.extend(data)
-
-        t = threading.Thread(target=reader)
-        t.start()
-        payload = bytes(range(256)) * 1024  # 256 KiB through a 64 KiB pipe
-        for i in range(0, len(payload), 16384):
-            await feeder.write(payload[i:i + 16384], waits.append)
-            assert stream.buffered <= 65536 + 16384
-        stream.close()
-        await asyncio.to_thread(t.join)
-        tick_task.cancel()
-        assert bytes(got) == payload
-        assert True in waits  # it did wait for space ...
-        assert ticks > 5  # ... while the event loop kept running
-    asyncio.run(main())
-
-
-def test_feeder_overflows_when_the_reader_waits_on_another_input(monkeypatch):
-    import lipsync_service.server.session as session
-
-    monkeypatch.setattr(session, "OVERFLOW_GRACE_S", 0.05)
-    monkeypatch.setattr(session, "OVERFLOW_FACTOR", 4)
-
-    async def main():
-        stream = ByteStream(capacity=65536, name="video")
-        feeder = _Feeder(stream)
-        t0 = time.monotonic()
-        for _ in range(12):  # 192 KiB with nobody reading: no deadlock
-            await feeder.write(b"\0" * 16384, lambda _: None)
-        assert time.monotonic() - t0 < 1.0
-        assert stream.buffered == 12 * 16384
-        with pytest.raises(ResourceExhausted, match="interleave the video and audio chunks"):
-            for _ in range(20):
-                await feeder.write(b"\0" * 16384, lambda _: None)
-    asyncio.run(main())
-
-
-# Threads --------------------------------------------------------------------------------------------
-
-def test_start_thread_carries_the_context_and_the_outcome():
-    var: contextvars.ContextVar[str] = contextvars.ContextVar("v", default="-")
-
-    async def main():
-        var.set("req-1")
-        thread, fut = start_thread(lambda: var.get(), "t")
-        assert await fut == "req-1"
-        thread.join()
-
-        def boom():
-            raise InvalidInput("bad")
-
-        thread, fut = start_thread(boom, "t")
-        with pytest.raises(InvalidInput, match="bad"):
-            await fut
-        thread.join()
-    asyncio.run(main())
 
 
 # Processor factory ---------------------------------------------------------------------------------
@@ -183,20 +59,20 @@ def test_flags_to_config(tmp_path):
                    "--idr-interval", "12", "--output-audio-codec", "mp3", "--head-movement-speed", "1",
                    "--background-audio-input", str(wav), "--background-audio-volume", "0.25"], tmp_path)
     cfg = job_config.from_proto(job_config_from_args(args))
-    assert cfg.input_audio_codec is job_config.AudioCodec.MP3
-    assert cfg.extend_audio is job_config.ExtendAudio.SILENCE and cfg.extend_video is job_config.ExtendVideo.REVERSE
+    assert cfg.input_audio_codec is AudioCodec.MP3
+    assert cfg.extend_audio is ExtendAudio.SILENCE and cfg.extend_video is ExtendVideo.REVERSE
     assert (cfg.video_encoding.bitrate_mbps, cfg.video_encoding.idr_interval) == (5, 12)
-    assert cfg.output_audio_codec is job_config.AudioCodec.MP3 and cfg.head_movement_speed == 1
-    assert cfg.background == job_config.BackgroundAudioSpec(codec=job_config.AudioCodec.WAV, volume=0.25)
+    assert cfg.output_audio_codec is AudioCodec.MP3 and cfg.head_movement_speed == 1
+    assert cfg.background == BackgroundAudioSpec(codec=AudioCodec.WAV, volume=0.25)
 
     args = _parse(["--audio", str(wav), "--custom-encoding-params", '{"preset": "fast", "crf": 20, "bframes": 0}'],
                   tmp_path)
     cfg = job_config.from_proto(job_config_from_args(args))
-    assert cfg.video_encoding.custom == {"preset": "fast", "crf": 20, "bframes": 0}
+    assert cfg.video_encoding.custom == CustomEncoding(preset="fast", crf=20, bframes=0)
     assert job_config_from_args(args).input_audio_codec == audio_pb2.AUDIO_CODEC_WAV
 
     args = _parse(["--audio", str(wav), "--lossless"], tmp_path)
-    assert job_config.from_proto(job_config_from_args(args)).video_encoding.mode is job_config.EncodingMode.LOSSLESS
+    assert job_config.from_proto(job_config_from_args(args)).video_encoding.mode is EncodingMode.LOSSLESS
     # Bad values pass through to the one place that judges them: config validation.
     args = _parse(["--audio", str(wav), "--bitrate", "0"], tmp_path)
     with pytest.raises(InvalidInput, match="bitrate_mbps must be between 1 and 1000, got 0"):
