@@ -100,21 +100,11 @@ def find_sources(folders: Iterable[Path], exclude: Callable[[str], bool] | None 
 
 
 def load_speech(path: Path) -> np.ndarray:
-    """The first audio track of a file as 16 kHz mono float32."""
-    import av
+    """The first audio track of a file as 16 kHz mono float32, decoded the way serving decodes a request's
+    speech (channels averaged, not FFmpeg's down-mix: see `lipsync_service.media.audio.load_speech_file`)."""
+    from lipsync_service.media.audio import load_speech_file
 
-    from lipsync_service.media.types import MODEL_SAMPLE_RATE
-
-    chunks = []
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=MODEL_SAMPLE_RATE)
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return load_speech_file(str(path))
 
 
 def _cache_name(source: ClipSource) -> str:

@@ -1,20 +1,22 @@
-"""`lipsync-service eval`: lip-sync a video to a speech track and score sync and preservation.
+"""`lipsync-service eval`: lip-sync a video to a speech track and score sync, fidelity and stability.
 
 Sync: Pearson correlation, at lag 0 and at the best lag within +-6 frames, between the mouth opening of
 the output, measured by an independent landmark model (MediaPipe Face Mesh, run in its own venv as a
-subprocess: `lipsync-service eval-env` creates it), and the per-frame loudness envelope of the speech. Preservation: PSNR
-outside the lower face between the output and the unchanged input (both written losslessly, the input
-extended the same way). The same sync scores are reported for the unchanged video with that speech
-(baseline, about 0) and, when the input video has its own speech, for the real footage with it (reference).
+subprocess: `lipsync-service eval-env` creates it), and the per-frame loudness envelope of the speech. The
+same sync scores are reported for the unchanged video with that speech (baseline, about 0) and, when the
+input video has its own speech, for the real footage with it (reference).
+
+Fidelity and stability (`evaluation.fidelity`), output vs the unchanged input at the same frame index (both
+written losslessly, the input extended the same way), on the landmark model's points: lip sharpness,
+sharpness and PSNR of the rest of the lower face, lip motion between frames (all frames, and in silence),
+and PSNR outside the lower face.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import subprocess
-import sys
 import tempfile
 import wave
 from dataclasses import asdict, dataclass
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lipsync_service.errors import InvalidInput, LipsyncError
+from lipsync_service.evaluation.fidelity import FidelityScores, measure_fidelity
 from lipsync_service.media.types import MODEL_SAMPLE_RATE
 
 # The landmark script and the script that builds its venv ship inside this package.
@@ -33,6 +36,14 @@ DEFAULT_LANDMARK_PYTHON = Path.home() / ".cache" / "lipsync-service" / "eval-ven
 MAX_LAG = 6
 # Speech band used for the loudness envelope (where voiced energy and formants are).
 BAND_HZ = (300.0, 3000.0)
+#: Target ranges, [low, high] (None: unbounded), written into scores.json and printed beside the measures.
+TARGETS: dict[str, list[float | None]] = {
+    "lip_sharpness": [0.7, 1.3],
+    "rest_sharpness": [0.9, None],
+    "rest_psnr_db": [35.0, None],
+    "sync_r_lag0": [0.35, None],
+    "sync_best_lag": [-1, 1],
+}
 
 
 @dataclass
@@ -53,24 +64,17 @@ class SyncScore:
 
 
 def load_speech(path: Path) -> np.ndarray:
-    """Any audio file's first track as 16 kHz mono float32.
+    """Any audio file's first track as 16 kHz mono float32, decoded as serving decodes a request's speech.
+
+    Channels are averaged (`lipsync_service.media.audio.load_speech_file`), so the model, the training data
+    and this evaluation hear a stereo file at the same level.
 
     Raises:
         InvalidInput: no readable audio track.
     """
-    import av
+    from lipsync_service.media.audio import load_speech_file
 
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise InvalidInput(f"{path} has no audio track")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=MODEL_SAMPLE_RATE)
-            chunks = [o.to_ndarray().reshape(-1) for f in container.decode(container.streams.audio[0])
-                      for o in resampler.resample(f)]
-            chunks += [o.to_ndarray().reshape(-1) for o in resampler.resample(None)]
-    except av.FFmpegError as exc:
-        raise InvalidInput(f"cannot read audio from {path}: {exc}") from exc
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return load_speech_file(str(path))
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = MODEL_SAMPLE_RATE) -> None:
@@ -147,7 +151,8 @@ def measure_landmarks(video: Path, python: Path = DEFAULT_LANDMARK_PYTHON) -> di
     """Run the independent landmark model over a video (in its own venv).
 
     Returns:
-        {"opening": [float | None per frame], "lower_face": [[x0, y0, x1, y1] | None per frame]}.
+        {"opening": [float | None per frame], "lower_face": [[x0, y0, x1, y1] | None per frame],
+        "points": [{"lips", "nose", "chin", "oval"} | None per frame]} (see landmark_env/landmarks.py).
 
     Raises:
         LipsyncError: the eval venv or the script is missing, or the model failed.
@@ -158,7 +163,7 @@ def measure_landmarks(video: Path, python: Path = DEFAULT_LANDMARK_PYTHON) -> di
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "landmarks.json"
         proc = subprocess.run([str(python), str(LANDMARK_SCRIPT), str(video), str(out)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise LipsyncError(f"landmark model failed on {video}: {proc.stderr.strip()[-500:]}")
         return json.loads(out.read_text())
@@ -192,6 +197,30 @@ def psnr_outside(output: Path, original: Path, lower_face: list) -> float:
     return 10 * math.log10(255.0**2 / (se / count))
 
 
+def _frames(video: Path):
+    """The video's frames as RGB uint8 arrays, one at a time."""
+    import av
+
+    with av.open(str(video)) as c:
+        for frame in c.decode(c.streams.video[0]):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def fidelity_scores(output: Path, original: Path, marks_out: dict, marks_in: dict,
+                    envelope: np.ndarray | None) -> FidelityScores:
+    """Lip and lower-face sharpness, lower-face PSNR and lip motion (all and in silence) of the output against
+    the unchanged video at the same frame index, on the landmark model's points (see `fidelity`).
+
+    Args:
+        output: the lip-synced video.
+        original: the unchanged video, same frames and size.
+        marks_out: `measure_landmarks` of the output.
+        marks_in: `measure_landmarks` of the original.
+        envelope: per-frame speech loudness (dB).
+    """
+    return measure_fidelity(_frames(output), _frames(original), marks_out["points"], marks_in["points"], envelope)
+
+
 def _fps(video: Path) -> float:
     import av
 
@@ -217,9 +246,15 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
         the scores (also written to out_dir/scores.json).
     """
     from lipsync_service import pipeline
-    from lipsync_service.config import AudioCodec, EncodingMode, ExtendVideo, JobConfig, VideoEncodingSpec
-    from lipsync_service.core.processor import PassThroughProcessor
     from lipsync_service.core.factory import build_processor
+    from lipsync_service.core.processor import PassThroughProcessor
+    from lipsync_service.job import (
+        AudioCodec,
+        EncodingMode,
+        ExtendVideo,
+        JobConfig,
+        VideoEncodingSpec,
+    )
     from lipsync_service.settings import get_settings
 
     settings = settings or get_settings()
@@ -251,6 +286,8 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
         "model_output": asdict(sync_score(marks_out["opening"], envelope)),
         "baseline": asdict(sync_score(marks_base["opening"], envelope)),
         "psnr_outside_lower_face_db": psnr_outside(output, baseline, marks_base["lower_face"]),
+        "fidelity": asdict(fidelity_scores(output, baseline, marks_out, marks_base, envelope)),
+        "targets": TARGETS,
     }
     own = None
     if reference_audio is not None:
@@ -268,14 +305,65 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
     return scores
 
 
+def _target_text(low: float | None, high: float | None, unit: str = "") -> str:
+    if low is not None and high is not None:
+        return f"{low:g}-{high:g}{unit}"
+    return f">= {low:g}{unit}" if low is not None else f"<= {high:g}{unit}"
+
+
+def _within(value: float | None, low: float | None, high: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    ok = (low is None or value >= low) and (high is None or value <= high)
+    return "ok" if ok else "MISS"
+
+
+def _num(value: float | None, fmt: str = ".2f", unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return ("inf" if math.isinf(value) else format(value, fmt)) + unit
+
+
 def format_table(scores: dict) -> str:
-    """The scores as a small text table."""
-    rows = [("default model", scores["model_output"]), ("baseline (unchanged video)", scores["baseline"])]
+    """The scores as a small text table, with the target ranges beside them."""
+    targets = scores.get("targets", TARGETS)
+    r_lo, r_hi = targets["sync_r_lag0"]
+    lag_lo, lag_hi = targets["sync_best_lag"]
+    rows = [("lip-synced output", scores["model_output"]), ("baseline (unchanged video)", scores["baseline"])]
     if "reference" in scores:
         rows.append(("reference (real footage, own speech)", scores["reference"]))
-    lines = [f"{'':38s} {'r lag0':>7s} {'best lag':>8s} {'r best':>7s} {'frames':>6s}"]
+    lines = [f"sync: mouth opening vs speech loudness ({scores['frames']} frames, {scores['duration_s']:.1f} s)",
+             f"  {'':38s} {'r lag0':>7s} {'best lag':>8s} {'r best':>7s} {'frames':>6s}"]
     for name, s in rows:
-        lines.append(f"{name:38s} {s['r_lag0']:7.3f} {s['best_lag']:8d} {s['r_best']:7.3f} {s['frames']:6d}")
-    lines.append(f"PSNR outside the lower face: {scores['psnr_outside_lower_face_db']:.2f} dB "
-                 f"over {scores['duration_s']:.1f} s")
+        lines.append(f"  {name:38s} {s['r_lag0']:7.3f} {s['best_lag']:8d} {s['r_best']:7.3f} {s['frames']:6d}")
+    out = scores["model_output"]
+    lag_ok = "ok" if lag_lo <= out["best_lag"] <= lag_hi else "MISS"
+    lines.append(f"  target (output): r lag0 {_target_text(r_lo, r_hi)} [{_within(out['r_lag0'], r_lo, r_hi)}], "
+                 f"best lag within {lag_lo:+d}..{lag_hi:+d} [{lag_ok}]")
+    fid = scores.get("fidelity")
+    if fid:
+        lines.append(f"fidelity: output vs unchanged input ({fid['frames']} frames with a face"
+                     + (f", {fid['output_face_missing']} without one in the output" if fid["output_face_missing"] else "")
+                     + ")")
+        lines.append(f"  {'':52s} {'value':>9s}  target")
+        silence = (f"{fid['silent_frames']} frames < {fid['silence_threshold_db']:.1f} dB"
+                   if fid.get("silence_threshold_db") is not None else "no envelope")
+        measures = [
+            ("lip sharpness (Laplacian variance, median ratio)", fid["lip_sharpness"], "", "lip_sharpness"),
+            ("rest of lower face sharpness (median ratio)", fid["rest_sharpness"], "", "rest_sharpness"),
+            ("rest of lower face PSNR", fid["rest_psnr_db"], " dB", "rest_psnr_db"),
+            ("lip motion (mean abs frame diff, ratio)", fid["lip_motion"], "", None),
+            (f"lip motion in silence ({silence})", fid["lip_motion_silent"], "", None),
+            ("PSNR outside the lower face", scores["psnr_outside_lower_face_db"], " dB", None),
+        ]
+        for name, value, unit, key in measures:
+            if key is None:
+                target, verdict = "-", ""
+            else:
+                lo, hi = targets[key]
+                target, verdict = _target_text(lo, hi, unit.strip() and " dB"), _within(value, lo, hi)
+            lines.append(f"  {name:52s} {_num(value, unit=unit):>9s}  {target:10s} {verdict}".rstrip())
+    else:
+        lines.append(f"PSNR outside the lower face: {_num(scores['psnr_outside_lower_face_db'], unit=' dB')} "
+                     f"over {scores['duration_s']:.1f} s")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from lipsync_service.config import AudioCodec
+from lipsync_service.job import AudioCodec
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError, ResourceExhausted
 from lipsync_service.media.av_errors import PYAV_ERRORS, reason
 from lipsync_service.media.pipe import ByteStream
@@ -418,3 +418,77 @@ def mix(speech: np.ndarray, background: np.ndarray, volume: float) -> np.ndarray
         out[:n] += np.float32(volume) * background[:n].astype(np.float32, copy=False)
     np.clip(out, -1.0, 1.0, out=out)
     return out
+
+
+def load_speech_file(path: str, *, max_duration_s: float = 24 * 3600.0) -> np.ndarray:
+    """Decode a file's first audio track to 16 kHz mono float32 the way serving does.
+
+    Training, `eval` and serving must hear the same level: a WAV or an MP3 (recognised by its first bytes)
+    goes through `AudioTrack`, the very decoder a request's speech goes through. Any other container with
+    an audio track (a video's own speech: MP4, MPG, MKV, FLAC...) is decoded with the same recipe:
+    resampled to 16 kHz keeping its channels, the channels averaged (not FFmpeg's down-mix, which makes an
+    equal-channel stereo file 3 dB louder), and cut or padded to exactly round(duration * 16000) samples.
+
+    Args:
+        path: the file's name (a path-like object works too).
+        max_duration_s: longer inputs fail with ResourceExhausted.
+
+    Returns:
+        float32 [round(duration * 16000)].
+
+    Raises:
+        InvalidInput: unreadable, no audio track, or no samples.
+        ResourceExhausted: longer than max_duration_s.
+    """
+    name = str(path)
+    try:
+        with open(name, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read audio from {name}: {reason(exc)}") from exc
+    codec = None
+    if _looks_like_wav(head):
+        codec = AudioCodec.WAV
+    elif _looks_like_mp3(head) and name.lower().endswith(".mp3"):  # ADTS AAC starts like an MP3 frame too
+        codec = AudioCodec.MP3
+    if codec is not None:
+        with open(name, "rb") as f:
+            track = AudioTrack(f, codec, name=f"audio of {name}", max_duration_s=max_duration_s,
+                               keep_behind_s=max_duration_s)
+            track.start()
+            try:
+                track.wait_for(1e9)
+            finally:
+                track.close()
+        return track.read_model(0.0, track.duration_s or 0.0)
+
+    what = f"audio of {name}"
+    chunks: list[np.ndarray] = []
+    source_samples, source_rate = 0, 0
+    try:
+        with av.open(name, metadata_errors="replace") as container:
+            if not container.streams.audio:
+                raise InvalidInput(f"{name} has no audio track")
+            resampler: av.AudioResampler | None = None
+            for frame in container.decode(container.streams.audio[0]):
+                if resampler is None:
+                    source_rate = frame.sample_rate
+                    # As AudioTrack._decode: keep the channels through resampling, average them here.
+                    resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=MODEL_SAMPLE_RATE)
+                chunks += [o.to_ndarray().mean(axis=0, dtype=np.float32) for o in resampler.resample(frame)]
+                source_samples += frame.samples
+                if source_samples > max_duration_s * source_rate:
+                    raise ResourceExhausted(f"{what} is longer than the limit of {max_duration_s:g} s")
+            if resampler is not None:
+                chunks += [o.to_ndarray().mean(axis=0, dtype=np.float32) for o in resampler.resample(None)]
+    except LipsyncError:
+        raise
+    except PYAV_ERRORS as exc:
+        raise InvalidInput(f"cannot read {what}: {reason(exc)}") from exc
+    if source_samples == 0:
+        raise InvalidInput(f"{what}: no audio samples")
+    out = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+    n = round(source_samples * MODEL_SAMPLE_RATE / source_rate)
+    if out.size < n:
+        out = np.concatenate([out, np.zeros(n - out.size, np.float32)])
+    return np.ascontiguousarray(out[:n])

@@ -1,8 +1,9 @@
-"""Evaluation metrics: sync correlation and lag, loudness envelope, PSNR outside the lower face, landmarks."""
+"""Evaluation metrics: sync correlation and lag, loudness envelope, PSNR outside the lower face, landmarks, report."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from fractions import Fraction
 from pathlib import Path
 
@@ -85,3 +86,42 @@ def test_landmarks_measure_mouth_opening_on_real_footage(media) -> None:
     # And it follows his own speech (the reference measure of docs/models-contract.md#sync-measure).
     env = ev.loudness_envelope(ev.load_speech(video), 25.0, 75)
     assert ev.sync_score(marks["opening"], env).r_best > 0.3
+    # The points the fidelity measures need, for every frame with a face, rounded to 0.1 px.
+    assert len(marks["points"]) == 75
+    for pts in marks["points"]:
+        if pts is None:
+            continue
+        assert len(pts["lips"]) == 20 and len(pts["oval"]) == 36 and len(pts["nose"]) == len(pts["chin"]) == 2
+        assert pts["oval"][0][1] < pts["nose"][1] < pts["chin"][1]  # forehead above the nose tip above the chin
+        assert all(round(v, 1) == v for xy in pts["lips"] + pts["oval"] for v in xy)
+    # The video against itself: every fidelity measure at its identity value, on the real landmarks.
+    fid = ev.fidelity_scores(video, video, marks, marks, env)
+    assert fid.frames == len(opening) and fid.lip_sharpness == fid.rest_sharpness == fid.lip_motion == 1.0
+    assert fid.rest_psnr_db == math.inf
+    scores = {"frames": 75, "duration_s": 3.0, "psnr_outside_lower_face_db": math.inf,
+              "model_output": asdict(ev.sync_score(marks["opening"], env)), "baseline": asdict(ev.sync_score(
+                  marks["opening"], env)), "fidelity": asdict(fid), "targets": ev.TARGETS}
+    assert set(scores["fidelity"]) >= {"lip_sharpness", "rest_sharpness", "rest_psnr_db", "lip_motion",
+                                       "lip_motion_silent", "silent_frames", "silence_threshold_db"}
+    assert "lip sharpness" in ev.format_table(scores)
+
+
+def _scores(lip: float | None, rest_psnr: float, r0: float, lag: int) -> dict:
+    sync = {"r_lag0": r0, "best_lag": lag, "r_best": max(r0, 0.5), "frames": 100}
+    return {"frames": 100, "duration_s": 4.0, "psnr_outside_lower_face_db": math.inf,
+            "model_output": sync, "baseline": {**sync, "r_lag0": 0.01}, "targets": ev.TARGETS,
+            "fidelity": {"lip_sharpness": lip, "rest_sharpness": 0.95, "rest_psnr_db": rest_psnr,
+                         "lip_motion": 0.8, "lip_motion_silent": 0.3, "frames": 100, "output_face_missing": 0,
+                         "silent_frames": 12, "silence_threshold_db": -42.0}}
+
+
+def test_format_table_shows_every_measure_with_its_target_and_verdict() -> None:
+    table = ev.format_table(_scores(1.0, 40.0, 0.5, 0))
+    for text in ("lip sharpness", "0.7-1.3", "rest of lower face sharpness", ">= 0.9", "rest of lower face PSNR",
+                 ">= 35 dB", "lip motion in silence (12 frames < -42.0 dB)", "PSNR outside the lower face",
+                 "r lag0 >= 0.35 [ok]", "best lag within -1..+1 [ok]", "inf dB"):
+        assert text in table, text
+    assert "MISS" not in table and "n/a" not in table
+    bad = ev.format_table(_scores(0.4, 30.0, 0.2, 3))
+    assert bad.count("MISS") == 4  # lip sharpness, rest PSNR, r lag 0, best lag
+    assert "n/a" in ev.format_table(_scores(None, 40.0, 0.5, 0))  # no face: no lip measure

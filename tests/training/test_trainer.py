@@ -83,5 +83,7 @@ def test_config_file_round_trip_and_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_repository_configs_parse() -> None:
-    for path in (Path(__file__).resolve().parents[2] / "configs").glob("*.toml"):
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.toml"))
+    assert configs, "configs/ holds no training config: the loop below would check nothing"
+    for path in configs:
         load_config(path)

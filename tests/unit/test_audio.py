@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipsync_service.config import AudioCodec
+from lipsync_service.job import AudioCodec
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, ResourceExhausted
 from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, _Samples, mix
 from lipsync_service.media.pipe import ByteStream
@@ -309,3 +309,34 @@ def test_sample_store_reads_match_one_flat_array(sizes, reads, keep):
     for start, count in sorted(reads):
         store.release_before(start - keep)
         np.testing.assert_array_equal(store.read(start, count), padded[start + 20:start + 20 + count])
+
+
+def test_load_speech_file_hears_equal_stereo_as_serving_and_as_mono(tmp_path):
+    # Training and eval load files with load_speech_file; a stereo file with equal channels must come out
+    # at the level serving's AudioTrack gives it and its mono equivalent has (FFmpeg's own down-mix adds 3 dB).
+    from lipsync_service.media.audio import load_speech_file
+
+    mono = synth.tone(1.5, 44100, 440.0, amplitude=0.4)
+    stereo_path = synth._write_audio(tmp_path / "st.wav", "wav", "pcm_s16le", np.stack([mono, mono]), 44100)
+    mono_path = synth._write_audio(tmp_path / "mono.wav", "wav", "pcm_s16le", mono[None], 44100)
+    # The same stereo audio in a container serving never gets (a video's own track): the same recipe.
+    mkv_path = synth._write_audio(tmp_path / "st.mkv", "matroska", "pcm_s16le", np.stack([mono, mono]), 44100)
+
+    served = decode(stereo_path.read_bytes())
+    served_model = served.read_model(0, served.duration_s)
+    loaded = load_speech_file(str(stereo_path))
+    assert served.source_channels == 2 and loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, served_model)
+    for other in (load_speech_file(str(mono_path)), load_speech_file(str(mkv_path))):
+        assert other.size == loaded.size == round(1.5 * 16000)
+        assert rms(other) == pytest.approx(rms(loaded), rel=1e-3)
+    assert rms(loaded) == pytest.approx(0.4 / np.sqrt(2), rel=0.01)
+
+
+def test_load_speech_file_rejects_files_without_audio(tmp_path):
+    from lipsync_service.media.audio import load_speech_file
+
+    with pytest.raises(InvalidInput, match="no audio track"):
+        load_speech_file(str(synth.make_video(tmp_path / "v.mp4", seconds=0.5)))
+    with pytest.raises(InvalidInput):
+        load_speech_file(str(tmp_path / "missing.wav"))
