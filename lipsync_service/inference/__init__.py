@@ -1,12 +1,16 @@
-"""Inference backends behind one interface; `build_backend(settings)` picks the one the settings name."""
+"""Inference backends behind one interface; `build_backend(settings)` picks the one the settings name.
+
+Every backend serves both generator contracts (base.OutputContract) and reads which one a model has from the
+model itself; `backend.spec.contract` tells the caller.
+"""
 
 from __future__ import annotations
 
 from lipsync_service.errors import InferenceUnavailable, InvalidInput
-from lipsync_service.inference.base import GeneratorBackend, ModelSpec
+from lipsync_service.inference.base import GeneratorBackend, ModelSpec, OutputContract
 from lipsync_service.settings import BackendKind, Settings
 
-__all__ = ["GeneratorBackend", "ModelSpec", "build_backend"]
+__all__ = ["GeneratorBackend", "ModelSpec", "OutputContract", "build_backend"]
 
 
 def build_backend(settings: Settings) -> GeneratorBackend:

@@ -1,19 +1,60 @@
-"""The generator contract (docs/models-contract.md#generator-contract) and the interface every inference backend implements."""
+"""The generator contracts (docs/models-contract.md#generator-contract, #lip-shape) and the interface every
+inference backend implements."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
+
+from lipsync_service.errors import InferenceError
 
 # Tensor names of the Triton model `lipsync_generator` and of the ONNX graph.
 INPUT_FACE = "face"
 INPUT_MEL = "mel"
 OUTPUT_FACE = "output"
+OUTPUT_LIP_SHAPE = "lip_shape"
 MEL_BINS = 80
 MEL_STEPS = 16
+LIP_SHAPE_SIZE = 2
+# The config.pbtxt parameter (and ONNX metadata key) that states a model's contract.
+CONTRACT_PARAMETER = "lipsync_contract"
+
+
+class OutputContract(str, Enum):
+    """What a generator model takes and returns; read from its tensor names."""
+
+    RGB_FACE = "rgb_face"  # face + mel -> output [B, 3, S, S]
+    LIP_SHAPE = "lip_shape"  # mel -> lip_shape [B, 2]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Input tensor names, in the order they are sent."""
+        return (INPUT_FACE, INPUT_MEL) if self is OutputContract.RGB_FACE else (INPUT_MEL,)
+
+    @property
+    def output(self) -> str:
+        """The output tensor name."""
+        return OUTPUT_FACE if self is OutputContract.RGB_FACE else OUTPUT_LIP_SHAPE
+
+    def dims(self, face_size: int) -> dict[str, tuple[int, ...]]:
+        """Per-item dims (without the batch axis) of every tensor, inputs first; face_size is ignored for LIP_SHAPE."""
+        dims: dict[str, tuple[int, ...]] = {INPUT_MEL: (1, MEL_BINS, MEL_STEPS)}
+        if self is OutputContract.RGB_FACE:
+            dims = {INPUT_FACE: (6, face_size, face_size), **dims, OUTPUT_FACE: (3, face_size, face_size)}
+        else:
+            dims[OUTPUT_LIP_SHAPE] = (LIP_SHAPE_SIZE,)
+        return dims
+
+    def signature(self, face_size: int | str = "S") -> str:
+        """The tensors as text, e.g. "mel [B, 1, 80, 16] -> lip_shape [B, 2]"."""
+        dims = {name: ", ".join(str(d) for d in shape)
+                for name, shape in self.dims(face_size).items()}  # type: ignore[arg-type]
+        inputs = " + ".join(f"{name} [B, {dims[name]}]" for name in self.inputs)
+        return f"{inputs} -> {self.output} [B, {dims[self.output]}]"
 
 
 @dataclass(frozen=True)
@@ -22,10 +63,11 @@ class ModelSpec:
 
     Attributes:
         name: model name (Triton) or file stem (embedded).
-        face_size: S of the [B, 6, S, S] face input.
+        face_size: S of the [B, 6, S, S] face input; 0 for LIP_SHAPE models.
         max_batch_size: the largest batch the backend accepts.
         channel_order: "bgr" for Wav2Lip checkpoints and our own models.
         description: short text for ServiceInfo.model_info.
+        contract: what the model takes and returns.
     """
 
     name: str
@@ -33,6 +75,35 @@ class ModelSpec:
     max_batch_size: int
     channel_order: str = "bgr"
     description: str = ""
+    contract: OutputContract = OutputContract.RGB_FACE
+
+
+def contract_of(input_names: Iterable[str], output_names: Iterable[str]) -> OutputContract:
+    """Which contract a model has, from its tensor names; raises InferenceError naming what was found when neither fits.
+
+    The inputs must be exactly the contract's; its output must be among the model's outputs.
+    """
+    inputs, outputs = sorted(input_names), sorted(output_names)
+    for contract in OutputContract:
+        if inputs == sorted(contract.inputs) and contract.output in outputs:
+            return contract
+    expected = "; ".join(f"{c.value}: {c.signature()}" for c in OutputContract)
+    raise InferenceError(
+        f"the model has inputs {inputs} and outputs {outputs}, which fit no generator contract ({expected})"
+    )
+
+
+def face_size_of(contract: OutputContract, dims: Mapping[str, Sequence]) -> int | None:
+    """The face size S that a model's per-item tensor dims (batch axis removed) imply, 0 for LIP_SHAPE;
+    None when the dims break the contract."""
+    size = 0
+    if contract is OutputContract.RGB_FACE:
+        face = list(dims.get(INPUT_FACE, ()))
+        size = face[-1] if len(face) == 3 else None
+        if not isinstance(size, int) or size <= 0:
+            return None
+    expected = contract.dims(size)
+    return size if all(list(dims.get(name, ())) == list(shape) for name, shape in expected.items()) else None
 
 
 class GeneratorBackend(ABC):
@@ -48,15 +119,16 @@ class GeneratorBackend(ABC):
         """The loaded model's contract."""
 
     @abstractmethod
-    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        """Run the generator on any number of faces; the backend splits them at its own batch limit.
+    def infer(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
+        """Run the generator on any number of items; the backend splits them at its own batch limit.
 
         Args:
-            face: float32 [B, 6, S, S] in [0, 1] (masked target crop, then reference crop).
+            face: RGB_FACE: float32 [B, 6, S, S] in [0, 1] (masked target crop, then reference crop);
+                LIP_SHAPE: None.
             mel: float32 [B, 1, 80, 16].
 
         Returns:
-            float32 [B, 3, S, S] in [0, 1].
+            RGB_FACE: float32 [B, 3, S, S] in [0, 1]; LIP_SHAPE: float32 [B, 2] (opening_z, width_z).
 
         Raises:
             InferenceUnavailable: the backend cannot be reached.
@@ -67,36 +139,57 @@ class GeneratorBackend(ABC):
         """Release sessions, channels and device memory."""
 
 
-def check_batch(face: np.ndarray, mel: np.ndarray, face_size: int) -> None:
-    """Refuse arrays that break the generator contract, naming the expected shapes.
+def check_batch(face: np.ndarray | None, mel: np.ndarray, face_size: int) -> None:
+    """Refuse arrays that break the generator contract, naming the expected shapes; face None checks mel alone.
 
     Raises:
         InferenceError: shapes differ from [B, 6, S, S] / [B, 1, 80, 16] with one B >= 1.
     """
-    from lipsync_service.errors import InferenceError
-
-    if (
-        face.ndim != 4
-        or face.shape[1:] != (6, face_size, face_size)
-        or mel.ndim != 4
-        or mel.shape[1:] != (1, MEL_BINS, MEL_STEPS)
-        or face.shape[0] != mel.shape[0]
-        or face.shape[0] == 0
-    ):
+    mel_ok = mel.ndim == 4 and mel.shape[1:] == (1, MEL_BINS, MEL_STEPS) and mel.shape[0] > 0
+    if face is None:
+        if not mel_ok:
+            raise InferenceError(
+                f"generator input shape mel {mel.shape} does not match [B, 1, {MEL_BINS}, {MEL_STEPS}] with B >= 1"
+            )
+        return
+    if not mel_ok or face.ndim != 4 or face.shape[1:] != (6, face_size, face_size) or face.shape[0] != mel.shape[0]:
         raise InferenceError(
             f"generator input shapes face {face.shape} / mel {mel.shape} do not match "
             f"[B, 6, {face_size}, {face_size}] / [B, 1, {MEL_BINS}, {MEL_STEPS}] with the same B >= 1"
         )
 
 
-def run_in_batches(face: np.ndarray, mel: np.ndarray, limit: int,
-                   run: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-    """Call run on consecutive slices of at most limit faces and join the outputs in order.
+def check_request(spec: ModelSpec, face: np.ndarray | None, mel: np.ndarray) -> None:
+    """check_batch, after checking that a face is given exactly when the model's contract takes one.
+
+    Raises:
+        InferenceError: a face for a LIP_SHAPE model, none for an RGB_FACE model, or shapes that break the contract.
+    """
+    takes_face = INPUT_FACE in spec.contract.inputs
+    if takes_face != (face is not None):
+        raise InferenceError(
+            f"model {spec.name!r} has the {spec.contract.value} contract ({spec.contract.signature()}): "
+            f"{'a face batch is required' if takes_face else 'it takes no face input (pass face=None)'}"
+        )
+    check_batch(face, mel, spec.face_size)
+
+
+def model_feeds(face: np.ndarray | None, mel: np.ndarray) -> dict[str, np.ndarray]:
+    """The input tensors by name, C-contiguous float32, in contract order (face first when given)."""
+    feeds = {} if face is None else {INPUT_FACE: np.ascontiguousarray(face, dtype=np.float32)}
+    feeds[INPUT_MEL] = np.ascontiguousarray(mel, dtype=np.float32)
+    return feeds
+
+
+def run_in_batches(face: np.ndarray | None, mel: np.ndarray, limit: int,
+                   run: Callable[[np.ndarray | None, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Call run on consecutive slices of at most limit items and join the outputs in order (face may be None).
 
     The backend is the one place that knows its batch limit (the model config's max_batch_size), so
-    callers hand it all their faces and this splits them once.
+    callers hand it all their items and this splits them once.
     """
-    if face.shape[0] <= limit:
+    total = mel.shape[0]
+    if total <= limit:
         return run(face, mel)
-    parts = [run(face[i : i + limit], mel[i : i + limit]) for i in range(0, face.shape[0], limit)]
+    parts = [run(None if face is None else face[i : i + limit], mel[i : i + limit]) for i in range(0, total, limit)]
     return np.concatenate(parts)

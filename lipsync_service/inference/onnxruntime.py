@@ -1,4 +1,7 @@
-"""Embedded ONNX Runtime backend: the generator's model.onnx from the model repository, in this process."""
+"""Embedded ONNX Runtime backend: the generator's model.onnx from the model repository, in this process.
+
+The model's contract (RGB_FACE or LIP_SHAPE) is read from the session's input and output names.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,20 @@ import numpy as np
 
 from lipsync_service.errors import InferenceError, InferenceUnavailable, InvalidInput
 from lipsync_service.inference.base import (
-    INPUT_FACE,
-    INPUT_MEL,
-    OUTPUT_FACE,
     GeneratorBackend,
     ModelSpec,
-    check_batch, run_in_batches,
+    OutputContract,
+    check_request,
+    model_feeds,
+    run_in_batches,
 )
-from lipsync_service.inference.repository import ONNX_FILE, inspect_onnx, model_version_dir, read_model_config
+from lipsync_service.inference.repository import (
+    ONNX_FILE,
+    config_contract,
+    model_version_dir,
+    read_model_config,
+    session_contract,
+)
 
 
 class OnnxRuntimeBackend(GeneratorBackend):
@@ -39,15 +48,12 @@ class OnnxRuntimeBackend(GeneratorBackend):
             providers: ONNX Runtime execution providers (default: CPU).
 
         Raises:
-            InferenceUnavailable: the file cannot be loaded or breaks the generator contract.
+            InferenceUnavailable: the file cannot be loaded or its shapes break its contract.
+            InferenceError: its tensor names fit no contract.
         """
         import onnxruntime as ort
 
         onnx_path = Path(onnx_path)
-        try:
-            contract = inspect_onnx(onnx_path)
-        except InvalidInput as exc:
-            raise InferenceUnavailable(str(exc)) from exc
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         # The pipeline calls from one worker thread per stream; no inter-op parallelism to exploit.
@@ -59,14 +65,21 @@ class OnnxRuntimeBackend(GeneratorBackend):
                 str(onnx_path), options, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as exc:  # ONNX Runtime raises private exception types
-            raise InferenceUnavailable(f"cannot load generator {onnx_path}: {exc}") from exc
+            raise InferenceUnavailable(f"cannot load ONNX model {onnx_path}: {exc}") from exc
+        try:
+            contract = session_contract(self._session, onnx_path)
+        except InvalidInput as exc:
+            raise InferenceUnavailable(str(exc)) from exc
+        self._output = contract.contract.output
+        shape = f"S={contract.face_size}" if contract.contract is OutputContract.RGB_FACE else contract.contract.value
         model_name = name or (onnx_path.parent.parent.name if onnx_path.parent.name.isdigit() else onnx_path.stem)
         self._spec = ModelSpec(
             name=model_name,
             face_size=contract.face_size,
             max_batch_size=max_batch_size,
             channel_order=contract.channel_order,
-            description=f"{model_name}: {contract.description} (onnxruntime, S={contract.face_size})",
+            description=f"{model_name}: {contract.description} (onnxruntime, {shape})",
+            contract=contract.contract,
         )
 
     @classmethod
@@ -75,10 +88,12 @@ class OnnxRuntimeBackend(GeneratorBackend):
     ) -> OnnxRuntimeBackend:
         """Open <repository>/<name>/<version>/model.onnx (latest version when empty).
 
-        The batch limit is the smaller of max_batch_size and the model config's max_batch_size.
+        The batch limit is the smaller of max_batch_size and the model config's max_batch_size. A config.pbtxt
+        beside the model must have the ONNX file's contract.
 
         Raises:
             InferenceUnavailable: the model, version or file is missing or unusable.
+            InferenceError: tensor names that fit no contract, or a config whose contract differs from the file's.
         """
         try:
             version_dir = model_version_dir(Path(repository), name, version)
@@ -93,27 +108,30 @@ class OnnxRuntimeBackend(GeneratorBackend):
         limit = max_batch_size
         try:
             config = read_model_config(version_dir.parent)
-            if config.max_batch_size > 0:
-                limit = min(limit, config.max_batch_size)
         except InvalidInput:
-            pass  # a bare model.onnx without config.pbtxt is fine for the embedded backend
-        return cls(path, max_batch_size=limit, intra_op_threads=intra_op_threads, name=name)
+            config = None  # a bare model.onnx without config.pbtxt is fine for the embedded backend
+        if config is not None and config.max_batch_size > 0:
+            limit = min(limit, config.max_batch_size)
+        backend = cls(path, max_batch_size=limit, intra_op_threads=intra_op_threads, name=name)
+        if config is not None and (stated := config_contract(config)) is not backend.spec.contract:
+            backend.close()
+            raise InferenceError(
+                f"{version_dir.parent / 'config.pbtxt'} describes a {stated.value} model but {path} is "
+                f"{backend.spec.contract.value}"
+            )
+        return backend
 
     @property
     def spec(self) -> ModelSpec:
         return self._spec
 
-    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        check_batch(face, mel, self._spec.face_size)
+    def infer(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
+        check_request(self._spec, face, mel)
         return run_in_batches(face, mel, self._spec.max_batch_size, self._run)
 
-    def _run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        feeds = {
-            INPUT_FACE: np.ascontiguousarray(face, dtype=np.float32),
-            INPUT_MEL: np.ascontiguousarray(mel, dtype=np.float32),
-        }
+    def _run(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
         try:
-            return self._session.run([OUTPUT_FACE], feeds)[0]
+            return self._session.run([self._output], model_feeds(face, mel))[0]
         except Exception as exc:  # ONNX Runtime raises private exception types
             raise InferenceError(f"generator inference failed: {exc}") from exc
 

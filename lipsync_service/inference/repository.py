@@ -1,4 +1,8 @@
-"""Triton-style model repositories: finding a model's files, reading and writing config.pbtxt, the three targets."""
+"""Triton-style model repositories: finding a model's files, reading and writing config.pbtxt, the three targets.
+
+A model has one of two output contracts (inference/base.py OutputContract), told apart by its tensor names;
+config.pbtxt also states it in the parameter `lipsync_contract`.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,13 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from lipsync_service.errors import InvalidInput
-from lipsync_service.inference.base import INPUT_FACE, INPUT_MEL, MEL_BINS, MEL_STEPS, OUTPUT_FACE
+from lipsync_service.errors import InferenceError, InvalidInput
+from lipsync_service.inference.base import (
+    CONTRACT_PARAMETER,
+    OutputContract,
+    contract_of,
+    face_size_of,
+)
 
 CONFIG_FILE = "config.pbtxt"
 ONNX_FILE = "model.onnx"
@@ -24,6 +33,8 @@ PYTHON_MODEL_SOURCE = Path(__file__).resolve().parent / "triton_python_model.py"
 META_FACE_SIZE = "lipsync.face_size"
 META_DESCRIPTION = "lipsync.description"
 META_CHANNEL_ORDER = "lipsync.channel_order"
+# Written by lipsync_models.training.shape for lip_shape models.
+META_DESCRIPTION_PLAIN = "description"
 
 
 class Target(str, Enum):
@@ -39,14 +50,16 @@ class OnnxContract:
     """What an ONNX generator file declares about itself.
 
     Attributes:
-        face_size: S of its [B, 6, S, S] input.
+        face_size: S of its [B, 6, S, S] input (0 for LIP_SHAPE).
         description: metadata text for ServiceInfo.model_info.
         channel_order: "bgr" unless the metadata says otherwise.
+        contract: which output contract its tensor names give.
     """
 
     face_size: int
     description: str
     channel_order: str = "bgr"
+    contract: OutputContract = OutputContract.RGB_FACE
 
 
 def latest_version(model_dir: Path) -> str:
@@ -97,7 +110,7 @@ def read_model_config(model_dir: Path) -> mc.ModelConfig:
 
 
 def inspect_onnx(path: Path) -> OnnxContract:
-    """Check an ONNX file against the generator contract and read its face size and description.
+    """Check an ONNX file against the generator contracts and read its contract, face size and description.
 
     Args:
         path: the .onnx file.
@@ -106,7 +119,8 @@ def inspect_onnx(path: Path) -> OnnxContract:
         Its contract.
 
     Raises:
-        InvalidInput: unreadable file, or tensor names/shapes not those of inference/base.py.
+        InvalidInput: unreadable file, or tensor shapes not those of its contract (inference/base.py).
+        InferenceError: tensor names that fit no contract.
     """
     import onnxruntime as ort
 
@@ -114,35 +128,58 @@ def inspect_onnx(path: Path) -> OnnxContract:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime raises several private exception types
         raise InvalidInput(f"cannot load ONNX model {path}: {exc}") from exc
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name: o for o in session.get_outputs()}
-    if set(inputs) != {INPUT_FACE, INPUT_MEL} or OUTPUT_FACE not in outputs:
+    return session_contract(session, path)
+
+
+def session_contract(session, path: Path) -> OnnxContract:
+    """The contract of an open onnxruntime.InferenceSession, from its input and output names and shapes.
+
+    Raises:
+        InvalidInput: shapes (or a `lipsync_contract` metadata entry) that disagree with the names' contract.
+        InferenceError: tensor names that fit no contract.
+    """
+    inputs = {i.name: list(i.shape) for i in session.get_inputs()}
+    outputs = {o.name: list(o.shape) for o in session.get_outputs()}
+    try:
+        contract = contract_of(inputs, outputs)
+    except InferenceError as exc:
+        raise InferenceError(f"{path}: {exc}") from exc
+    shapes = {**inputs, **outputs}
+    used = {name: shapes[name] for name in contract.dims(0)}
+    size = face_size_of(contract, {name: shape[1:] for name, shape in used.items()})
+    if size is None or any(not shape or isinstance(shape[0], int) for shape in used.values()):
+        found = ", ".join(f"{name}={shape}" for name, shape in used.items())
         raise InvalidInput(
-            f"{path} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
-            f"the generator contract needs inputs {INPUT_FACE!r}, {INPUT_MEL!r} and output {OUTPUT_FACE!r}"
-        )
-    face_shape = list(inputs[INPUT_FACE].shape)
-    mel_shape = list(inputs[INPUT_MEL].shape)
-    out_shape = list(outputs[OUTPUT_FACE].shape)
-    size = face_shape[2] if len(face_shape) == 4 else None
-    if (
-        not isinstance(size, int)
-        or face_shape[1:] != [6, size, size]
-        or mel_shape[1:] != [1, MEL_BINS, MEL_STEPS]
-        or out_shape[1:] != [3, size, size]
-        or isinstance(face_shape[0], int)
-    ):
-        raise InvalidInput(
-            f"{path} shapes face={face_shape} mel={mel_shape} output={out_shape} do not match the contract "
-            f"face [batch, 6, S, S], mel [batch, 1, {MEL_BINS}, {MEL_STEPS}], output [batch, 3, S, S] "
-            "with a dynamic batch axis"
+            f"{path} shapes {found} do not match the contract {contract.value}: {contract.signature()} "
+            "with a dynamic batch axis B"
         )
     meta = session.get_modelmeta().custom_metadata_map
+    stated = meta.get(CONTRACT_PARAMETER)
+    if stated is not None and stated != contract.value:
+        raise InvalidInput(f"{path} states the contract {stated!r} but its tensors are those of {contract.value!r}")
     return OnnxContract(
-        face_size=int(size),
-        description=meta.get(META_DESCRIPTION, Path(path).stem),
+        face_size=size,
+        description=meta.get(META_DESCRIPTION) or meta.get(META_DESCRIPTION_PLAIN) or Path(path).stem,
         channel_order=meta.get(META_CHANNEL_ORDER, "bgr"),
+        contract=contract,
     )
+
+
+def config_contract(config: mc.ModelConfig) -> OutputContract:
+    """The contract of a Triton model config: its tensor names decide; a `lipsync_contract` parameter must agree.
+
+    Raises:
+        InferenceError: names that fit no contract, or a stated contract that is unknown or disagrees with them.
+    """
+    contract = contract_of([t.name for t in config.input], [t.name for t in config.output])
+    if CONTRACT_PARAMETER in config.parameters:
+        stated = config.parameters[CONTRACT_PARAMETER].string_value
+        if stated != contract.value:
+            raise InferenceError(
+                f"model {config.name!r} states {CONTRACT_PARAMETER} {stated!r} but its tensors are those of "
+                f"{contract.value!r} ({contract.signature()})"
+            )
+    return contract
 
 
 def preferred_batch_sizes(max_batch: int) -> list[int]:
@@ -161,19 +198,21 @@ def make_model_config(
     queue_delay_us: int = 2000,
     description: str = "",
     ort_threads: int = 0,
+    contract: OutputContract = OutputContract.RGB_FACE,
 ) -> mc.ModelConfig:
-    """The config.pbtxt message for a generator model.
+    """The config.pbtxt message for a generator model of either contract.
 
     Args:
         target: what serves it.
         name: the model name (folder name).
-        face_size: S.
+        face_size: S (ignored for LIP_SHAPE).
         max_batch: max_batch_size (dims below exclude the batch axis, as Triton expects).
         instances: model instances per device.
         gpu: KIND_GPU (else KIND_CPU) for onnxruntime_onnx; tensorrt_plan is always GPU, python always CPU.
         queue_delay_us: how long the dynamic batcher waits to fill a batch.
         description: model_info text, stored as a parameter.
         ort_threads: intra-op threads of the Python backend's ONNX Runtime session (0: its default).
+        contract: the model's contract: its tensors, and the `lipsync_contract` parameter.
 
     Returns:
         The ModelConfig message.
@@ -191,10 +230,10 @@ def make_model_config(
         config.backend = "python"
         kind = mc.ModelInstanceGroup.KIND_CPU
         config.parameters["ort_intra_op_threads"].string_value = str(ort_threads)
-    fp32 = mc.TYPE_FP32
-    config.input.add(name=INPUT_FACE, data_type=fp32, dims=[6, face_size, face_size])
-    config.input.add(name=INPUT_MEL, data_type=fp32, dims=[1, MEL_BINS, MEL_STEPS])
-    config.output.add(name=OUTPUT_FACE, data_type=fp32, dims=[3, face_size, face_size])
+    for tensor, dims in contract.dims(face_size).items():
+        tensors = config.input if tensor in contract.inputs else config.output
+        tensors.add(name=tensor, data_type=mc.TYPE_FP32, dims=list(dims))
+    config.parameters[CONTRACT_PARAMETER].string_value = contract.value
     config.dynamic_batching.preferred_batch_size.extend(preferred_batch_sizes(max_batch))
     config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
     config.instance_group.add(kind=kind, count=instances)
@@ -218,9 +257,11 @@ def write_model(
 ) -> Path:
     """Write <out>/<name>/config.pbtxt and <out>/<name>/<version>/ with the target's files.
 
+    The config's tensors and its `lipsync_contract` parameter follow the ONNX file's contract.
+
     Args:
         target: what serves it.
-        onnx_path: the generator's ONNX file (its contract is checked).
+        onnx_path: the generator's ONNX file (its contract is detected and checked).
         out: the repository folder.
         name: model name.
         max_batch: max_batch_size.
@@ -235,7 +276,8 @@ def write_model(
         The model folder.
 
     Raises:
-        InvalidInput: the ONNX file breaks the contract, or a plan is missing for tensorrt_plan.
+        InvalidInput: the ONNX file breaks its contract, or a plan is missing for tensorrt_plan.
+        InferenceError: its tensor names fit no contract.
     """
     if max_batch < 1 or instances < 1:
         raise InvalidInput("--max-batch and --instances must be at least 1")
@@ -262,6 +304,7 @@ def write_model(
         queue_delay_us=queue_delay_us,
         description=contract.description,
         ort_threads=ort_threads,
+        contract=contract.contract,
     )
     (model_dir / CONFIG_FILE).write_text(text_format.MessageToString(config))
     return model_dir

@@ -8,7 +8,13 @@ from collections.abc import Callable
 import numpy as np
 
 from lipsync_service.errors import InferenceUnavailable
-from lipsync_service.inference.base import MEL_BINS, MEL_STEPS, GeneratorBackend, ModelSpec
+from lipsync_service.inference.base import (
+    MEL_BINS,
+    MEL_STEPS,
+    GeneratorBackend,
+    ModelSpec,
+    OutputContract,
+)
 
 # observe(seconds, batch_size) after each successful generator call.
 InferenceObserver = Callable[[float, int], None]
@@ -37,7 +43,7 @@ class SharedBackend(GeneratorBackend):
     def spec(self) -> ModelSpec:
         return self._inner.spec
 
-    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    def infer(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         try:
             out = self._inner.infer(face, mel)
@@ -46,18 +52,21 @@ class SharedBackend(GeneratorBackend):
                 self._on_unavailable(exc)
             raise
         if self._observe is not None:
-            self._observe(time.perf_counter() - t0, int(face.shape[0]))
+            self._observe(time.perf_counter() - t0, int(mel.shape[0]))
         return out
 
     def probe(self) -> None:
-        """One generator call on a blank batch of one, from a thread of its own: does the backend answer?
+        """One generator call on a blank batch of one (of the model's contract), from a thread of its own: does the
+        backend answer?
 
         Raises:
             InferenceUnavailable: it does not (yet).
             InferenceError: it answers with an error.
         """
-        size = self.spec.face_size
-        face = np.zeros((1, 6, size, size), np.float32)
+        spec = self.spec
+        face = None
+        if spec.contract is OutputContract.RGB_FACE:
+            face = np.zeros((1, 6, spec.face_size, spec.face_size), np.float32)
         mel = np.zeros((1, 1, MEL_BINS, MEL_STEPS), np.float32)
         try:
             self._inner.infer(face, mel)
@@ -88,7 +97,7 @@ class _StreamHandle(GeneratorBackend):
     def spec(self) -> ModelSpec:
         return self._shared.spec
 
-    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    def infer(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
         return self._shared.infer(face, mel)
 
     def close(self) -> None:

@@ -1,4 +1,7 @@
-"""Embedded TensorRT backend and engine builder (GPU hosts without Triton); tensorrt and pycuda load lazily."""
+"""Embedded TensorRT backend and engine builder (GPU hosts without Triton); tensorrt and pycuda load lazily.
+
+Either generator contract (RGB_FACE or LIP_SHAPE) is served; the backend reads it from the engine's tensor names.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +15,14 @@ import numpy as np
 
 from lipsync_service.errors import InferenceError, InferenceUnavailable, InvalidInput
 from lipsync_service.inference.base import (
-    INPUT_FACE,
-    INPUT_MEL,
-    MEL_BINS,
-    MEL_STEPS,
-    OUTPUT_FACE,
     GeneratorBackend,
     ModelSpec,
-    check_batch, run_in_batches,
+    OutputContract,
+    check_request,
+    contract_of,
+    face_size_of,
+    model_feeds,
+    run_in_batches,
 )
 from lipsync_service.inference.repository import inspect_onnx
 
@@ -77,10 +80,22 @@ def engine_cache_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / f"{key}.engine"
 
 
-def build_engine(onnx_path: Path, max_batch: int, fp16: bool = True, cache_dir: Path | None = None) -> Path:
-    """Build (or reuse from the cache) a TensorRT engine for an ONNX generator.
+def engine_contract(engine, trt) -> OutputContract:
+    """The contract of a deserialized engine, from the names of its input and output tensors.
 
-    The optimisation profile covers batch 1..max_batch (optimum at max_batch); the engine is cached under
+    Raises:
+        InferenceError: names that fit no contract.
+    """
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    return contract_of(inputs, [n for n in names if n not in inputs])
+
+
+def build_engine(onnx_path: Path, max_batch: int, fp16: bool = True, cache_dir: Path | None = None) -> Path:
+    """Build (or reuse from the cache) a TensorRT engine for an ONNX generator of either contract.
+
+    The optimisation profile covers batch 1..max_batch (optimum at max_batch) for every input of the
+    model's contract; the engine is cached under
     engine_cache_key(ONNX hash, TensorRT version, GPU name, max_batch, fp16).
 
     Args:
@@ -94,12 +109,13 @@ def build_engine(onnx_path: Path, max_batch: int, fp16: bool = True, cache_dir: 
 
     Raises:
         InferenceUnavailable: no CUDA GPU, or tensorrt/pycuda missing.
-        InvalidInput: the ONNX file breaks the contract or TensorRT cannot parse or build it.
+        InvalidInput: the ONNX file breaks its contract or TensorRT cannot parse or build it.
+        InferenceError: its tensor names fit no contract.
     """
     trt, cuda = _need_tensorrt()
     onnx_path = Path(onnx_path)
-    contract = inspect_onnx(onnx_path)
-    size = contract.face_size
+    found = inspect_onnx(onnx_path)
+    contract, size = found.contract, found.face_size
     cache_dir = Path(cache_dir or Path.home() / ".cache" / "lipsync-service" / "engines")
     key = engine_cache_key(file_sha256(onnx_path), trt.__version__, cuda.Device(0).name(), max_batch, fp16)
     target = engine_cache_path(cache_dir, key)
@@ -122,8 +138,9 @@ def build_engine(onnx_path: Path, max_batch: int, fp16: bool = True, cache_dir: 
     if fp16 and getattr(builder, "platform_has_fast_fp16", True):
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    shapes = {INPUT_FACE: (6, size, size), INPUT_MEL: (1, MEL_BINS, MEL_STEPS)}
-    for name, dims in shapes.items():
+    dims_of = contract.dims(size)
+    for name in contract.inputs:
+        dims = dims_of[name]
         profile.set_shape(name, (1, *dims), (max_batch, *dims), (max_batch, *dims))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
@@ -149,7 +166,9 @@ class TensorRTBackend(GeneratorBackend):
             description: text for model_info.
 
         Raises:
-            InferenceUnavailable: no GPU, missing packages, or an engine that does not deserialize.
+            InferenceUnavailable: no GPU, missing packages, or an engine that does not deserialize or whose
+                shapes break its contract.
+            InferenceError: tensor names that fit no contract.
         """
         trt, cuda = _need_tensorrt()
         self._cuda = cuda
@@ -162,16 +181,20 @@ class TensorRTBackend(GeneratorBackend):
                 raise InferenceUnavailable(
                     f"cannot load TensorRT engine {engine_path} (built by another TensorRT version or GPU?)"
                 )
+            self._contract = contract = engine_contract(self._engine, trt)
+            # Per-item dims; the batch axis (-1 in the engine) is bounded by the optimisation profile.
+            dims = {name: tuple(self._engine.get_tensor_shape(name))[1:] for name in contract.dims(0)}
+            size = face_size_of(contract, dims)
+            if size is None:
+                raise InferenceUnavailable(
+                    f"TensorRT engine {engine_path} tensors {dims} do not match the {contract.value} contract: "
+                    f"{contract.signature()}"
+                )
+            self._size = size
+            self._max_batch = int(self._engine.get_tensor_profile_shape(contract.inputs[0], 0)[2][0])
             self._context = self._engine.create_execution_context()
-            face_max = tuple(self._engine.get_tensor_profile_shape(INPUT_FACE, 0)[2])
-            self._max_batch = int(face_max[0])
-            self._size = int(face_max[-1])
             self._stream = cuda.Stream()
-            shapes = {
-                INPUT_FACE: (self._max_batch, 6, self._size, self._size),
-                INPUT_MEL: (self._max_batch, 1, MEL_BINS, MEL_STEPS),
-                OUTPUT_FACE: (self._max_batch, 3, self._size, self._size),
-            }
+            shapes = {name: (self._max_batch, *item) for name, item in contract.dims(size).items()}
             # Page-locked host staging buffers: required for truly asynchronous copies.
             self._host = {name: cuda.pagelocked_empty(shape, np.float32) for name, shape in shapes.items()}
             self._buffers = {name: cuda.mem_alloc(host.nbytes) for name, host in self._host.items()}
@@ -180,39 +203,40 @@ class TensorRTBackend(GeneratorBackend):
         finally:
             self._ctx.pop()
         self._lock = threading.Lock()
+        shape = f"S={self._size}" if contract is OutputContract.RGB_FACE else contract.value
         self._spec = ModelSpec(
             name=name,
             face_size=self._size,
             max_batch_size=self._max_batch,
-            description=f"{name}: {description or 'generator'} (tensorrt {trt.__version__}, S={self._size})",
+            description=f"{name}: {description or 'generator'} (tensorrt {trt.__version__}, {shape})",
+            contract=contract,
         )
 
     @property
     def spec(self) -> ModelSpec:
         return self._spec
 
-    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        check_batch(face, mel, self._size)
+    def infer(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
+        check_request(self._spec, face, mel)
         return run_in_batches(face, mel, self._max_batch, self._run)
 
-    def _run(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    def _run(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
         cuda = self._cuda
-        batch = face.shape[0]
+        batch = mel.shape[0]
         host = self._host
+        output = self._contract.output
         with self._lock:
             self._ctx.push()
             try:
-                host[INPUT_FACE][:batch] = face
-                host[INPUT_MEL][:batch] = mel
-                self._context.set_input_shape(INPUT_FACE, tuple(face.shape))
-                self._context.set_input_shape(INPUT_MEL, tuple(mel.shape))
-                cuda.memcpy_htod_async(self._buffers[INPUT_FACE], host[INPUT_FACE][:batch], self._stream)
-                cuda.memcpy_htod_async(self._buffers[INPUT_MEL], host[INPUT_MEL][:batch], self._stream)
+                for tensor, array in model_feeds(face, mel).items():
+                    host[tensor][:batch] = array
+                    self._context.set_input_shape(tensor, tuple(array.shape))
+                    cuda.memcpy_htod_async(self._buffers[tensor], host[tensor][:batch], self._stream)
                 if not self._context.execute_async_v3(self._stream.handle):
                     raise InferenceError("TensorRT execution failed (see the TensorRT log)")
-                cuda.memcpy_dtoh_async(host[OUTPUT_FACE][:batch], self._buffers[OUTPUT_FACE], self._stream)
+                cuda.memcpy_dtoh_async(host[output][:batch], self._buffers[output], self._stream)
                 self._stream.synchronize()
-                out = host[OUTPUT_FACE][:batch].copy()
+                out = host[output][:batch].copy()
             except cuda.Error as exc:
                 raise InferenceError(f"CUDA error during generator inference: {exc}") from exc
             finally:

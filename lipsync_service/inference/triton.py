@@ -5,8 +5,12 @@ gRPC client, one per thread: concurrent streams send concurrent requests, which 
 merges into one model execution.
 
 When Triton runs on the same host, each thread's client also owns a pair of POSIX shared-memory regions
-(inputs, output) registered with the server, so tensors skip protobuf serialisation and the gRPC copy; if
-registration fails (e.g. the server is in another container) that thread falls back to tensors in the message.
+(inputs, output; sized for the tensors of the model's contract) registered with the server, so tensors skip
+protobuf serialisation and the gRPC copy; if registration fails (e.g. the server is in another container) that
+thread falls back to tensors in the message.
+
+The model's contract (RGB_FACE or LIP_SHAPE) is read from its config at start-up (tensor names, and the
+`lipsync_contract` parameter when present) and checked against its metadata.
 """
 
 from __future__ import annotations
@@ -20,14 +24,13 @@ import numpy as np
 
 from lipsync_service.errors import InferenceError, InferenceUnavailable
 from lipsync_service.inference.base import (
-    INPUT_FACE,
-    INPUT_MEL,
-    MEL_BINS,
-    MEL_STEPS,
-    OUTPUT_FACE,
     GeneratorBackend,
     ModelSpec,
-    check_batch, run_in_batches,
+    OutputContract,
+    check_request,
+    face_size_of,
+    model_feeds,
+    run_in_batches,
 )
 
 # gRPC status codes (as tritonclient spells them) that mean "the server is not there or not ready".
@@ -63,22 +66,27 @@ def shm_wanted(mode: str, url: str) -> bool:
 
 
 class _Regions:
-    """One thread's registered input and output shared-memory regions, sized for the largest batch."""
+    """One thread's registered input and output shared-memory regions, sized for the largest batch.
 
-    def __init__(self, client, face_bytes: int, mel_bytes: int, out_bytes: int, timeout_s: float) -> None:
+    The input region holds the contract's inputs one after the other, each at its own offset.
+    """
+
+    def __init__(self, client, input_bytes: dict[str, int], out_bytes: int, timeout_s: float) -> None:
         import tritonclient.utils.shared_memory as shm
 
         tag = f"lipsync_{os.getpid()}_{next(_region_ids)}"
         self.in_name, self.out_name = f"{tag}_in", f"{tag}_out"
-        self.face_bytes = face_bytes
+        self.offsets: dict[str, int] = {}
+        in_bytes = 0
+        for name, size in input_bytes.items():
+            self.offsets[name] = in_bytes
+            in_bytes += size
         self._client = client
-        self._in = shm.create_shared_memory_region(self.in_name, f"/{self.in_name}", face_bytes + mel_bytes)
+        self._in = shm.create_shared_memory_region(self.in_name, f"/{self.in_name}", in_bytes)
         self._out = None
         try:
             self._out = shm.create_shared_memory_region(self.out_name, f"/{self.out_name}", out_bytes)
-            client.register_system_shared_memory(
-                self.in_name, f"/{self.in_name}", face_bytes + mel_bytes, client_timeout=timeout_s
-            )
+            client.register_system_shared_memory(self.in_name, f"/{self.in_name}", in_bytes, client_timeout=timeout_s)
             client.register_system_shared_memory(
                 self.out_name, f"/{self.out_name}", out_bytes, client_timeout=timeout_s
             )
@@ -86,11 +94,11 @@ class _Regions:
             self.close()
             raise
 
-    def write(self, face: np.ndarray, mel: np.ndarray) -> None:
+    def write(self, feeds: dict[str, np.ndarray]) -> None:
         import tritonclient.utils.shared_memory as shm
 
-        shm.set_shared_memory_region(self._in, [face])
-        shm.set_shared_memory_region(self._in, [mel], offset=self.face_bytes)
+        for name, array in feeds.items():
+            shm.set_shared_memory_region(self._in, [array], offset=self.offsets[name])
 
     def read(self, shape: tuple[int, ...]) -> np.ndarray:
         import tritonclient.utils.shared_memory as shm
@@ -197,10 +205,12 @@ class TritonBackend(GeneratorBackend):
         if regions is not None:
             return regions
         spec = self._spec
-        pixels = spec.max_batch_size * spec.face_size * spec.face_size * 4
+        item_bytes = {name: 4 * int(np.prod(dims)) for name, dims in spec.contract.dims(spec.face_size).items()}
+        input_bytes = {name: spec.max_batch_size * item_bytes[name] for name in spec.contract.inputs}
         try:
-            mel_bytes = spec.max_batch_size * MEL_BINS * MEL_STEPS * 4
-            regions = _Regions(client, 6 * pixels, mel_bytes, 3 * pixels, self._timeout_s)
+            regions = _Regions(
+                client, input_bytes, spec.max_batch_size * item_bytes[spec.contract.output], self._timeout_s
+            )
         except Exception as exc:
             error = _translate(exc, self._url, self._model, "shared-memory registration")
             if isinstance(error, InferenceUnavailable):
@@ -242,65 +252,65 @@ class TritonBackend(GeneratorBackend):
         except Exception as exc:
             self._reset()
             raise InferenceUnavailable(str(_translate(exc, self._url, self._model, "start-up check"))) from exc
-        inputs = {t.name: (t.datatype, list(t.shape)) for t in meta.inputs}
-        outputs = {t.name: (t.datatype, list(t.shape)) for t in meta.outputs}
-        face = inputs.get(INPUT_FACE)
-        size = face[1][-1] if face and len(face[1]) == 4 else -1
-        expected_in = {
-            INPUT_FACE: ("FP32", [-1, 6, size, size]),
-            INPUT_MEL: ("FP32", [-1, 1, MEL_BINS, MEL_STEPS]),
-        }
-        expected_out = {OUTPUT_FACE: ("FP32", [-1, 3, size, size])}
-        if size <= 0 or inputs != expected_in or outputs.get(OUTPUT_FACE) != expected_out[OUTPUT_FACE]:
+        from lipsync_service.inference.repository import config_contract
+
+        try:
+            contract = config_contract(config)
+        except InferenceError as exc:
+            raise InferenceError(f"model {self._model!r} on Triton at {self._url}: {exc}") from exc
+        tensors = {t.name: (t.datatype, list(t.shape)) for t in [*meta.inputs, *meta.outputs]}
+        used = {name: tensors.get(name, ("", [])) for name in contract.dims(0)}
+        size = face_size_of(contract, {name: shape[1:] for name, (_, shape) in used.items()})
+        if size is None or any(dtype != "FP32" or shape[:1] != [-1] for dtype, shape in used.values()):
             raise InferenceUnavailable(
-                f"model {self._model!r} on Triton at {self._url} does not match the generator contract: "
-                f"inputs {inputs}, outputs {outputs}; expected FP32 {INPUT_FACE} [-1,6,S,S], "
-                f"{INPUT_MEL} [-1,1,{MEL_BINS},{MEL_STEPS}], {OUTPUT_FACE} [-1,3,S,S]"
+                f"model {self._model!r} on Triton at {self._url} does not match the {contract.value} contract: "
+                f"inputs {[t.name for t in meta.inputs]}, outputs {[t.name for t in meta.outputs]}, "
+                f"tensors {used}; expected FP32 {contract.signature()} with a dynamic batch axis B"
             )
         limit = max_batch_size
         if config.max_batch_size > 0:
             limit = min(limit, config.max_batch_size)
         description = config.parameters["description"].string_value if "description" in config.parameters else ""
+        shape = f"S={size}" if contract is OutputContract.RGB_FACE else contract.value
         return ModelSpec(
             name=self._model,
             face_size=size,
             max_batch_size=limit,
             description=(
                 f"{self._model}: {description or 'generator'} "
-                f"(triton {config.platform or config.backend}, S={size})"
+                f"(triton {config.platform or config.backend}, {shape})"
             ),
+            contract=contract,
         )
 
     @property
     def spec(self) -> ModelSpec:
         return self._spec
 
-    def infer(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
-        check_batch(face, mel, self._spec.face_size)
+    def infer(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
+        check_request(self._spec, face, mel)
         return run_in_batches(face, mel, self._spec.max_batch_size, self._infer_one)
 
-    def _infer_one(self, face: np.ndarray, mel: np.ndarray) -> np.ndarray:
+    def _infer_one(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
         import tritonclient.grpc as grpcclient
 
-        face = np.ascontiguousarray(face, dtype=np.float32)
-        mel = np.ascontiguousarray(mel, dtype=np.float32)
-        out_shape = (face.shape[0], 3, face.shape[2], face.shape[3])
-        inputs = [
-            grpcclient.InferInput(INPUT_FACE, list(face.shape), "FP32"),
-            grpcclient.InferInput(INPUT_MEL, list(mel.shape), "FP32"),
-        ]
-        output = grpcclient.InferRequestedOutput(OUTPUT_FACE)
+        feeds = model_feeds(face, mel)
+        contract = self._spec.contract
+        out_name = contract.output
+        out_shape = (mel.shape[0], *contract.dims(self._spec.face_size)[out_name])
+        inputs = [grpcclient.InferInput(name, list(array.shape), "FP32") for name, array in feeds.items()]
+        output = grpcclient.InferRequestedOutput(out_name)
         try:
             client = self._client()
             regions = self._regions_for(client)
             if regions is not None:
-                regions.write(face, mel)
-                inputs[0].set_shared_memory(regions.in_name, face.nbytes)
-                inputs[1].set_shared_memory(regions.in_name, mel.nbytes, offset=regions.face_bytes)
-                output.set_shared_memory(regions.out_name, face.shape[0] * 3 * face.shape[2] * face.shape[3] * 4)
+                regions.write(feeds)
+                for tensor, (name, array) in zip(inputs, feeds.items()):
+                    tensor.set_shared_memory(regions.in_name, array.nbytes, offset=regions.offsets[name])
+                output.set_shared_memory(regions.out_name, 4 * int(np.prod(out_shape)))
             else:
-                inputs[0].set_data_from_numpy(face)
-                inputs[1].set_data_from_numpy(mel)
+                for tensor, array in zip(inputs, feeds.values()):
+                    tensor.set_data_from_numpy(array)
             result = client.infer(
                 self._model,
                 inputs,
@@ -317,14 +327,14 @@ class TritonBackend(GeneratorBackend):
                 self._reset()
             raise error from exc
         if regions is not None:
-            if result.get_output(OUTPUT_FACE) is None:
-                raise InferenceError(f"Triton model {self._model!r} returned no {OUTPUT_FACE!r} tensor")
+            if result.get_output(out_name) is None:
+                raise InferenceError(f"Triton model {self._model!r} returned no {out_name!r} tensor")
             return regions.read(out_shape)
-        out = result.as_numpy(OUTPUT_FACE)
-        if out is None or out.shape != (face.shape[0], 3, face.shape[2], face.shape[3]):
+        out = result.as_numpy(out_name)
+        if out is None or out.shape != out_shape:
             raise InferenceError(
                 f"Triton model {self._model!r} returned {None if out is None else out.shape} "
-                f"for a batch of {face.shape[0]}"
+                f"for a batch of {mel.shape[0]} (expected {out_shape})"
             )
         return out
 

@@ -2,6 +2,7 @@
 
 Copied as model.py into a version folder by `lipsync-service models build-repo --target python_onnx`.
 It runs inside Triton's Python stub, not in the service: only numpy, onnxruntime and Triton's utils.
+It serves either generator contract: the input and output names come from the model config.
 """
 
 import json
@@ -19,6 +20,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = config.get("parameters", {})
         threads = int(params.get("ort_intra_op_threads", {}).get("string_value", "0") or 0)
+        # The tensors this model serves, as config.pbtxt names them (face + mel -> output, or mel -> lip_shape).
+        self.inputs = [tensor["name"] for tensor in config["input"]]
+        self.outputs = [tensor["name"] for tensor in config["output"]]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         # Idle ORT threads must not spin: this stub shares the cores with Triton's own request threads.
@@ -28,21 +32,22 @@ class TritonPythonModel:
 
     def execute(self, requests):
         try:
-            faces = [pb_utils.get_input_tensor_by_name(r, "face").as_numpy() for r in requests]
-            mels = [pb_utils.get_input_tensor_by_name(r, "mel").as_numpy() for r in requests]
+            parts = {
+                name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.inputs
+            }
             # One session call for everything the dynamic batcher grouped, split back per request. A single
             # request (the usual case) goes in as is: the config declares FP32, so no concatenate or cast copy.
-            face = faces[0] if len(faces) == 1 else np.concatenate(faces)
-            mel = mels[0] if len(mels) == 1 else np.concatenate(mels)
-            out = self.session.run(["output"], {"face": face, "mel": mel})[0]
+            feeds = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in parts.items()}
+            outs = self.session.run(self.outputs, feeds)
         except Exception as exc:  # reported per request; Triton keeps serving
             error = pb_utils.TritonError(f"lipsync generator failed: {exc}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses = []
         start = 0
-        for face in faces:
-            end = start + face.shape[0]
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("output", out[start:end])]))
+        for item in parts[self.inputs[0]]:
+            end = start + item.shape[0]
+            tensors = [pb_utils.Tensor(name, out[start:end]) for name, out in zip(self.outputs, outs)]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = end
         return responses
 

@@ -90,3 +90,87 @@ def test_serving_path_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# The lip_shape contract: mel [B, 1, 80, 16] -> lip_shape [B, 2], on a tiny model built with onnx.helper.
+
+
+def test_lip_shape_model_is_detected_and_equals_onnxruntime(tmp_path) -> None:
+    from lipsync_service.inference.base import OutputContract
+    from tests.triton.tiny_models import lip_shape_reference, mel_batch, ort_lip_shape, write_lip_shape_onnx
+
+    path = write_lip_shape_onnx(tmp_path / "shape" / "1" / "model.onnx")
+    backend = OnnxRuntimeBackend(path, max_batch_size=4, intra_op_threads=1)
+    spec = backend.spec
+    assert (spec.name, spec.contract, spec.face_size, spec.max_batch_size) == ("shape", OutputContract.LIP_SHAPE, 0, 4)
+    assert spec.description == "shape: tiny lip shape (test) (onnxruntime, lip_shape)"
+    mel = mel_batch(11, seed=2)  # 4 + 4 + 3
+    got = backend.infer(None, mel)
+    assert got.dtype == np.float32 and got.shape == (11, 2)
+    assert float(np.abs(got - ort_lip_shape(path, mel)).max()) <= 1e-6
+    singles = np.concatenate([backend.infer(None, mel[i : i + 1]) for i in range(11)])
+    assert float(np.abs(got - singles).max()) <= 1e-6  # split and joined in order
+    assert float(np.abs(got - lip_shape_reference(mel)).max()) <= 1e-4
+    backend.close()
+
+
+def test_each_contract_refuses_the_other_contracts_inputs(tmp_path) -> None:
+    from tests.triton.tiny_models import mel_batch, write_lip_shape_onnx
+
+    shape = OnnxRuntimeBackend(write_lip_shape_onnx(tmp_path / "m.onnx"))
+    face, mel = _inputs(2)
+    with pytest.raises(InferenceError, match="takes no face input"):
+        shape.infer(face, mel)
+    with pytest.raises(InferenceError, match=r"mel \(2, 1, 80, 8\)"):
+        shape.infer(None, mel_batch(2)[..., :8])
+    rgb = OnnxRuntimeBackend.from_repository(DEFAULT_MODEL_REPOSITORY, "lipsync_generator")
+    with pytest.raises(InferenceError, match="rgb_face contract.*a face batch is required"):
+        rgb.infer(None, mel)
+
+
+def test_names_that_fit_no_contract_fail_at_load(tmp_path) -> None:
+    from tests.triton.tiny_models import write_lip_shape_onnx
+
+    path = write_lip_shape_onnx(tmp_path / "odd.onnx", output_name="mouth", contract_meta=False)
+    with pytest.raises(InferenceError, match=r"inputs \['mel'\] and outputs \['mouth'\], which fit no generator"):
+        OnnxRuntimeBackend(path)
+
+
+def test_repository_states_the_contract_and_tensor_names_decide_without_it(tmp_path) -> None:
+    from google.protobuf import text_format
+
+    from lipsync_service.inference.base import CONTRACT_PARAMETER, OutputContract
+    from lipsync_service.inference.repository import (
+        CONFIG_FILE,
+        Target,
+        config_contract,
+        read_model_config,
+        write_model,
+    )
+    from tests.triton.tiny_models import write_lip_shape_onnx
+
+    onnx_path = write_lip_shape_onnx(tmp_path / "src.onnx")
+    folder = write_model(Target.PYTHON_ONNX, onnx_path, tmp_path / "repo", "shape", max_batch=8, gpu=False)
+    config = read_model_config(folder)
+    assert config.parameters[CONTRACT_PARAMETER].string_value == "lip_shape"
+    assert [(t.name, list(t.dims)) for t in config.input] == [("mel", [1, 80, 16])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("lip_shape", [2])]
+    assert config_contract(config) is OutputContract.LIP_SHAPE
+    assert OnnxRuntimeBackend.from_repository(tmp_path / "repo", "shape").spec.max_batch_size == 8
+    del config.parameters[CONTRACT_PARAMETER]  # a config written by hand: the tensor names decide
+    (folder / CONFIG_FILE).write_text(text_format.MessageToString(config))
+    assert config_contract(config) is OutputContract.LIP_SHAPE
+    assert OnnxRuntimeBackend.from_repository(tmp_path / "repo", "shape").spec.contract is OutputContract.LIP_SHAPE
+    config.parameters[CONTRACT_PARAMETER].string_value = "rgb_face"  # stated, but the tensors say otherwise
+    (folder / CONFIG_FILE).write_text(text_format.MessageToString(config))
+    with pytest.raises(InferenceError, match="states lipsync_contract 'rgb_face' but its tensors are those of"):
+        OnnxRuntimeBackend.from_repository(tmp_path / "repo", "shape")
+
+
+def test_rgb_models_keep_the_rgb_contract() -> None:
+    from lipsync_service.inference.base import OutputContract
+    from lipsync_service.inference.repository import inspect_onnx, model_version_dir
+
+    onnx_path = model_version_dir(DEFAULT_MODEL_REPOSITORY, "lipsync_generator") / "model.onnx"
+    found = inspect_onnx(onnx_path)
+    assert (found.contract, found.face_size) == (OutputContract.RGB_FACE, 96)

@@ -71,3 +71,59 @@ def test_engine_build_cache_and_parity_with_onnxruntime(tmp_path) -> None:
         mel = rng.normal(size=(batch, 1, 80, 16)).astype(np.float32)
         assert float(np.abs(trt_backend.infer(face, mel) - ort_backend.infer(face, mel)).max()) < 1e-3
     trt_backend.close()
+
+
+class _FakeEngine:
+    """The part of a tensorrt.ICudaEngine that engine_contract reads: I/O tensor names and modes."""
+
+    def __init__(self, inputs: list[str], outputs: list[str]) -> None:
+        self._names = [*inputs, *outputs]
+        self._inputs = set(inputs)
+
+    @property
+    def num_io_tensors(self) -> int:
+        return len(self._names)
+
+    def get_tensor_name(self, index: int) -> str:
+        return self._names[index]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "in" if name in self._inputs else "out"
+
+
+class _FakeTrt:
+    class TensorIOMode:
+        INPUT = "in"
+        OUTPUT = "out"
+
+
+def test_engine_contract_comes_from_the_engines_tensor_names() -> None:
+    from lipsync_service.errors import InferenceError
+    from lipsync_service.inference.base import OutputContract
+    from lipsync_service.inference.tensorrt import engine_contract
+
+    assert engine_contract(_FakeEngine(["face", "mel"], ["output"]), _FakeTrt) is OutputContract.RGB_FACE
+    assert engine_contract(_FakeEngine(["mel"], ["lip_shape"]), _FakeTrt) is OutputContract.LIP_SHAPE
+    with pytest.raises(InferenceError, match=r"inputs \['mel'\] and outputs \['output'\]"):
+        engine_contract(_FakeEngine(["mel"], ["output"]), _FakeTrt)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_available(), reason=NEEDS_GPU)
+def test_lip_shape_engine_is_detected_and_matches_onnxruntime(tmp_path) -> None:
+    from lipsync_service.inference.base import OutputContract
+    from lipsync_service.inference.tensorrt import TensorRTBackend, build_engine
+    from tests.triton.tiny_models import mel_batch, ort_lip_shape, write_lip_shape_onnx
+
+    onnx_path = write_lip_shape_onnx(tmp_path / "shape.onnx")
+    backend = TensorRTBackend(build_engine(onnx_path, 4, fp16=False, cache_dir=tmp_path), name="shape")
+    try:
+        spec = backend.spec
+        assert (spec.contract, spec.face_size, spec.max_batch_size) == (OutputContract.LIP_SHAPE, 0, 4)
+        for batch in (1, 4, 11):  # 11: split 4 + 4 + 3 and joined in order
+            mel = mel_batch(batch, seed=batch)
+            got = backend.infer(None, mel)
+            assert got.shape == (batch, 2)
+            assert float(np.abs(got - ort_lip_shape(onnx_path, mel)).max()) < 1e-3
+    finally:
+        backend.close()

@@ -7,8 +7,16 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from lipsync_service.inference.base import INPUT_FACE, INPUT_MEL, MEL_BINS, MEL_STEPS, OUTPUT_FACE
-from lipsync_service.inference.repository import Target, make_model_config
+from lipsync_service.inference.base import CONTRACT_PARAMETER, MEL_BINS, MEL_STEPS, OutputContract, face_size_of
+from lipsync_service.inference.onnxruntime import OnnxRuntimeBackend
+from lipsync_service.inference.repository import (
+    ONNX_FILE,
+    Target,
+    config_contract,
+    inspect_onnx,
+    make_model_config,
+    read_model_config,
+)
 from lipsync_service.settings import DEFAULT_MODEL_REPOSITORY
 
 from .conftest import TRITON_REPO
@@ -29,23 +37,37 @@ def test_config_parses_and_matches_the_contract_and_the_onnx_file(path) -> None:
     assert config.max_batch_size >= 1
     assert config.dynamic_batching.max_queue_delay_microseconds > 0
     assert config.instance_group and all(g.count >= 1 for g in config.instance_group)
-    inputs = {t.name: t for t in config.input}
-    outputs = {t.name: t for t in config.output}
-    assert set(inputs) == {INPUT_FACE, INPUT_MEL} and set(outputs) == {OUTPUT_FACE}
     assert all(t.data_type == mc.TYPE_FP32 for t in [*config.input, *config.output])
-    size = inputs[INPUT_FACE].dims[-1]
-    assert list(inputs[INPUT_FACE].dims) == [6, size, size]
-    assert list(inputs[INPUT_MEL].dims) == [1, MEL_BINS, MEL_STEPS]
-    assert list(outputs[OUTPUT_FACE].dims) == [3, size, size]
-    for version in [p for p in path.parent.iterdir() if p.is_dir() and p.name.isdigit()]:
-        onnx_file = version / "model.onnx"
-        if not onnx_file.exists():
-            continue
-        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-        own = {i.name: i.shape for i in session.get_inputs()} | {o.name: o.shape for o in session.get_outputs()}
-        for name, tensor in {**inputs, **outputs}.items():
-            assert own[name][1:] == list(tensor.dims), name
-            assert isinstance(own[name][0], str), f"{name}: batch axis must be dynamic"
+
+
+def test_every_model_states_its_contract_agrees_with_its_onnx_and_loads_embedded() -> None:
+    """Each model folder: config.pbtxt states a contract, the ONNX's tensor names and shapes agree, it loads."""
+    checked = []
+    for model_dir in sorted(p for p in TRITON_REPO.iterdir() if p.is_dir()):
+        config = read_model_config(model_dir)
+        assert CONTRACT_PARAMETER in config.parameters, f"{model_dir.name}: config.pbtxt states no contract"
+        stated = OutputContract(config.parameters[CONTRACT_PARAMETER].string_value)
+        assert config_contract(config) is stated
+        size = face_size_of(stated, {t.name: list(t.dims) for t in [*config.input, *config.output]})
+        assert size is not None, f"{model_dir.name}: config dims break {stated.signature()}"
+        assert [t.name for t in config.input] == list(stated.inputs)
+        assert [t.name for t in config.output] == [stated.output]
+        versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        assert versions, f"{model_dir.name} has no version folder"
+        for version in versions:
+            onnx_file = version / ONNX_FILE
+            assert onnx_file.is_file(), f"{onnx_file} missing"
+            found = inspect_onnx(onnx_file)  # names decide the contract; shapes checked with a dynamic batch axis
+            assert (found.contract, found.face_size) == (stated, size), version
+            session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+            own = {t.name: t.shape for t in [*session.get_inputs(), *session.get_outputs()]}
+            for tensor in [*config.input, *config.output]:
+                assert own[tensor.name][1:] == list(tensor.dims), tensor.name
+            backend = OnnxRuntimeBackend.from_repository(TRITON_REPO, model_dir.name, version.name, intra_op_threads=1)
+            assert (backend.spec.contract, backend.spec.face_size) == (stated, size)
+            backend.close()
+        checked.append(model_dir.name)
+    assert checked, f"no model folder found in {TRITON_REPO}"
 
 
 @pytest.mark.parametrize("target", list(Target))
@@ -58,8 +80,19 @@ def test_generated_configs_round_trip_through_the_schema(target: Target) -> None
     assert kind == expected_kind
     assert list(parsed.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32]
     assert list(parsed.input[0].dims) == [6, 128, 128]
+    assert parsed.parameters[CONTRACT_PARAMETER].string_value == "rgb_face"
     if target is Target.TENSORRT_PLAN:
         assert parsed.platform == "tensorrt_plan" and parsed.default_model_filename == "model.plan"
+
+
+@pytest.mark.parametrize("target", list(Target))
+def test_lip_shape_configs_have_the_lip_shape_tensors(target: Target) -> None:
+    config = make_model_config(target, "m", 0, 8, contract=OutputContract.LIP_SHAPE)
+    parsed = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
+    assert [(t.name, list(t.dims)) for t in parsed.input] == [("mel", [1, MEL_BINS, MEL_STEPS])]
+    assert [(t.name, list(t.dims)) for t in parsed.output] == [("lip_shape", [2])]
+    assert parsed.parameters[CONTRACT_PARAMETER].string_value == "lip_shape"
+    assert config_contract(parsed) is OutputContract.LIP_SHAPE
 
 
 def test_python_backend_models_are_the_current_template() -> None:

@@ -10,6 +10,8 @@ import pytest
 from lipsync_service.core import factory as processors
 from lipsync_service.core.neural import NeuralProcessor
 from lipsync_service.errors import InferenceUnavailable
+from lipsync_service.inference.base import LIP_SHAPE_SIZE, GeneratorBackend, ModelSpec, OutputContract
+from lipsync_service.inference.shared import SharedBackend
 from lipsync_service.settings import Settings
 from tests.core.fakes import EchoBackend
 
@@ -117,3 +119,33 @@ def test_passthrough_needs_no_backend():
     factory.probe()
     assert factory.create().model_info == "passthrough"
     factory.close()
+
+
+class LipShapeBackend(GeneratorBackend):
+    """A LIP_SHAPE stand-in: mel [B, 1, 80, 16] -> [B, 2]; records what each call received."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, tuple[int, ...]]] = []
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(name="shape", face_size=0, max_batch_size=4, contract=OutputContract.LIP_SHAPE)
+
+    def infer(self, face, mel: np.ndarray) -> np.ndarray:
+        self.calls.append((face, mel.shape))
+        return np.zeros((len(mel), LIP_SHAPE_SIZE), np.float32)
+
+
+def test_probe_and_calls_follow_the_models_contract():
+    observed: list[tuple[float, int]] = []
+    inner = LipShapeBackend()
+    shared = SharedBackend(inner, observe=lambda s, b: observed.append((s, b)))
+    shared.probe()
+    assert inner.calls == [(None, (1, 1, 80, 16))], "a lip_shape probe sends a blank mel and no face"
+    handle = shared.borrow()
+    assert handle.spec.contract is OutputContract.LIP_SHAPE
+    assert handle.infer(None, np.zeros((3, 1, 80, 16), np.float32)).shape == (3, LIP_SHAPE_SIZE)
+    assert [b for _, b in observed] == [3]  # the batch size comes from the mel when there is no face
+    rgb = CountingBackend()
+    SharedBackend(rgb).probe()
+    assert rgb.batches == [1]  # EchoBackend checked a [1, 6, 96, 96] face beside the mel
