@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _media  # noqa: E402
 from _baseline import plain_decode_encode  # noqa: E402
 
-from lipsync_service.config import JobConfig  # noqa: E402
+from lipsync_service.job import JobConfig  # noqa: E402
 from lipsync_service.core.neural import build_neural_processor as build_processor  # noqa: E402
 from lipsync_service.pipeline import run_files  # noqa: E402
 from lipsync_service.settings import Settings  # noqa: E402
@@ -46,12 +46,13 @@ def lipsync_run(video: Path, audio: Path, out: Path, speed: int) -> dict:
     stages = {
         "decode": job.get("decode", 0.0),
         "detect": core["detect"],
+        "landmarks": core["landmarks"],
         "features": core["features"],
         "generator": core["generator"],
         "blend": core["blend"] + core["overlay"],
         "encode": job.get("encode", 0.0),
     }
-    # What the job's "process" stage spent outside the four core stages (tracking, queueing, copies).
+    # What the job's "process" stage spent outside the core stages (tracking, queueing, copies).
     stages["other"] = max(0.0, wall - sum(stages.values()))
     return {"frames": result.frames, "wall_s": wall, "build_s": build_s, "stages_s": stages,
             "model_info": processor.model_info}

@@ -1,4 +1,5 @@
-"""Blend generated faces back into yuv420p frames through a feathered lower-face mask, colour-matched.
+"""Blend edited pixels back into yuv420p frames through feathered masks (the mouth region, or the fallback
+lower-face ellipse).
 
 Works on the Y, U and V planes directly: only the crop region is converted, and a sample is written only
 where the mask is non-zero, so every pixel outside the mask keeps its decoded value bit for bit.
@@ -6,6 +7,7 @@ where the mask is non-zero, so every pixel outside the mask keeps its decoded va
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import av
@@ -41,14 +43,6 @@ def blend_mask(side: int) -> np.ndarray:
     mask = mask.astype(np.float32)
     mask.flags.writeable = False
     return mask
-
-
-@lru_cache(maxsize=32)
-def _chroma_mask(side: int) -> np.ndarray:
-    # Area average keeps exact zeros where all four luma samples are outside the mask.
-    m = cv2.resize(blend_mask(side), (side // 2, side // 2), interpolation=cv2.INTER_AREA)
-    m.flags.writeable = False
-    return m
 
 
 def copy_frame(frame: av.VideoFrame) -> av.VideoFrame:
@@ -92,18 +86,57 @@ def _blend_plane(dst: np.ndarray, gen: np.ndarray, mask: np.ndarray, colour_matc
     dst[inside] = mixed[inside]
 
 
-@lru_cache(maxsize=32)
-def _mask_bounds(side: int) -> tuple[int, int, int, int]:
-    """Even-aligned (y0, y1, x0, x1) of the mask's non-zero samples in a crop of this side."""
-    rows = np.nonzero(blend_mask(side).max(axis=1) > 0)[0]
-    cols = np.nonzero(blend_mask(side).max(axis=0) > 0)[0]
+@dataclass(frozen=True)
+class Paste:
+    """Where one blend wrote into a frame: weights `alpha` [h, w] with top-left (x, y), both even.
+
+    A luma sample is written only where alpha > 0, a chroma sample only where its 2x2 luma block has some.
+    """
+
+    x: int
+    y: int
+    alpha: np.ndarray
+
+
+def paste_patch(frame: av.VideoFrame, x: int, y: int, patch_bgr: np.ndarray, alpha: np.ndarray,
+                colour_match: bool = False) -> Paste | None:
+    """Blend a BGR patch into a writable yuv420p frame in place, weighted by alpha.
+
+    Args:
+        frame: the output frame (a copy of the decoded one: see copy_frame).
+        x, y: frame position of the patch's top-left pixel (may lie partly outside the frame).
+        patch_bgr: BGR uint8 [h, w, 3].
+        alpha: float32 [h, w] in [0, 1]; samples where it is 0 keep their decoded values bit for bit.
+        colour_match: move the patch's mean and contrast to the original's around the feathered edge.
+
+    Returns:
+        What was written (clipped to the frame's even area), or None when nothing was.
+    """
+    h, w = alpha.shape
+    x0, y0 = max(x, 0) + (max(x, 0) % 2), max(y, 0) + (max(y, 0) % 2)
+    x1, y1 = min(x + w, frame.width // 2 * 2) // 2 * 2, min(y + h, frame.height // 2 * 2) // 2 * 2
+    if x1 <= x0 or y1 <= y0:
+        return None
+    a = alpha[y0 - y : y1 - y, x0 - x : x1 - x]
+    rows, cols = np.nonzero(a.max(axis=1) > 0)[0], np.nonzero(a.max(axis=0) > 0)[0]
     if rows.size == 0:
-        return 0, 0, 0, 0
-    return (int(rows[0]) // 2 * 2, min(side, (int(rows[-1]) + 2) // 2 * 2),
-            int(cols[0]) // 2 * 2, min(side, (int(cols[-1]) + 2) // 2 * 2))
+        return None
+    # Work only on the even-aligned box of the non-zero weights.
+    x0, x1 = x0 + int(cols[0]) // 2 * 2, x0 + min((int(cols[-1]) + 2) // 2 * 2, x1 - x0)
+    y0, y1 = y0 + int(rows[0]) // 2 * 2, y0 + min((int(rows[-1]) + 2) // 2 * 2, y1 - y0)
+    a = np.ascontiguousarray(alpha[y0 - y : y1 - y, x0 - x : x1 - x], dtype=np.float32)
+    gy, gu, gv = bgr_to_i420(np.ascontiguousarray(patch_bgr[y0 - y : y1 - y, x0 - x : x1 - x]))
+    py, pu, pv = plane_arrays(frame)
+    _blend_plane(py[y0:y1, x0:x1], gy, a, colour_match)
+    # Area average keeps exact zeros where all four luma samples are outside the mask.
+    ca = cv2.resize(a, ((x1 - x0) // 2, (y1 - y0) // 2), interpolation=cv2.INTER_AREA)
+    _blend_plane(pu[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], gu, ca, colour_match)
+    _blend_plane(pv[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], gv, ca, colour_match)
+    return Paste(x=x0, y=y0, alpha=a)
 
 
-def paste_face(frame: av.VideoFrame, region: CropRegion, generated_bgr: np.ndarray, colour_match: bool = True) -> None:
+def paste_face(frame: av.VideoFrame, region: CropRegion, generated_bgr: np.ndarray, colour_match: bool = True,
+               alpha: np.ndarray | None = None) -> Paste | None:
     """Blend a generated crop into a writable yuv420p frame in place.
 
     Args:
@@ -111,37 +144,26 @@ def paste_face(frame: av.VideoFrame, region: CropRegion, generated_bgr: np.ndarr
         region: the crop region the generator's input came from.
         generated_bgr: BGR uint8 [S, S, 3] generator output for that region.
         colour_match: match the generated region's colour to the original skin around it.
+        alpha: blend weights over the region [side, side] (e.g. the mouth region from landmarks); the
+            fixed lower-face ellipse (blend_mask) when None.
+
+    Returns:
+        What was written, or None when nothing was.
     """
     side = region.side
-    x0, y0, x1, y1 = region.clipped(frame.width, frame.height)
-    my0, my1, mx0, mx1 = _mask_bounds(side)
-    # Work only where the mask is non-zero and the crop is inside the frame (crop coordinates, even).
-    ax0, ay0 = max(mx0, x0 - region.x), max(my0, y0 - region.y)
-    ax1, ay1 = min(mx1, x1 - region.x), min(my1, y1 - region.y)
-    if ax1 <= ax0 or ay1 <= ay0:
-        return
+    weights = blend_mask(side) if alpha is None else alpha
     interp = cv2.INTER_CUBIC if side > generated_bgr.shape[0] else cv2.INTER_AREA
-    gen = cv2.resize(generated_bgr, (side, side), interpolation=interp)[ay0:ay1, ax0:ax1]
-    gy, gu, gv = bgr_to_i420(np.ascontiguousarray(gen))
-    py, pu, pv = plane_arrays(frame)
-    fx, fy = region.x + ax0, region.y + ay0
-    w, h = ax1 - ax0, ay1 - ay0
-    _blend_plane(py[fy : fy + h, fx : fx + w], gy, blend_mask(side)[ay0:ay1, ax0:ax1], colour_match)
-    cmask = _chroma_mask(side)[ay0 // 2 : ay1 // 2, ax0 // 2 : ax1 // 2]
-    _blend_plane(pu[fy // 2 : (fy + h) // 2, fx // 2 : (fx + w) // 2], gu, cmask, colour_match)
-    _blend_plane(pv[fy // 2 : (fy + h) // 2, fx // 2 : (fx + w) // 2], gv, cmask, colour_match)
+    gen = cv2.resize(generated_bgr, (side, side), interpolation=interp)
+    return paste_patch(frame, region.x, region.y, gen, weights, colour_match)
 
 
-def mask_support(frame_width: int, frame_height: int, regions: list[CropRegion]) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean maps of the luma and chroma samples paste_face may write for these regions (for checks)."""
+def write_support(frame_width: int, frame_height: int, pastes: list[Paste]) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean maps of the luma and chroma samples these pastes may have written (for checks)."""
     luma = np.zeros((frame_height, frame_width), bool)
     chroma = np.zeros(((frame_height + 1) // 2, (frame_width + 1) // 2), bool)
-    for region in regions:
-        x0, y0, x1, y1 = region.clipped(frame_width, frame_height)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        ox, oy = x0 - region.x, y0 - region.y
-        luma[y0:y1, x0:x1] |= blend_mask(region.side)[oy : oy + y1 - y0, ox : ox + x1 - x0] > 0
-        cm = _chroma_mask(region.side)[oy // 2 : oy // 2 + (y1 - y0) // 2, ox // 2 : ox // 2 + (x1 - x0) // 2]
-        chroma[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2] |= cm > 0
+    for paste in pastes:
+        h, w = paste.alpha.shape
+        luma[paste.y : paste.y + h, paste.x : paste.x + w] |= paste.alpha > 0
+        ca = cv2.resize(paste.alpha, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        chroma[paste.y // 2 : paste.y // 2 + h // 2, paste.x // 2 : paste.x // 2 + w // 2] |= ca > 0
     return luma, chroma

@@ -1,4 +1,5 @@
-"""The neural lip-sync processor: detect and track faces, crop, run the generator in batches, blend back."""
+"""The neural lip-sync processor: detect and track faces, read their lips, run the generator in batches, and
+re-shape (or paste) only the mouth back into the frame."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ import av
 import cv2
 import numpy as np
 
-from lipsync_service.config import JobConfig
-from lipsync_service.core.blend import copy_frame, paste_face
+from lipsync_service.job import JobConfig
+from lipsync_service.core.blend import Paste, copy_frame, paste_face, paste_patch
 from lipsync_service.core.crops import CropRegion, extract_bgr, model_face_input, model_output_to_bgr, resize_square
 from lipsync_service.core.faces import FaceDetector
+from lipsync_service.core.landmarks import FaceLandmarker
+from lipsync_service.core.lips import LipRead, LipTracker
 from lipsync_service.core.mel import WINDOW_REACH_S, MelStream
 from lipsync_service.core.select import TargetSelector, needs_detection, observations
 from lipsync_service.core.tracking import FaceTracker, TrackedFace, TrackingParams
 from lipsync_service.errors import InternalError
-from lipsync_service.inference.base import GeneratorBackend
+from lipsync_service.inference.base import LIP_SHAPE_SIZE, GeneratorBackend, OutputContract
 from lipsync_service.core.processor import FrameProcessor
 from lipsync_service.media.types import FrameJob, SpeechAudio, VideoInfo
 from lipsync_service.settings import Settings
@@ -32,16 +35,26 @@ DEFAULT_BATCH_FRAMES = 8
 FULL_DETECT_S = 1.0
 # Side of the search square around a known face, in face sizes: room for fast head motion between searches.
 ROI_SCALE = 2.2
-STAGES = ("detect", "features", "generator", "blend", "overlay")
+STAGES = ("detect", "landmarks", "features", "generator", "blend", "overlay")
 
 
 @dataclass
 class _Item:
-    """One face of one frame waiting for the generator."""
+    """One face of one frame waiting for the generator.
 
-    region: CropRegion
-    crop: np.ndarray  # BGR uint8 [S, S, 3]
-    mel: np.ndarray  # float32 [80, 16]
+    Attributes:
+        face: the tracked face.
+        mel: float32 [80, 16] speech window of the frame.
+        lips: the face's lips in this frame; None when the landmark model could not read them (then an RGB
+            model's crop is pasted through the fixed lower-face ellipse).
+        region, crop: the crop square and its BGR [S, S, 3] pixels (RGB contract only).
+    """
+
+    face: TrackedFace
+    mel: np.ndarray
+    lips: LipRead | None
+    region: CropRegion | None = None
+    crop: np.ndarray | None = None
 
 
 @dataclass
@@ -67,12 +80,14 @@ class NeuralProcessor(FrameProcessor):
 
     def __init__(self, backend: GeneratorBackend, *, debug: bool = False,
                  batch_frames: int = DEFAULT_BATCH_FRAMES,
-                 detector_factory: Callable[[], FaceDetector] = FaceDetector) -> None:
+                 detector_factory: Callable[[], FaceDetector] = FaceDetector,
+                 landmarker_factory: Callable[[], FaceLandmarker] = FaceLandmarker) -> None:
         """Args:
             backend: the generator backend (owned: closed by close()).
             debug: draw the debug overlay into every frame.
             batch_frames: most frames per generator call.
             detector_factory: builds the face detector (once per processor).
+            landmarker_factory: builds the face-mesh model (once per processor).
         """
         self._backend = backend
         self._spec = backend.spec
@@ -80,6 +95,8 @@ class NeuralProcessor(FrameProcessor):
         self._speed = 0  # head_movement_speed of the job: set by configure()
         self._batch = max(1, min(batch_frames, self._spec.max_batch_size))
         self._detector = detector_factory()
+        self._landmarker = landmarker_factory()
+        self._shape_model = self._spec.contract is OutputContract.LIP_SHAPE
         self.stage_seconds = dict.fromkeys(STAGES, 0.0)
         self._started = False
 
@@ -92,6 +109,7 @@ class NeuralProcessor(FrameProcessor):
         self._tracker = FaceTracker(self._params)
         self._selector = TargetSelector()
         self._mel = MelStream(audio, self._fps)
+        self._lips = LipTracker(self._landmarker, float(self._fps), self._speed)
         self._lookahead: deque[_Pending] = deque()
         self._waiting: deque[_Pending] = deque()
         self._waiting_items = 0
@@ -186,15 +204,26 @@ class NeuralProcessor(FrameProcessor):
         if not _is_bypass(job):
             pending.faces = self._tracker.faces_at(job.index)
             pending.targets = self._selector.select(pending.faces, job.speakers)
+        if pending.faces:
+            self._lips.retain({f.track_id for f in pending.faces})
         if pending.targets:
             t0 = time.perf_counter()
             mel = self._mel.window(job.index)
+            self._timed("features", t0)
             size = self._spec.face_size
             for face in pending.targets:
-                region = face.crop.pixel_region()
-                crop = resize_square(extract_bgr(job.frame, region), size)
-                pending.items.append(_Item(region=region, crop=crop, mel=mel))
-            self._timed("features", t0)
+                t0 = time.perf_counter()
+                lips = self._lips.read(job.frame, job.index, face.track_id, face.box)
+                self._timed("landmarks", t0)
+                if lips is None and self._shape_model:
+                    continue  # nothing to re-shape: the face stays as it is (LipTracker logs it)
+                t0 = time.perf_counter()
+                item = _Item(face=face, mel=mel, lips=lips)
+                if not self._shape_model:
+                    item.region = face.crop.pixel_region()
+                    item.crop = resize_square(extract_bgr(job.frame, item.region), size)
+                pending.items.append(item)
+                self._timed("features", t0)
             # A frame's faces go into one call: run what waits first if they would not fit beside it.
             if self._waiting_items and self._waiting_items + len(pending.items) > self._batch:
                 self._run()
@@ -204,19 +233,45 @@ class NeuralProcessor(FrameProcessor):
             self._run()
 
     def _generate(self, items: list[_Item]) -> list[np.ndarray]:
-        """One generator call for all waiting faces (the backend splits at its own batch limit)."""
+        """One generator call for all waiting faces (the backend splits at its own batch limit).
+
+        Returns per face: the target lip shape [2] (LIP_SHAPE contract) or the re-drawn BGR crop (RGB).
+        """
         spec = self._spec
         t0 = time.perf_counter()
-        face = model_face_input([i.crop for i in items], channel_order=spec.channel_order)
         mel = np.stack([i.mel for i in items])[:, None].astype(np.float32)
+        face = None
+        if not self._shape_model:
+            face = model_face_input([i.crop for i in items if i.crop is not None], channel_order=spec.channel_order)
         self._timed("features", t0)
         t0 = time.perf_counter()
         out = self._backend.infer(face, mel)
         self._timed("generator", t0)
-        expected = (len(items), 3, spec.face_size, spec.face_size)
+        if self._shape_model:
+            expected: tuple[int, ...] = (len(items), LIP_SHAPE_SIZE)
+        else:
+            expected = (len(items), 3, spec.face_size, spec.face_size)
         if tuple(out.shape) != expected:
             raise InternalError(f"generator returned shape {tuple(out.shape)}, expected {expected}")
+        if self._shape_model:
+            return list(np.asarray(out, np.float64))
         return list(model_output_to_bgr(out, spec.channel_order))
+
+    def _apply(self, frame: av.VideoFrame, item: _Item, generated: np.ndarray) -> Paste | None:
+        """Write one face's result into the frame copy: the re-shaped mouth, or the model's crop through the
+        mouth region (the fixed lower-face ellipse when the lips could not be read)."""
+        if self._shape_model:
+            assert item.lips is not None
+            edit = self._lips.reshape(item.face.track_id, item.lips, generated, (frame.width, frame.height))
+            return None if edit is None else paste_patch(frame, edit.x, edit.y, edit.patch, edit.alpha)
+        assert item.region is not None
+        alpha = None
+        if item.lips is not None:
+            region = item.region
+            alpha = LipTracker.mouth_alpha(item.lips, region.x, region.y, region.side)
+            # The model re-draws only the crop's lower half (its input masks it): nothing above is pasted.
+            alpha[: region.side // 2] = 0.0
+        return paste_face(frame, item.region, generated, alpha=alpha)
 
     def _run(self) -> None:
         """Run the generator on every waiting face, blend, and move all waiting frames to the output."""
@@ -229,13 +284,17 @@ class NeuralProcessor(FrameProcessor):
             if pending.items:
                 t0 = time.perf_counter()
                 frame = copy_frame(job.frame)
+                pastes = []
                 for item in pending.items:
-                    paste_face(frame, item.region, generated[k])
+                    paste = self._apply(frame, item, generated[k])
                     k += 1
+                    if paste is not None:
+                        pastes.append(paste)
                 job.frame = frame
                 job.changed = True
-                # Where the frame may differ from its input (for checks and debugging).
-                job.meta["lipsync_regions"] = [item.region for item in pending.items]
+                # Exactly where the frame may differ from its input (for checks and debugging).
+                job.meta["lipsync_pastes"] = pastes
+                job.meta["lipsync_regions"] = [item.face.crop.pixel_region() for item in pending.items]
                 self._timed("blend", t0)
             self._finish(pending)
         self._waiting_items = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lipsync_service.inference.base import GeneratorBackend, ModelSpec
+from lipsync_service.inference.base import GeneratorBackend, ModelSpec, OutputContract
 from lipsync_service.media.types import MODEL_SAMPLE_RATE
 
 
@@ -58,3 +58,24 @@ class EchoBackend(GeneratorBackend):
         self.batches.append(len(face))
         shift = self.gain * (mel.mean(axis=(1, 2, 3)) + 4.0) / 8.0
         return np.clip(face[:, 3:6] + shift[:, None, None, None], 0.0, 1.0).astype(np.float32)
+
+
+class ShapeBackend(GeneratorBackend):
+    """A lip-shape backend whose opening follows the mel window's mean level; a test stand-in, not a model."""
+
+    def __init__(self, max_batch_size: int = 4, gain: float = 3.0) -> None:
+        self._spec = ModelSpec(name="shape", face_size=0, max_batch_size=max_batch_size,
+                               description="shape test backend", contract=OutputContract.LIP_SHAPE)
+        self.gain = gain
+        self.batches: list[int] = []
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self._spec
+
+    def infer(self, face: np.ndarray | None, mel: np.ndarray) -> np.ndarray:
+        assert face is None and mel.dtype == np.float32 and mel.shape[1:] == (1, 80, 16)
+        self.batches.append(len(mel))
+        level = (mel.mean(axis=(1, 2, 3)) + 2.0) / 2.0
+        opening = np.clip(self.gain * level, -3.0, 3.0)
+        return np.stack([opening, np.zeros_like(opening)], axis=1).astype(np.float32)

@@ -6,7 +6,7 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_service.core.blend import blend_mask, copy_frame, mask_support, paste_face
+from lipsync_service.core.blend import blend_mask, copy_frame, paste_face, paste_patch, write_support
 from lipsync_service.core.crops import CropRegion, SquareBox, extract_bgr, plane_arrays
 
 
@@ -33,8 +33,9 @@ def test_pixels_outside_the_mask_are_bit_identical(region):
     src = _noise_frame(320, 240)
     out = copy_frame(src)
     generated = np.full((96, 96, 3), (40, 200, 90), np.uint8)
-    paste_face(out, region, generated)
-    luma, chroma = mask_support(320, 240, [region])
+    paste = paste_face(out, region, generated)
+    assert paste is not None
+    luma, chroma = write_support(320, 240, [paste])
     for k, (a, b) in enumerate(zip(plane_arrays(src), plane_arrays(out))):
         support = luma if k == 0 else chroma
         assert np.array_equal(a[~support], b[~support]), f"plane {k} changed outside the mask"
@@ -82,3 +83,25 @@ def test_crop_image_matches_extract_for_bgr_data():
     assert crop.shape == (80, 80, 3)
     assert np.array_equal(crop[:, 20:], bgr[30:110, 0:60])
     assert np.array_equal(crop[:, 0], bgr[30:110, 0])  # replicated left edge
+
+
+@pytest.mark.parametrize("x,y", [(41, 33), (-15, 200), (300, -7)])
+def test_paste_patch_writes_only_where_its_weights_are_not_zero(x, y):
+    """Any weights, any (even odd) position, partly outside the frame: nothing else changes."""
+    src = _noise_frame(320, 240, seed=3)
+    out = copy_frame(src)
+    yy, xx = np.mgrid[0:60, 0:80]
+    alpha = np.clip(1.0 - np.hypot((xx - 40) / 30, (yy - 30) / 20), 0, 1).astype(np.float32)
+    patch = np.full((60, 80, 3), (200, 30, 60), np.uint8)
+    paste = paste_patch(out, x, y, patch, alpha)
+    assert paste is not None and paste.x % 2 == 0 and paste.y % 2 == 0
+    luma, chroma = write_support(320, 240, [paste])
+    inside = np.zeros((240, 320), bool)
+    ys, xs = slice(max(y, 0), max(y + 60, 0)), slice(max(x, 0), max(x + 80, 0))
+    inside[ys, xs] = alpha[ys.start - y : ys.stop - y, xs.start - x : xs.stop - x][: inside[ys, xs].shape[0],
+                                                                                 : inside[ys, xs].shape[1]] > 0
+    assert not (luma & ~inside).any(), "the support reaches beyond the non-zero weights"
+    for k, (a, b) in enumerate(zip(plane_arrays(src), plane_arrays(out))):
+        support = luma if k == 0 else chroma
+        assert np.array_equal(a[~support], b[~support]), f"plane {k} changed outside the weights"
+    assert (plane_arrays(src)[0][luma] != plane_arrays(out)[0][luma]).mean() > 0.3

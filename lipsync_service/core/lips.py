@@ -1,0 +1,202 @@
+"""Lips across frames, per face track: landmarks followed and smoothed, the speaker's own lip statistics, the
+bank of open-mouth interiors, and the mouth-only edit of a frame for a target lip shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lipsync_service.core.crops import CropRegion, extract_bgr
+from lipsync_service.core.landmarks import FaceLandmarker, FaceLandmarks
+from lipsync_service.core.mouth import (
+    LOWER_MID,
+    UPPER_MID,
+    FaceFrame,
+    MouthEdit,
+    SpeakerStats,
+    lip_ratios,
+    mouth_region,
+    region_alpha,
+    target_lips,
+    warp_mouth,
+)
+from lipsync_service.core.mouth_bank import MouthBank
+
+log = logging.getLogger(__name__)
+
+# The image the landmark model and the warp read: a square around the face this many face-box sides wide
+# (the landmark crop is 1.5x the box, and the warp samples a little beyond the mouth).
+CONTEXT_SCALE = 1.9
+# One-euro smoothing of the landmarks (Casiez et al.): the cut-off rises with speed, so a still face does not
+# jitter and a moving one does not lag. Speeds in face heights per second. Per head_movement_speed 0 / 1.
+MIN_CUTOFF_HZ = (1.2, 3.0)
+SPEED_COEFF = (4.0, 8.0)
+DERIVATIVE_CUTOFF_HZ = 1.0
+# A mesh whose mouth centre is outside the tracked face box is a misread, not a face.
+MOUTH_IN_BOX_SLACK = 0.15
+# How far a model that re-draws the whole crop (RGB contract) may open the mouth beyond the source's, as a
+# fraction of the face height; its paste region reaches that far.
+RGB_OPEN_REACH = 0.10
+# Warn about faces whose landmarks cannot be read at most once per this many frames per track.
+WARN_EVERY_FRAMES = 250
+
+
+def _alpha(cutoff: float | np.ndarray, rate: float) -> float | np.ndarray:
+    """The one-euro filter's smoothing factor for a cut-off frequency at a sample rate."""
+    return 1.0 / (1.0 + rate / (2 * math.pi * cutoff))
+
+
+@dataclass
+class _OneEuro:
+    rate: float
+    min_cutoff: float
+    coeff: float
+    value: np.ndarray | None = None
+    speed: np.ndarray | None = None
+
+    def __call__(self, x: np.ndarray, scale: float) -> np.ndarray:
+        if self.value is None or self.speed is None:
+            self.value, self.speed = x.copy(), np.zeros_like(x)
+            return x
+        d = (x - self.value) * self.rate / max(scale, 1e-6)
+        self.speed = self.speed + _alpha(DERIVATIVE_CUTOFF_HZ, self.rate) * (d - self.speed)
+        cutoff = self.min_cutoff + self.coeff * np.abs(self.speed)
+        self.value = self.value + _alpha(cutoff, self.rate) * (x - self.value)
+        return self.value
+
+
+@dataclass
+class _Track:
+    smoother: _OneEuro
+    stats: SpeakerStats = field(default_factory=SpeakerStats)
+    bank: MouthBank = field(default_factory=MouthBank)
+    last: FaceLandmarks | None = None
+    last_index: int = -10
+    misses: int = 0
+    last_warned: int = -(10**9)
+
+
+@dataclass
+class LipRead:
+    """One face's lips in one frame.
+
+    Attributes:
+        points: smoothed face mesh [468, 2] in frame pixels.
+        raw: the mesh as read [468, 2].
+        image: BGR of the context square around the face; origin: its top-left in frame pixels.
+    """
+
+    points: np.ndarray
+    raw: np.ndarray
+    image: np.ndarray
+    origin: tuple[int, int]
+
+
+class LipTracker:
+    """Reads and follows the lips of every tracked face of one stream."""
+
+    def __init__(self, landmarker: FaceLandmarker, fps: float, head_movement_speed: int = 0) -> None:
+        """Args:
+            landmarker: the face-mesh model (shared by all streams; it holds no per-call state).
+            fps: frame rate of the stream (for the smoothing's time constants).
+            head_movement_speed: 0 smooths strongly, 1 follows fast motion.
+        """
+        self._landmarker = landmarker
+        self._rate = max(float(fps), 1.0)
+        speed = 1 if head_movement_speed else 0
+        self._min_cutoff, self._coeff = MIN_CUTOFF_HZ[speed], SPEED_COEFF[speed]
+        self._tracks: dict[int, _Track] = {}
+        self.misses = 0
+
+    def read(self, frame, index: int, track_id: int, box: tuple[float, float, float, float]) -> LipRead | None:
+        """The lips of one tracked face in a frame, or None when the landmark model cannot read them.
+
+        Args:
+            frame: the decoded yuv420p frame.
+            index: its output index (frames come in order).
+            track_id: the face's track.
+            box: the face's detector box (x1, y1, x2, y2) in frame pixels.
+        """
+        track = self._tracks.get(track_id)
+        if track is None:
+            track = self._tracks[track_id] = _Track(_OneEuro(self._rate, self._min_cutoff, self._coeff))
+        x1, y1, x2, y2 = box
+        side = CONTEXT_SCALE * max(x2 - x1, y2 - y1)
+        region = CropRegion(x=int(round(((x1 + x2) / 2 - side / 2) / 2)) * 2,
+                            y=int(round(((y1 + y2) / 2 - side / 2) / 2)) * 2, side=max(8, int(side) // 2 * 2))
+        image = extract_bgr(frame, region)
+        origin = np.array([region.x, region.y], np.float32)
+        mesh = None
+        if track.last is not None and index - track.last_index == 1:
+            shifted = FaceLandmarks(points=track.last.points - np.append(origin, 0), score=track.last.score,
+                                    roi=track.last.roi)
+            mesh = self._landmarker.track(image, shifted)
+        if mesh is None:
+            mesh = self._landmarker.detect(image, (x1 - region.x, y1 - region.y, x2 - region.x, y2 - region.y))
+        if mesh is not None:
+            mouth = (mesh.points[13, :2] + mesh.points[14, :2]) / 2 + origin
+            w, h = x2 - x1, y2 - y1
+            if not (x1 - MOUTH_IN_BOX_SLACK * w <= mouth[0] <= x2 + MOUTH_IN_BOX_SLACK * w
+                    and y1 <= mouth[1] <= y2 + MOUTH_IN_BOX_SLACK * h):
+                mesh = None
+        if mesh is None:
+            track.last = None
+            track.misses += 1
+            self.misses += 1
+            if index - track.last_warned >= WARN_EVERY_FRAMES:
+                track.last_warned = index
+                log.warning("face track %d, frame %d: the landmark model cannot read the lips; this face is "
+                            "left unchanged where that happens (%d frames so far)", track_id, index, track.misses)
+            return None
+        raw = mesh.points[:, :2] + origin
+        track.last = FaceLandmarks(points=mesh.points + np.append(origin, 0), score=mesh.score, roi=mesh.roi)
+        track.last_index = index
+        scale = FaceFrame.of(raw).height
+        points = track.smoother(raw.astype(np.float64), scale)
+        opening, width = lip_ratios(raw)
+        track.stats.observe(opening, width)
+        track.bank.offer(image, (region.x, region.y), raw)
+        return LipRead(points=points.astype(np.float32), raw=raw.astype(np.float32), image=image,
+                       origin=(region.x, region.y))
+
+    def reshape(self, track_id: int, lips: LipRead, shape_z: np.ndarray,
+                frame_size: tuple[int, int]) -> MouthEdit | None:
+        """The mouth-only edit that gives this face the target lip shape.
+
+        Args:
+            track_id: the face's track (its statistics map z to pixels, its bank supplies interiors).
+            lips: this frame's read of the face.
+            shape_z: (opening, width) in the speaker's standard deviations.
+            frame_size: (width, height) of the frame.
+        """
+        track = self._tracks[track_id]
+        mean, std = track.stats.mean_std()
+        opening = float(mean[0] + shape_z[0] * std[0])
+        width = float(mean[1] + shape_z[1] * std[1])
+        target = target_lips(lips.points, opening, width)
+        edit = warp_mouth(lips.image, lips.origin, lips.points, target, frame_size)
+        if edit is None:
+            return None
+        face = FaceFrame.of(lips.points)
+        source_gap = float((lips.points[LOWER_MID] - lips.points[UPPER_MID]) @ face.down)
+        track.bank.fill(edit, source_gap)
+        return edit
+
+    @staticmethod
+    def mouth_alpha(lips: LipRead, x: int, y: int, side: int) -> np.ndarray:
+        """Blend weights over a square (x, y, side) limited to this face's dilated mouth region, for models
+        that re-draw a whole crop: only their mouth is pasted. The region covers the lips as they are and
+        opened wide (RGB_OPEN_REACH of the face height), since such a model may open the mouth."""
+        opening, width = lip_ratios(lips.points)
+        wide = target_lips(lips.points, opening + RGB_OPEN_REACH, width)
+        hull, margin = mouth_region(lips.points, wide)
+        return region_alpha(hull, margin, x, y, side, side)
+
+    def retain(self, track_ids: set[int]) -> None:
+        """Forget tracks that ended."""
+        for gone in set(self._tracks) - track_ids:
+            del self._tracks[gone]

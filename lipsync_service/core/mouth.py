@@ -1,0 +1,294 @@
+"""Re-shape a mouth at the frame's own resolution: target lip landmarks from a lip shape, the mouth region and
+its feathered mask, and a thin-plate-spline warp that moves the source's own pixels there.
+
+A lip shape is (opening, width) in the speaker's own standard deviations (docs/models-contract.md#lip-shape).
+The speaker's statistics, measured on the source video as it streams, turn it into pixels: opening is the
+inner-lip gap (Face Mesh points 13-14) over the face height (10-152), width the mouth-corner distance
+(61-291) over the face width (234-454).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from lipsync_service.core.landmarks import INNER_LIPS, OUTER_LIPS
+
+# Lip points left to right in image space, paired column by column: the inner lower lip point i sits below
+# the inner upper point i, and each outer point moves with the inner point of its column.
+INNER_UPPER = (191, 80, 81, 82, 13, 312, 311, 310, 415)
+INNER_LOWER = (95, 88, 178, 87, 14, 317, 402, 318, 324)
+OUTER_UPPER = (185, 40, 39, 37, 0, 267, 269, 270, 409)
+OUTER_LOWER = (146, 91, 181, 84, 17, 314, 405, 321, 375)
+OUTER_CORNERS = (61, 291)
+INNER_CORNERS = (78, 308)
+FOREHEAD, CHIN, FACE_LEFT, FACE_RIGHT = 10, 152, 234, 454
+UPPER_MID, LOWER_MID = 13, 14
+EYE_LEFT, EYE_RIGHT = 33, 263
+
+# Share of an opening change taken by the lower lip (the jaw drops) and the upper lip (it lifts a little).
+LOWER_SHARE = 0.85
+# Mouth corners follow an opening change this much (they drop slightly with the jaw).
+CORNER_DROP = 0.25
+# Dilation of the mouth region beyond the lips, as a fraction of the mouth width, and its floor in pixels:
+# room for the skin around the lips to stretch; the warp fades to nothing at that distance.
+MARGIN_OF_WIDTH = 0.22
+MIN_MARGIN_PX = 4.0
+# Zero-displacement anchors around the region that pin the warp at its edge.
+RING_ANCHORS = 28
+# The warp field is evaluated on a grid of this step (pixels) and interpolated: it is smooth.
+FIELD_STEP = 4
+# Regularisation of the thin-plate spline (pixels^2): keeps it stable with nearly coincident points.
+TPS_SMOOTHING = 1e-3
+
+
+@dataclass
+class SpeakerStats:
+    """Running mean and spread of a speaker's own opening and width ratios, shrunk to priors early on.
+
+    Attributes:
+        count: frames observed.
+    """
+
+    # Priors from the training clips' Face Mesh measurements (typical talking faces), weighted as if
+    # PRIOR_FRAMES frames had shown them, so the first frames of a stream do not map z to extremes.
+    PRIOR_OPENING = (0.035, 0.025)
+    PRIOR_WIDTH_STD = 0.015
+    PRIOR_FRAMES = 25.0
+    count: int = 0
+    _sum: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    _sq: np.ndarray = field(default_factory=lambda: np.zeros(2))
+
+    def observe(self, opening: float, width: float) -> None:
+        """Add one frame's measured ratios."""
+        v = np.array([opening, width], np.float64)
+        self._sum += v
+        self._sq += v * v
+        self.count += 1
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) of (opening, width), each blended with its prior by the number of frames seen."""
+        n, n0 = float(self.count), self.PRIOR_FRAMES
+        if n == 0:
+            raise ValueError("no frame observed yet")
+        mean = self._sum / n
+        var = np.maximum(self._sq / n - mean * mean, 0.0)
+        prior_mean = np.array([self.PRIOR_OPENING[0], mean[1]])
+        prior_var = np.array([self.PRIOR_OPENING[1] ** 2, self.PRIOR_WIDTH_STD**2])
+        w = n / (n + n0)
+        blended_mean = w * mean + (1 - w) * prior_mean
+        blended_var = w * var + (1 - w) * prior_var
+        return blended_mean, np.sqrt(np.maximum(blended_var, 1e-8))
+
+
+@dataclass(frozen=True)
+class FaceFrame:
+    """A face's orientation and size in one frame, from its landmarks.
+
+    Attributes:
+        right: unit vector along the eye line (image left to right of the face).
+        down: unit vector perpendicular to it, towards the chin.
+        height: forehead (10) to chin (152) distance in pixels.
+        width: face-oval width (234 to 454) in pixels.
+    """
+
+    right: np.ndarray
+    down: np.ndarray
+    height: float
+    width: float
+
+    @classmethod
+    def of(cls, points: np.ndarray) -> FaceFrame:
+        """The frame of a [468, 2+] landmark array."""
+        p = points[:, :2].astype(np.float64)
+        eye = p[EYE_RIGHT] - p[EYE_LEFT]
+        angle = math.atan2(eye[1], eye[0])
+        right = np.array([math.cos(angle), math.sin(angle)])
+        down = np.array([-right[1], right[0]])
+        return cls(right=right, down=down, height=float(np.linalg.norm(p[FOREHEAD] - p[CHIN])),
+                   width=float(np.linalg.norm(p[FACE_LEFT] - p[FACE_RIGHT])))
+
+
+def lip_ratios(points: np.ndarray) -> tuple[float, float]:
+    """(opening, width) ratios of a face mesh: inner-lip gap over face height, corner distance over face width."""
+    p = points[:, :2].astype(np.float64)
+    face = FaceFrame.of(points)
+    opening = float(np.linalg.norm(p[UPPER_MID] - p[LOWER_MID])) / max(face.height, 1e-6)
+    width = float(np.linalg.norm(p[OUTER_CORNERS[0]] - p[OUTER_CORNERS[1]])) / max(face.width, 1e-6)
+    return opening, width
+
+
+def target_lips(points: np.ndarray, opening: float, width: float) -> dict[int, np.ndarray]:
+    """Where the lip points go for a target shape.
+
+    The lips move as units: each column of the inner lips opens to its share of the target gap (the shape
+    of the source's own gap is kept when its mouth is open; a closed source opens with a rounded profile),
+    the lower lip taking LOWER_SHARE of the change; outer points follow their column; the width scales
+    every lip point about the mouth centre along the eye line.
+
+    Args:
+        points: the source face mesh [468, 2+] in frame pixels.
+        opening: target inner-lip gap over face height.
+        width: target corner distance over face width.
+
+    Returns:
+        Landmark index -> target position (x, y) in frame pixels, for every lip point.
+    """
+    p = points[:, :2].astype(np.float64)
+    face = FaceFrame.of(points)
+    centre = (p[OUTER_CORNERS[0]] + p[OUTER_CORNERS[1]]) / 2
+    half = max(float((p[OUTER_CORNERS[1]] - p[OUTER_CORNERS[0]]) @ face.right) / 2, 1.0)
+    source_gap = float((p[LOWER_MID] - p[UPPER_MID]) @ face.down)
+    target_gap = max(opening, 0.0) * face.height
+    d_half = (max(width, 0.0) * face.width) / 2 - half
+
+    out: dict[int, np.ndarray] = {}
+    for up_in, low_in, up_out, low_out in zip(INNER_UPPER, INNER_LOWER, OUTER_UPPER, OUTER_LOWER):
+        u = float((p[low_in] + p[up_in] - 2 * centre) @ face.right) / (2 * half)
+        gap = float((p[low_in] - p[up_in]) @ face.down)
+        if source_gap > 0.02 * face.height and gap > 0:
+            new_gap = gap * target_gap / source_gap
+        else:
+            new_gap = target_gap * math.cos(min(abs(u), 1.0) * math.pi / 2) ** 0.6
+        change = new_gap - max(gap, 0.0)
+        sideways = face.right * (u * d_half)
+        lower = face.down * (LOWER_SHARE * change) + sideways
+        upper = -face.down * ((1 - LOWER_SHARE) * change) + sideways
+        out[low_in], out[low_out] = p[low_in] + lower, p[low_out] + lower
+        out[up_in], out[up_out] = p[up_in] + upper, p[up_out] + upper
+    drop = face.down * (CORNER_DROP * LOWER_SHARE * (target_gap - max(source_gap, 0.0)))
+    for outer, inner in zip(OUTER_CORNERS, INNER_CORNERS):
+        side = 1.0 if float((p[outer] - centre) @ face.right) > 0 else -1.0
+        move = face.right * (side * d_half) + drop
+        out[outer], out[inner] = p[outer] + move, p[inner] + move
+    return out
+
+
+@dataclass(frozen=True)
+class MouthEdit:
+    """What re-shaping one mouth writes: a BGR patch and its blend weights, placed at (x, y) in the frame.
+
+    Attributes:
+        x, y: top-left of the patch in frame pixels (even, so the chroma planes align).
+        patch: BGR uint8 [h, w, 3].
+        alpha: float32 [h, w] in [0, 1]; exactly 0 outside the dilated mouth region.
+        target: the target lip points (index -> x, y) in frame pixels.
+    """
+
+    x: int
+    y: int
+    patch: np.ndarray
+    alpha: np.ndarray
+    target: dict[int, np.ndarray]
+
+
+def _tps_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = 0.5 * d2 * np.log(d2)
+    return np.nan_to_num(k, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def thin_plate_field(anchors: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """A thin-plate spline through (anchor -> value) pairs, evaluated at the query points.
+
+    Args:
+        anchors: [N, 2] positions.
+        values: [N, C] values at them.
+        queries: [M, 2] positions.
+
+    Returns:
+        [M, C] interpolated values.
+    """
+    n = len(anchors)
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = _tps_kernel(anchors, anchors) + np.eye(n) * TPS_SMOOTHING
+    system[:n, n] = 1.0
+    system[:n, n + 1 :] = anchors
+    system[n, :n] = 1.0
+    system[n + 1 :, :n] = anchors.T
+    rhs = np.zeros((n + 3, values.shape[1]))
+    rhs[:n] = values
+    coef = np.linalg.solve(system, rhs)
+    return _tps_kernel(queries, anchors) @ coef[:n] + coef[n] + queries @ coef[n + 1 :]
+
+
+def mouth_region(source: np.ndarray, target: dict[int, np.ndarray]) -> tuple[np.ndarray, float]:
+    """The polygon the edit may touch before dilation (hull of the source and target outer lips) and the
+    dilation margin in pixels."""
+    src = source[list(OUTER_LIPS), :2].astype(np.float64)
+    dst = np.array([target[i] for i in OUTER_LIPS])
+    hull = cv2.convexHull(np.vstack([src, dst]).astype(np.float32))[:, 0].astype(np.float64)
+    mouth_width = float(np.linalg.norm(src[0] - src[OUTER_LIPS.index(OUTER_CORNERS[1])]))
+    return hull, max(MIN_MARGIN_PX, MARGIN_OF_WIDTH * mouth_width)
+
+
+def _ring(hull: np.ndarray, margin: float) -> np.ndarray:
+    centre = hull.mean(0)
+    angles = np.linspace(0, 2 * math.pi, RING_ANCHORS, endpoint=False)
+    dirs = np.stack([np.cos(angles), np.sin(angles)], 1)
+    reach = ((hull - centre) @ dirs.T).max(0)
+    return centre + dirs * (reach + margin)[:, None]
+
+
+def region_alpha(hull: np.ndarray, margin: float, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+    """Blend weights on the patch [y0, y0+h) x [x0, x0+w): 1 inside the hull, smoothly to exactly 0 at
+    `margin` pixels outside it."""
+    inside = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(inside, [np.round(hull - [x0, y0]).astype(np.int32)], 1)
+    dist = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)
+    t = np.clip(1.0 - dist / margin, 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, target: dict[int, np.ndarray],
+               frame_size: tuple[int, int]) -> MouthEdit | None:
+    """Move the source's own pixels so its lips take the target positions.
+
+    Args:
+        bgr: BGR uint8 image of a part of the frame that holds the whole dilated mouth region (and some
+            border: the warp samples a little outside it).
+        origin: frame coordinates (x, y) of bgr's top-left pixel.
+        source: the face mesh [468, 2+] in frame pixels.
+        target: target lip positions from `target_lips`.
+        frame_size: (width, height) of the frame: the edit stays inside it.
+
+    Returns:
+        The edit, or None when the region falls outside the frame or the image.
+    """
+    hull, margin = mouth_region(source, target)
+    ring = _ring(hull, margin)
+    fw, fh = frame_size
+    ox, oy = origin
+    x0 = max(int(math.floor(ring[:, 0].min())) // 2 * 2, 0, ox + (-ox % 2))
+    y0 = max(int(math.floor(ring[:, 1].min())) // 2 * 2, 0, oy + (-oy % 2))
+    x1 = min(int(math.ceil(ring[:, 0].max())) + 2, fw, ox + bgr.shape[1]) // 2 * 2
+    y1 = min(int(math.ceil(ring[:, 1].max())) + 2, fh, oy + bgr.shape[0]) // 2 * 2
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return None
+    idx = list(target)
+    src = source[idx, :2].astype(np.float64)
+    dst = np.array([target[i] for i in idx])
+    anchors = np.vstack([dst, ring])
+    # Backward map: for each output pixel, where to sample the source (displacement dst -> src).
+    values = np.vstack([src - dst, np.zeros_like(ring)])
+    gy, gx = np.mgrid[y0 : y1 + FIELD_STEP : FIELD_STEP, x0 : x1 + FIELD_STEP : FIELD_STEP]
+    coarse = thin_plate_field(anchors, values, np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float64))
+    coarse = coarse.reshape(gx.shape + (2,)).astype(np.float32)
+    dense = cv2.resize(coarse, (gx.shape[1] * FIELD_STEP, gx.shape[0] * FIELD_STEP),
+                       interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+    # cv2.resize aligns pixel centres, not grid nodes; the field is smooth, so the sub-step offset is harmless.
+    py, px = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    map_x = px + dense[..., 0] - ox
+    map_y = py + dense[..., 1] - oy
+    patch = cv2.remap(bgr, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    alpha = region_alpha(hull, margin, x0, y0, x1 - x0, y1 - y0)
+    return MouthEdit(x=x0, y=y0, patch=patch, alpha=alpha, target=target)
+
+
+def inner_polygon(target: dict[int, np.ndarray]) -> np.ndarray:
+    """The target inner-lip polygon [20, 2] (the mouth opening), in frame pixels."""
+    return np.array([target[i] for i in INNER_LIPS])

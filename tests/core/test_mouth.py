@@ -1,0 +1,194 @@
+"""Re-shaping the mouth at full resolution: the target shape is reached, nothing outside the dilated lip region is
+written (lossless, real and synthetic clips), the source's own pixels are moved, and interiors come from the video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from lipsync_service import pipeline
+from lipsync_service.core.faces import FaceDetector
+from lipsync_service.core.landmarks import OUTER_LIPS, FaceLandmarker
+from lipsync_service.core.mouth import (
+    MARGIN_OF_WIDTH,
+    FaceFrame,
+    SpeakerStats,
+    lip_ratios,
+    mouth_region,
+    target_lips,
+    warp_mouth,
+)
+from lipsync_service.core.mouth_bank import MouthBank
+from lipsync_service.core.neural import NeuralProcessor
+from lipsync_service.job import EncodingMode, JobConfig, VideoEncodingSpec
+from lipsync_service.settings import Settings
+from tests import synth
+from tests.core.fakes import ShapeBackend
+
+
+def _first_frames(path: Path, count: int) -> list[np.ndarray]:
+    out = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            out.append(frame.to_ndarray(format="bgr24"))
+            if len(out) == count:
+                break
+    return out
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    """A real frame of talking_1 and its face mesh."""
+    from tests.conftest import media_path
+
+    bgr = _first_frames(media_path("talking_1.mp4"), 1)[0]
+    face = FaceDetector().detect_frame(av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p"))[0]
+    found = FaceLandmarker().detect(bgr, face.box, face.landmarks[:2])
+    assert found is not None
+    return bgr, found.points
+
+
+@pytest.mark.parametrize("d_open,d_width", [(0.06, 0.0), (-0.02, 0.0), (0.03, 0.04), (0.0, -0.04)])
+def test_target_lips_reach_the_requested_shape(mesh, d_open, d_width):
+    _, points = mesh
+    opening, width = lip_ratios(points)
+    target = target_lips(points, max(opening + d_open, 0.0), width + d_width)
+    moved = points[:, :2].copy()
+    for i, xy in target.items():
+        moved[i] = xy
+    got_open, got_width = lip_ratios(moved)
+    assert got_open == pytest.approx(max(opening + d_open, 0.0), abs=0.004)
+    assert got_width == pytest.approx(width + d_width, abs=0.01)
+
+
+def test_unchanged_shape_moves_nothing(mesh):
+    bgr, points = mesh
+    opening, width = lip_ratios(points)
+    edit = warp_mouth(bgr, (0, 0), points, target_lips(points, opening, width), (bgr.shape[1], bgr.shape[0]))
+    assert edit is not None
+    region = bgr[edit.y : edit.y + edit.patch.shape[0], edit.x : edit.x + edit.patch.shape[1]].astype(int)
+    assert np.abs(edit.patch.astype(int) - region)[edit.alpha > 0].mean() < 1.5
+
+
+def test_the_warp_writes_only_near_the_lips(mesh):
+    bgr, points = mesh
+    opening, width = lip_ratios(points)
+    target = target_lips(points, opening + 0.05, width)
+    edit = warp_mouth(bgr, (0, 0), points, target, (bgr.shape[1], bgr.shape[0]))
+    assert edit is not None
+    hull, margin = mouth_region(points, target)
+    yy, xx = np.nonzero(edit.alpha > 0)
+    pts = np.stack([xx + edit.x, yy + edit.y], 1).astype(np.float32)
+    far = [cv2.pointPolygonTest(hull.astype(np.float32), (float(x), float(y)), True) for x, y in pts[::7]]
+    assert min(far) >= -margin - 1.5, "a weight beyond the dilated lip region"
+    mouth_width = np.linalg.norm(points[61, :2] - points[291, :2])
+    assert margin == pytest.approx(max(4.0, MARGIN_OF_WIDTH * mouth_width))
+
+
+def test_speaker_stats_start_at_the_prior_and_learn_the_speaker():
+    stats = SpeakerStats()
+    stats.observe(0.02, 0.40)
+    mean, std = stats.mean_std()
+    assert 0.02 < mean[0] < 0.035 and mean[1] == pytest.approx(0.40)
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        stats.observe(0.05 + 0.01 * rng.standard_normal(), 0.40 + 0.02 * rng.standard_normal())
+    mean, std = stats.mean_std()
+    assert mean[0] == pytest.approx(0.05, abs=0.003) and std[0] == pytest.approx(0.01, abs=0.003)
+    assert std[1] == pytest.approx(0.02, abs=0.004)
+
+
+def test_bank_paints_an_open_interior_from_an_earlier_frame(media):
+    """A closed mouth opened by the warp shows the inside of this person's mouth, not stretched lip."""
+    frames = _first_frames(media("talking_1.mp4"), 60)
+    detector, marker = FaceDetector(), FaceLandmarker()
+    bank = MouthBank()
+    meshes = []
+    for bgr in frames:
+        face = detector.detect_frame(av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p"))[0]
+        m = marker.detect(bgr, face.box, face.landmarks[:2])
+        assert m is not None
+        meshes.append(m.points)
+        bank.offer(bgr, (0, 0), m.points)
+    assert len(bank) > 0, "talking_1 opens its mouth in its first 60 frames"
+    closed = int(np.argmin([lip_ratios(p)[0] for p in meshes]))
+    bgr, points = frames[closed], meshes[closed]
+    opening, width = lip_ratios(points)
+    target = target_lips(points, opening + 0.06, width)
+    plain = warp_mouth(bgr, (0, 0), points, target, (bgr.shape[1], bgr.shape[0]))
+    filled = warp_mouth(bgr, (0, 0), points, target, (bgr.shape[1], bgr.shape[0]))
+    face = FaceFrame.of(points)
+    assert filled is not None and plain is not None
+    assert bank.fill(filled, float((points[14, :2] - points[13, :2]) @ face.down))
+    inner = np.zeros(filled.alpha.shape, np.uint8)
+    poly = np.array([target[i] for i in (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14,
+                                         87, 178, 88, 95)]) - [filled.x, filled.y]
+    cv2.fillPoly(inner, [np.round(poly).astype(np.int32)], 1)
+    grey = lambda img: cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[inner > 0].astype(float)  # noqa: E731
+    # Stretching a closed mouth gives a smooth band of lip; a real interior has teeth against dark.
+    assert np.abs(grey(filled.patch) - grey(plain.patch)).mean() > 8, "the interior was not painted"
+    assert grey(filled.patch).std() > 1.5 * grey(plain.patch).std(), "the painted interior has no structure"
+
+
+def _decode_planes(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="yuv420p") for f in container.decode(video=0)]
+
+
+def _lossless_job(tmp_path: Path, video: Path, audio: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    out = tmp_path / "out.mp4"
+    cfg = JobConfig(video_encoding=VideoEncodingSpec(mode=EncodingMode.LOSSLESS))
+    pipeline.run_files(cfg, Settings(), NeuralProcessor(ShapeBackend()), video, audio, out)
+    return _decode_planes(video), _decode_planes(out)
+
+
+def test_lossless_real_clip_changes_only_pixels_near_the_lips(media, tmp_path):
+    """Every changed luma sample lies within the dilated lip region of the input frame (measured here with
+    the landmark model on the input), and most frames are changed."""
+    video = media("talking_2.mp4")
+    inputs, outputs = _lossless_job(tmp_path, video, media("speech_en_1.wav"))
+    assert len(outputs) == len(inputs)
+    detector, marker = FaceDetector(), FaceLandmarker()
+    changed_frames = 0
+    for k in range(0, len(inputs), 10):
+        h = inputs[k].shape[0] * 2 // 3
+        diff = inputs[k][:h] != outputs[k][:h]
+        if not diff.any():
+            continue
+        changed_frames += 1
+        bgr = cv2.cvtColor(inputs[k], cv2.COLOR_YUV2BGR_I420)
+        face = detector.detect_frame(av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p"))[0]
+        points = marker.detect(bgr, face.box, face.landmarks[:2]).points
+        lips = points[list(OUTER_LIPS), :2].astype(np.float32)
+        mouth_width = float(np.linalg.norm(points[61, :2] - points[291, :2]))
+        face_h = FaceFrame.of(points).height
+        # Dilation: the edit's margin plus how far a 3-sigma opening moves the lower lip, plus the
+        # landmark model's own frame-to-frame spread (smoothing).
+        reach = MARGIN_OF_WIDTH * mouth_width + 0.12 * face_h + 0.05 * mouth_width
+        ys, xs = np.nonzero(diff)
+        dist = [-cv2.pointPolygonTest(cv2.convexHull(lips), (float(x), float(y)), True) for x, y in zip(xs, ys)]
+        assert max(dist) <= reach, f"frame {k}: a pixel {max(dist):.1f} px from the lips changed (limit {reach:.1f})"
+    assert changed_frames >= len(range(0, len(inputs), 10)) // 2
+
+
+def test_lossless_clip_without_a_face_is_unchanged(tmp_path):
+    video = synth.make_video(tmp_path / "in.mp4", seconds=1.0, size=(320, 240))
+    audio = synth.make_wav(tmp_path / "speech.wav", seconds=1.0)
+    inputs, outputs = _lossless_job(tmp_path, video, audio)
+    assert len(outputs) == len(inputs)
+    assert all(np.array_equal(a, b) for a, b in zip(inputs, outputs))
+
+
+def test_unreadable_faces_pass_through_without_error():
+    """A face the landmark model cannot read (here: no face at all in the box) is left as it is."""
+    from lipsync_service.core.lips import LipTracker
+
+    tracker = LipTracker(FaceLandmarker(), fps=25.0)
+    frame = av.VideoFrame.from_ndarray(np.full((240, 320, 3), 128, np.uint8), format="bgr24").reformat(format="yuv420p")
+    assert tracker.read(frame, 0, 1, (100.0, 60.0, 180.0, 160.0)) is None
+    assert tracker.misses == 1
+
