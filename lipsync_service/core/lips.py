@@ -8,6 +8,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 
+import av
 import numpy as np
 
 from lipsync_service.core.crops import CropRegion, extract_bgr
@@ -56,16 +57,18 @@ class _OneEuro:
     min_cutoff: float
     coeff: float
     value: np.ndarray | None = None
-    speed: np.ndarray | None = None
+    speed: float = 0.0
 
     def __call__(self, x: np.ndarray, scale: float) -> np.ndarray:
-        if self.value is None or self.speed is None:
-            self.value, self.speed = x.copy(), np.zeros_like(x)
+        if self.value is None:
+            self.value = x.copy()
             return x
-        d = (x - self.value) * self.rate / max(scale, 1e-6)
-        self.speed = self.speed + _alpha(DERIVATIVE_CUTOFF_HZ, self.rate) * (d - self.speed)
-        cutoff = self.min_cutoff + self.coeff * np.abs(self.speed)
-        self.value = self.value + _alpha(cutoff, self.rate) * (x - self.value)
+        # One speed for the whole mesh (its mean point speed): every point gets the same smoothing factor,
+        # so the mesh keeps its shape; per-point factors would let slow points lag fast ones and bend the lips.
+        d = float(np.linalg.norm(x - self.value, axis=-1).mean()) * self.rate / max(scale, 1e-6)
+        self.speed = self.speed + float(_alpha(DERIVATIVE_CUTOFF_HZ, self.rate)) * (d - self.speed)
+        cutoff = self.min_cutoff + self.coeff * abs(self.speed)
+        self.value = self.value + float(_alpha(cutoff, self.rate)) * (x - self.value)
         return self.value
 
 
@@ -112,7 +115,8 @@ class LipTracker:
         self._tracks: dict[int, _Track] = {}
         self.misses = 0
 
-    def read(self, frame, index: int, track_id: int, box: tuple[float, float, float, float]) -> LipRead | None:
+    def read(self, frame: av.VideoFrame, index: int, track_id: int,
+             box: tuple[float, float, float, float]) -> LipRead | None:
         """The lips of one tracked face in a frame, or None when the landmark model cannot read them.
 
         Args:
@@ -177,12 +181,13 @@ class LipTracker:
         mean, std = track.stats.mean_std()
         opening = float(mean[0] + shape_z[0] * std[0])
         width = float(mean[1] + shape_z[1] * std[1])
+        # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width)
-        edit = warp_mouth(lips.image, lips.origin, lips.points, target, frame_size)
+        edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size)
         if edit is None:
             return None
-        face = FaceFrame.of(lips.points)
-        source_gap = float((lips.points[LOWER_MID] - lips.points[UPPER_MID]) @ face.down)
+        face = FaceFrame.of(lips.raw)
+        source_gap = float((lips.raw[LOWER_MID] - lips.raw[UPPER_MID]) @ face.down)
         track.bank.fill(edit, source_gap)
         return edit
 

@@ -1,5 +1,5 @@
 """Re-shape a mouth at the frame's own resolution: target lip landmarks from a lip shape, the mouth region and
-its feathered mask, and a thin-plate-spline warp that moves the source's own pixels there.
+its feathered mask, and a piecewise-affine warp that moves the source's own pixels there.
 
 A lip shape is (opening, width) in the speaker's own standard deviations (docs/models-contract.md#lip-shape).
 The speaker's statistics, measured on the source video as it streams, turn it into pixels: opening is the
@@ -31,6 +31,8 @@ EYE_LEFT, EYE_RIGHT = 33, 263
 
 # Share of an opening change taken by the lower lip (the jaw drops) and the upper lip (it lifts a little).
 LOWER_SHARE = 0.85
+# Shape of the opening along the mouth: gap = target * cos(u * pi / 2) ** power, u from -1 (corner) to 1.
+GAP_PROFILE_POWER = 0.7
 # Mouth corners follow an opening change this much (they drop slightly with the jaw).
 CORNER_DROP = 0.25
 # Dilation of the mouth region beyond the lips, as a fraction of the mouth width, and its floor in pixels:
@@ -39,10 +41,8 @@ MARGIN_OF_WIDTH = 0.22
 MIN_MARGIN_PX = 4.0
 # Zero-displacement anchors around the region that pin the warp at its edge.
 RING_ANCHORS = 28
-# The warp field is evaluated on a grid of this step (pixels) and interpolated: it is smooth.
-FIELD_STEP = 4
-# Regularisation of the thin-plate spline (pixels^2): keeps it stable with nearly coincident points.
-TPS_SMOOTHING = 1e-3
+# Triangulation topology is taken with the mouth at least this open (fraction of the mouth width).
+TRIANGULATION_GAP = 0.12
 
 
 @dataclass
@@ -124,13 +124,15 @@ def lip_ratios(points: np.ndarray) -> tuple[float, float]:
 def target_lips(points: np.ndarray, opening: float, width: float) -> dict[int, np.ndarray]:
     """Where the lip points go for a target shape.
 
-    The lips move as units: each column of the inner lips opens to its share of the target gap (the shape
-    of the source's own gap is kept when its mouth is open; a closed source opens with a rounded profile),
-    the lower lip taking LOWER_SHARE of the change; outer points follow their column; the width scales
-    every lip point about the mouth centre along the eye line.
+    The lips move as units: each column of the inner lips opens to the target gap shaped by a rounded
+    profile (full at the centre, closing towards the corners: the source's own column gaps are landmark
+    noise as much as shape, and scaling them amplifies that into a wavy lip line), the lower lip taking
+    LOWER_SHARE of the change; outer points follow their column; the width scales every lip point about
+    the mouth centre along the eye line.
 
     Args:
-        points: the source face mesh [468, 2+] in frame pixels.
+        points: the face mesh [468, 2+] in frame pixels the target is built on (smoothed over time, so the
+            drawn lips do not jitter).
         opening: target inner-lip gap over face height.
         width: target corner distance over face width.
 
@@ -148,12 +150,10 @@ def target_lips(points: np.ndarray, opening: float, width: float) -> dict[int, n
     out: dict[int, np.ndarray] = {}
     for up_in, low_in, up_out, low_out in zip(INNER_UPPER, INNER_LOWER, OUTER_UPPER, OUTER_LOWER):
         u = float((p[low_in] + p[up_in] - 2 * centre) @ face.right) / (2 * half)
+        # Not clamped: where the mesh has the lips crossed, the change uncrosses them (every column ends at
+        # exactly its target gap, so the target lip line never folds).
         gap = float((p[low_in] - p[up_in]) @ face.down)
-        if source_gap > 0.02 * face.height and gap > 0:
-            new_gap = gap * target_gap / source_gap
-        else:
-            new_gap = target_gap * math.cos(min(abs(u), 1.0) * math.pi / 2) ** 0.6
-        change = new_gap - max(gap, 0.0)
+        change = target_gap * math.cos(min(abs(u), 1.0) * math.pi / 2) ** GAP_PROFILE_POWER - gap
         sideways = face.right * (u * d_half)
         lower = face.down * (LOWER_SHARE * change) + sideways
         upper = -face.down * ((1 - LOWER_SHARE) * change) + sideways
@@ -185,35 +185,73 @@ class MouthEdit:
     target: dict[int, np.ndarray]
 
 
-def _tps_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        k = 0.5 * d2 * np.log(d2)
-    return np.nan_to_num(k, nan=0.0, posinf=0.0, neginf=0.0)
+def _triangles(dst: np.ndarray, idx: list[int]) -> np.ndarray:
+    """A triangulation [T, 3] (indices into dst) of the lip points and the ring around them.
+
+    Computed on the target with the mouth held open (inner lower lip pushed down to at least
+    TRIANGULATION_GAP of the mouth width), so the lips and the opening between them are triangles of their
+    own even where the target closes the mouth (those then shrink to a seam).
+    """
+    ref = dst.copy()
+    pos = {landmark: k for k, landmark in enumerate(idx)}
+    width = float(np.linalg.norm(ref[pos[OUTER_CORNERS[1]]] - ref[pos[OUTER_CORNERS[0]]]))
+    for up, low in zip(INNER_UPPER, INNER_LOWER):
+        gap = ref[pos[low], 1] - ref[pos[up], 1]
+        need = TRIANGULATION_GAP * width - gap
+        if need > 0:
+            ref[pos[low], 1] += need
+    return delaunay(ref)
 
 
-def thin_plate_field(anchors: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """A thin-plate spline through (anchor -> value) pairs, evaluated at the query points.
+def delaunay(ref: np.ndarray) -> np.ndarray:
+    """Delaunay triangles [T, 3] (indices into ref) of a point set; coincident points share one vertex."""
+    x0, y0 = ref.min(0) - 2
+    x1, y1 = ref.max(0) + 2
+    subdiv = cv2.Subdiv2D((int(math.floor(x0)), int(math.floor(y0)),
+                           int(math.ceil(x1 - x0)) + 2, int(math.ceil(y1 - y0)) + 2))
+    lookup: dict[tuple[float, float], int] = {}
+    for k, (x, y) in enumerate(ref):
+        key = (round(float(x), 3), round(float(y), 3))
+        if key in lookup:
+            continue  # coincident points: the first stands for both
+        lookup[key] = k
+        subdiv.insert((float(x), float(y)))
+    out = []
+    for tri in subdiv.getTriangleList():
+        ks = [lookup.get((round(float(tri[j]), 3), round(float(tri[j + 1]), 3))) for j in (0, 2, 4)]
+        if all(k is not None for k in ks):
+            out.append(ks)
+    return np.array(out, np.int32).reshape(-1, 3)
 
-    Args:
-        anchors: [N, 2] positions.
-        values: [N, C] values at them.
-        queries: [M, 2] positions.
+
+def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, triangles: np.ndarray, x0: int, y0: int, w: int,
+                         h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Backward map of a piecewise-affine warp: for each pixel of the box (x0, y0, w, h), where to sample.
+
+    Each target triangle maps affinely onto its source triangle, so the map never overshoots (unlike a
+    spline through points that nearly coincide, which rings); pixels outside every triangle map to
+    themselves.
 
     Returns:
-        [M, C] interpolated values.
+        (map_x, map_y) float32 [h, w] in the same coordinates as src and dst.
     """
-    n = len(anchors)
-    system = np.zeros((n + 3, n + 3))
-    system[:n, :n] = _tps_kernel(anchors, anchors) + np.eye(n) * TPS_SMOOTHING
-    system[:n, n] = 1.0
-    system[:n, n + 1 :] = anchors
-    system[n, :n] = 1.0
-    system[n + 1 :, :n] = anchors.T
-    rhs = np.zeros((n + 3, values.shape[1]))
-    rhs[:n] = values
-    coef = np.linalg.solve(system, rhs)
-    return _tps_kernel(queries, anchors) @ coef[:n] + coef[n] + queries @ coef[n + 1 :]
+    ids = np.zeros((h, w), np.int32)
+    shift = 4
+    affine = np.zeros((len(triangles) + 1, 2, 3), np.float64)
+    affine[0] = [[1, 0, 0], [0, 1, 0]]
+    for t, tri in enumerate(triangles, start=1):
+        d, s_ = dst[tri], src[tri]
+        m = np.hstack([d, np.ones((3, 1))])
+        if abs(np.linalg.det(m)) < 1e-6:
+            continue  # a degenerate (closed) triangle covers no pixel
+        affine[t] = np.linalg.solve(m, s_).T
+        pts = np.round((d - [x0, y0]) * (1 << shift)).astype(np.int32)
+        cv2.fillConvexPoly(ids, pts, t, lineType=cv2.LINE_8, shift=shift)
+    py, px = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
+    a = affine[ids]
+    map_x = a[..., 0, 0] * px + a[..., 0, 1] * py + a[..., 0, 2]
+    map_y = a[..., 1, 0] * px + a[..., 1, 1] * py + a[..., 1, 2]
+    return map_x.astype(np.float32), map_y.astype(np.float32)
 
 
 def mouth_region(source: np.ndarray, target: dict[int, np.ndarray]) -> tuple[np.ndarray, float]:
@@ -238,7 +276,8 @@ def region_alpha(hull: np.ndarray, margin: float, x0: int, y0: int, w: int, h: i
     """Blend weights on the patch [y0, y0+h) x [x0, x0+w): 1 inside the hull, smoothly to exactly 0 at
     `margin` pixels outside it."""
     inside = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(inside, [np.round(hull - [x0, y0]).astype(np.int32)], 1)
+    # cv2's stub types a colour (Scalar) as a sequence; OpenCV takes a plain number too.
+    cv2.fillPoly(inside, [np.round(hull - [x0, y0]).astype(np.int32)], 1)  # type: ignore[call-overload]
     dist = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)
     t = np.clip(1.0 - dist / margin, 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
@@ -252,7 +291,7 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
         bgr: BGR uint8 image of a part of the frame that holds the whole dilated mouth region (and some
             border: the warp samples a little outside it).
         origin: frame coordinates (x, y) of bgr's top-left pixel.
-        source: the face mesh [468, 2+] in frame pixels.
+        source: the face mesh [468, 2+] in frame pixels as read in this frame (where the lips' pixels are).
         target: target lip positions from `target_lips`.
         frame_size: (width, height) of the frame: the edit stays inside it.
 
@@ -270,21 +309,10 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
     if x1 - x0 < 4 or y1 - y0 < 4:
         return None
     idx = list(target)
-    src = source[idx, :2].astype(np.float64)
-    dst = np.array([target[i] for i in idx])
-    anchors = np.vstack([dst, ring])
-    # Backward map: for each output pixel, where to sample the source (displacement dst -> src).
-    values = np.vstack([src - dst, np.zeros_like(ring)])
-    gy, gx = np.mgrid[y0 : y1 + FIELD_STEP : FIELD_STEP, x0 : x1 + FIELD_STEP : FIELD_STEP]
-    coarse = thin_plate_field(anchors, values, np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float64))
-    coarse = coarse.reshape(gx.shape + (2,)).astype(np.float32)
-    dense = cv2.resize(coarse, (gx.shape[1] * FIELD_STEP, gx.shape[0] * FIELD_STEP),
-                       interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
-    # cv2.resize aligns pixel centres, not grid nodes; the field is smooth, so the sub-step offset is harmless.
-    py, px = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    map_x = px + dense[..., 0] - ox
-    map_y = py + dense[..., 1] - oy
-    patch = cv2.remap(bgr, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    src = np.vstack([source[idx, :2].astype(np.float64), ring])
+    dst = np.vstack([np.array([target[i] for i in idx]), ring])
+    map_x, map_y = piecewise_affine_map(src, dst, _triangles(dst, idx), x0, y0, x1 - x0, y1 - y0)
+    patch = cv2.remap(bgr, map_x - ox, map_y - oy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     alpha = region_alpha(hull, margin, x0, y0, x1 - x0, y1 - y0)
     return MouthEdit(x=x0, y=y0, patch=patch, alpha=alpha, target=target)
 

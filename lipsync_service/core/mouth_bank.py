@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from lipsync_service.core.landmarks import INNER_LIPS
-from lipsync_service.core.mouth import OUTER_CORNERS, MouthEdit, inner_polygon, thin_plate_field
+from lipsync_service.core.mouth import OUTER_CORNERS, MouthEdit, delaunay, inner_polygon, piecewise_affine_map
 
 # Canonical mouth: corners at (MARGIN, CANON_H/2) and (MARGIN + CANON_WIDTH, CANON_H/2).
 CANON_WIDTH = 128
@@ -30,7 +30,7 @@ MIN_STORED_GAP = 0.10
 # FILL_START x the source gap, 1 at FILL_FULL x.
 FILL_START, FILL_FULL = 1.2, 2.0
 # Feather of the interior's edge inside the inner lip line, pixels.
-FEATHER_PX = 1.5
+FEATHER_PX = 2.0
 
 
 @dataclass
@@ -39,6 +39,7 @@ class _Interior:
     inner: np.ndarray  # [20, 2] inner-lip polygon in canonical pixels
     gap: float  # inner gap over mouth width
     sharpness: float
+    triangles: np.ndarray  # [T, 3] Delaunay triangles of `inner`
 
 
 def _canonical_transform(points: np.ndarray) -> np.ndarray:
@@ -90,12 +91,14 @@ class MouthBank:
                                borderMode=cv2.BORDER_REPLICATE)
         grey = cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY)
         hole = np.zeros(grey.shape, np.uint8)
-        cv2.fillPoly(hole, [np.round(inner).astype(np.int32)], 1)
+        # cv2's stub types a colour (Scalar) as a sequence; OpenCV takes a plain number too.
+        cv2.fillPoly(hole, [np.round(inner).astype(np.int32)], 1)  # type: ignore[call-overload]
         lap = cv2.Laplacian(grey, cv2.CV_64F)[hole > 0]
         sharpness = float(lap.var()) if lap.size > 8 else 0.0
         held = self._bins.get(key)
         if held is None or sharpness > held.sharpness:
-            self._bins[key] = _Interior(patch=patch, inner=inner, gap=gap, sharpness=sharpness)
+            self._bins[key] = _Interior(patch=patch, inner=inner, gap=gap, sharpness=sharpness,
+                                        triangles=delaunay(inner))
 
     def _choose(self, gap: float) -> _Interior | None:
         if not self._bins:
@@ -140,15 +143,13 @@ class MouthBank:
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         if x1 - x0 < 3 or y1 - y0 < 3:
             return False
-        # Backward map from the target opening to the stored one, through their inner-lip points.
-        gy, gx = np.mgrid[y0:y1, x0:x1]
-        queries = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float64)
-        where = thin_plate_field(local, interior.inner - local, queries) + queries
-        map_xy = where.reshape(gy.shape + (2,)).astype(np.float32)
-        painted = cv2.remap(interior.patch, map_xy[..., 0], map_xy[..., 1], cv2.INTER_CUBIC,
-                            borderMode=cv2.BORDER_REPLICATE)
+        # Backward map from the target opening to the stored one, triangle by triangle through their inner-lip
+        # points (triangulated where the stored mouth is open, so no triangle is degenerate there).
+        map_x, map_y = piecewise_affine_map(interior.inner, local, interior.triangles, x0, y0, x1 - x0, y1 - y0)
+        painted = cv2.remap(interior.patch, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         hole = np.zeros((y1 - y0, x1 - x0), np.float32)
-        cv2.fillPoly(hole, [np.round(local - [x0, y0]).astype(np.int32)], 1.0)
+        # cv2's stub types a colour (Scalar) as a sequence; OpenCV takes a plain number too.
+        cv2.fillPoly(hole, [np.round(local - [x0, y0]).astype(np.int32)], 1.0)  # type: ignore[call-overload]
         dist = cv2.distanceTransform((hole > 0).astype(np.uint8), cv2.DIST_L2, 3)
         a = np.clip(dist / FEATHER_PX, 0.0, 1.0) * weight
         region = edit.patch[y0:y1, x0:x1].astype(np.float32)
