@@ -33,6 +33,7 @@ import av
 import cv2
 import numpy as np
 
+from lipsync_service.core.ort_session import cpu_session
 from lipsync_service.errors import InternalError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "mtcnn"
@@ -156,19 +157,8 @@ class FaceDetector:
         Raises:
             InternalError: the model files are missing or unreadable (a broken installation).
         """
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self._nets = {
-                name: ort.InferenceSession(str(model_dir / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
-                for name in ("pnet", "rnet", "onet")
-            }
-        except Exception as exc:  # ORT raises its own exception types; this is an installation fault
-            raise InternalError(f"face detector models could not be loaded from {model_dir}: {exc}") from exc
+        self._nets = {name: cpu_session(model_dir / f"{name}.onnx", threads, f"face detector network {name}")
+                      for name in ("pnet", "rnet", "onet")}
         self.detect_side = detect_side
         self.min_face_frac = min_face_frac
         self.roi_side = roi_side
@@ -185,7 +175,7 @@ class FaceDetector:
         h, w = img.shape[:2]
         min_face = max(12.0, self.min_face_frac * min(h, w))
         m = 12.0 / min_face
-        scales = []
+        scales: list[float] = []
         side = min(h, w) * m
         while side >= 12:
             scales.append(m * PYRAMID_FACTOR ** len(scales))
@@ -232,8 +222,7 @@ class FaceDetector:
         pts = np.stack([boxes[:, 0:1] + bw * marks[:, 0:5], boxes[:, 1:2] + bh * marks[:, 5:10]], axis=2)
         boxes = _regress(boxes, reg)
         keep = _nms(boxes, prob, 0.7, mode="min")
-        return [Face(box=tuple(float(v) for v in boxes[k]), score=float(prob[k]), landmarks=pts[k].astype(np.float32))
-                for k in keep]
+        return [Face(box=_box(boxes[k]), score=float(prob[k]), landmarks=pts[k].astype(np.float32)) for k in keep]
 
     def detect_image(self, bgr: np.ndarray) -> list[Face]:
         """Faces in a BGR uint8 image (e.g. frames of a training clip), in its pixels; scaled like detect_frame."""
@@ -303,11 +292,17 @@ class FaceDetector:
         ]
 
 
+def _box(row: np.ndarray) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (float(v) for v in row)
+    return x1, y1, x2, y2
+
+
 def _region_rgb(frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int, dw: int, dh: int) -> np.ndarray:
     """RGB uint8 [dh, dw, 3] of an even-aligned frame region, scaled plane by plane, then converted."""
     planes = []
     for k, plane in enumerate(frame.planes):
-        arr = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        # numpy 1.x's stub accepts only concrete buffer types; a PyAV plane exports the buffer protocol.
+        arr = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)  # type: ignore[call-overload]
         sub = 1 if k == 0 else 2
         region = arr[y0 // sub : y1 // sub, x0 // sub : x1 // sub]
         size = (dw // sub, dh // sub)

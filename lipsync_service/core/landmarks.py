@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from lipsync_service.core.ort_session import cpu_session
 from lipsync_service.errors import InternalError
 
 # mediapipe 0.10.14's face_landmark.tflite converted by tools/export_facemesh_onnx.py (Apache-2.0, see
@@ -197,16 +198,7 @@ class FaceLandmarker:
         Raises:
             InternalError: the model file is missing or unreadable (a broken installation).
         """
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self._session = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types; this is an installation fault
-            raise InternalError(f"face landmark model could not be loaded from {model_path}: {exc}") from exc
+        self._session = cpu_session(model_path, threads, "face landmark model")
         self.presence_threshold = presence_threshold
 
     def detect(self, bgr: np.ndarray, box: Sequence[float], eyes: np.ndarray | None = None) -> FaceLandmarks | None:
