@@ -1,6 +1,7 @@
 """Generator throughput: frames/s at batch 1, 8 and 32, embedded ONNX Runtime against the local Triton.
 
-Both run the same committed model (triton_repo/lipsync_generator/<latest>/model.onnx) with the same
+Both run the same committed model (triton_repo/<model>/<latest>/model.onnx; --model, default the default
+lip_shape model; opening_warp_rgb96 is the previous rgb_face generator) with the same
 number of ONNX Runtime intra-op threads; Triton is the nvidia-pytriton wheel's tritonserver (Python
 backend) on loopback, so the ratio is the cost of the gRPC hop, serialisation and Triton's scheduling.
 The two backends are called alternately, call by call, and the median call time gives frames/s, so that
@@ -9,7 +10,7 @@ load from other processes on a shared machine hits both alike.
 messages, as a remote server needs. Also measured: several client threads sending batch 8 at once
 through Triton (its dynamic batcher).
 
-Usage: python benchmarks/bench_generator.py [--seconds S] [--threads T]
+Usage: python benchmarks/bench_generator.py [--model NAME] [--seconds S] [--threads T]
 Writes benchmarks/results/bench_generator.json.
 """
 
@@ -31,15 +32,19 @@ from lipsync_service.inference.triton import TritonBackend
 from lipsync_service.settings import DEFAULT_MODEL_REPOSITORY
 
 BATCHES = (1, 8, 32)
-MODEL = "lipsync_generator"
+DEFAULT_MODEL = "lipsync_generator"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _inputs(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+def _inputs(batch: int, size: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """A batch for the model's contract: no face input for a lip_shape model (face size 0)."""
     rng = np.random.default_rng(batch)
+    mel = rng.normal(size=(batch, 1, 80, 16)).astype(np.float32)
+    if size == 0:
+        return None, mel
     face = rng.random((batch, 6, size, size), dtype=np.float32)
     face[:, :3, size // 2 :] = 0.0
-    return face, rng.normal(size=(batch, 1, 80, 16)).astype(np.float32)
+    return face, mel
 
 
 def _call_times(backends: dict, batch: int, seconds: float, min_calls: int = 5) -> dict[str, list[float]]:
@@ -57,8 +62,8 @@ def _call_times(backends: dict, batch: int, seconds: float, min_calls: int = 5) 
     return times
 
 
-def _concurrent_fps(url: str, threads: int, batch: int, seconds: float) -> float:
-    backend = TritonBackend(url, MODEL, max_batch_size=32)
+def _concurrent_fps(url: str, model: str, threads: int, batch: int, seconds: float) -> float:
+    backend = TritonBackend(url, model, max_batch_size=32)
     face, mel = _inputs(batch, backend.spec.face_size)
     backend.infer(face, mel)
     counts = [0] * threads
@@ -81,27 +86,28 @@ def _concurrent_fps(url: str, threads: int, batch: int, seconds: float) -> float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model in the repository (default {DEFAULT_MODEL})")
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time per backend and batch")
     parser.add_argument("--threads", type=int, default=4, help="client threads for the concurrent Triton case")
     args = parser.parse_args()
 
     threads = os.cpu_count() or 1
     embedded = OnnxRuntimeBackend.from_repository(
-        DEFAULT_MODEL_REPOSITORY, MODEL, max_batch_size=max(BATCHES), intra_op_threads=threads
+        DEFAULT_MODEL_REPOSITORY, args.model, max_batch_size=max(BATCHES), intra_op_threads=threads
     )
     results: dict[str, dict] = {}
     with LocalTriton(DEFAULT_MODEL_REPOSITORY) as server:
-        remote = TritonBackend(server.url, MODEL, max_batch_size=max(BATCHES), shm="on")
-        plain = TritonBackend(server.url, MODEL, max_batch_size=max(BATCHES), shm="off")
+        remote = TritonBackend(server.url, args.model, max_batch_size=max(BATCHES), shm="on")
+        plain = TritonBackend(server.url, args.model, max_batch_size=max(BATCHES), shm="off")
         backends = {"embedded_ort": embedded, "triton": remote, "triton_no_shm": plain}
         samples = {batch: _call_times(backends, batch, args.seconds) for batch in BATCHES}
-        concurrent = _concurrent_fps(server.url, args.threads, 8, args.seconds * 2)
+        concurrent = _concurrent_fps(server.url, args.model, args.threads, 8, args.seconds * 2)
         remote.close()
         plain.close()
     embedded.close()
 
     size = embedded.spec.face_size
-    print(f"generator {MODEL} (S={size}), {threads} CPU threads, alternating calls, median call time")
+    print(f"generator {args.model} (S={size}), {threads} CPU threads, alternating calls, median call time")
     print(
         f"{'batch':>5} | {'embedded ORT fps':>16} | {'Triton fps':>10} | {'Triton time / embedded time':>27} | "
         f"{'Triton no-shm fps':>17} | {'no-shm time / embedded':>22}"
@@ -128,7 +134,7 @@ def main() -> None:
     print(f"target Triton/embedded <= 1.25x at batch 8: {verdict}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {
-        "model": MODEL,
+        "model": args.model,
         "face_size": embedded.spec.face_size,
         "cpu_threads": threads,
         "machine": platform.platform(),

@@ -17,7 +17,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "lipsync-data"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `train` command (prepare, run, opening, export); each subcommand sets `func`."""
+    """Add the `train` command (prepare, run, opening, shape, export); each subcommand sets `func`."""
     train = subparsers.add_parser("train", help="build the training cache, train the default model, export it")
     sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
 
@@ -51,9 +51,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_arguments(opening)
     opening.set_defaults(func=_opening)
 
+    shape = sub.add_parser("shape", help="train the speech->lip-shape ensemble (opening and width) and export "
+                           "the `lip_shape` ONNX (mel [B,1,80,16] -> lip_shape [B,2])",
+                           description="Needs lip-shape labels of the cache's frames: run "
+                           "models/training/shape_labels.py in the eval venv first.")
+    from lipsync_models.training.shape_run import add_arguments as add_shape_arguments
+
+    add_shape_arguments(shape)
+    shape.set_defaults(func=_shape)
+
     exp = sub.add_parser("export", help="export trained generator weights (generator.pt) to ONNX")
-    exp.add_argument("weights", type=Path, help="generator.pt written at the end of `train run`, or a run's checkpoint.pt")
-    exp.add_argument("--out", type=Path, required=True, help="the .onnx file, e.g. triton_repo/lipsync_generator/1/model.onnx")
+    exp.add_argument("weights", type=Path,
+                     help="generator.pt written at the end of `train run`, or a run's checkpoint.pt")
+    exp.add_argument("--out", type=Path, required=True,
+                     help="the .onnx file, e.g. triton_repo/opening_warp_rgb96/1/model.onnx")
     exp.add_argument("--code-gain", default=None,
                      help="served articulation gain: a number, or 'calibrate' to measure it on the cache's "
                      "validation clips (needs checkpoint.pt and --cache)")
@@ -96,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(final if final.exists() else f"stopped before the end of the schedule; resume with the same command")
+    print(final if final.exists() else "stopped before the end of the schedule; resume with the same command")
     return 0
 
 
@@ -111,6 +122,20 @@ def _opening(args: argparse.Namespace) -> int:
         print(run(args))
     except (ValueError, OSError) as exc:
         return fail("train opening", exc)
+    return 0
+
+
+def _shape(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+
+        from lipsync_models.training.shape_run import run
+    except ImportError as exc:
+        return fail("train shape", needs_extra("train", exc))
+    try:
+        print(run(args))
+    except (ValueError, OSError) as exc:
+        return fail("train shape", exc)
     return 0
 
 

@@ -185,6 +185,17 @@ class MouthEdit:
     target: dict[int, np.ndarray]
 
 
+def _uncrossed(points: np.ndarray) -> np.ndarray:
+    """The mesh's x, y with every inner-lip column whose lower point lies above its upper one closed at their
+    midpoint (the model reads a closed mouth's lip line a pixel or two either way)."""
+    p = points[:, :2].astype(np.float64).copy()
+    down = FaceFrame.of(points).down
+    for up, low in zip(INNER_UPPER, INNER_LOWER):
+        if float((p[low] - p[up]) @ down) < 0:
+            p[up] = p[low] = (p[up] + p[low]) / 2
+    return p
+
+
 def _triangles(dst: np.ndarray, idx: list[int]) -> np.ndarray:
     """A triangulation [T, 3] (indices into dst) of the lip points and the ring around them.
 
@@ -242,11 +253,19 @@ def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, triangles: np.ndarray
     for t, tri in enumerate(triangles, start=1):
         d, s_ = dst[tri], src[tri]
         m = np.hstack([d, np.ones((3, 1))])
-        if abs(np.linalg.det(m)) < 1e-6:
+        det_dst = np.linalg.det(m)
+        if abs(det_dst) < 1e-6:
             continue  # a degenerate (closed) triangle covers no pixel
-        affine[t] = np.linalg.solve(m, s_).T
+        det_src = np.linalg.det(np.hstack([s_, np.ones((3, 1))]))
+        if det_src * det_dst <= 0:
+            # The source triangle is flipped (the mesh crossed its own points there): an affine map would
+            # mirror the texture and cut a seam into the lips; its vertices' mean shift does not.
+            shift_xy = (s_ - d).mean(axis=0)
+            affine[t] = [[1, 0, shift_xy[0]], [0, 1, shift_xy[1]]]
+        else:
+            affine[t] = np.linalg.solve(m, s_).T
         pts = np.round((d - [x0, y0]) * (1 << shift)).astype(np.int32)
-        cv2.fillConvexPoly(ids, pts, t, lineType=cv2.LINE_8, shift=shift)
+        cv2.fillConvexPoly(ids, pts, (t,), lineType=cv2.LINE_8, shift=shift)
     py, px = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
     a = affine[ids]
     map_x = a[..., 0, 0] * px + a[..., 0, 1] * py + a[..., 0, 2]
@@ -309,7 +328,7 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
     if x1 - x0 < 4 or y1 - y0 < 4:
         return None
     idx = list(target)
-    src = np.vstack([source[idx, :2].astype(np.float64), ring])
+    src = np.vstack([_uncrossed(source)[idx], ring])
     dst = np.vstack([np.array([target[i] for i in idx]), ring])
     map_x, map_y = piecewise_affine_map(src, dst, _triangles(dst, idx), x0, y0, x1 - x0, y1 - y0)
     patch = cv2.remap(bgr, map_x - ox, map_y - oy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)

@@ -173,6 +173,10 @@ class FaceTracker:
             for t in self._tracks:
                 if t.track_id in used or frame_index - t.last_frame > self.params.max_age:
                     continue
+                # A detector box never joins a client's track: that track is shown only in frames with a
+                # client sample, so the detected face would vanish there in every other (detected) frame.
+                if t.from_client and not obs.from_client:
+                    continue
                 score = iou(obs.box, t.last_box)
                 if score >= self.params.match_iou:
                     pairs.append((score, k, t))

@@ -92,9 +92,11 @@ def test_triton_killed_mid_stream_then_back(triton, clip, tmp_path, monkeypatch)
     from lipsync_service.server import app
 
     monkeypatch.setattr(app, "BACKEND_PROBE_S", 0.3)
+    # The RGB model: its crop is pasted (through the fallback ellipse) even on the synthetic face, which the
+    # landmark model cannot read, so every frame reaches the generator.
     settings = server_settings(processor="neural", backend="triton", triton_url=triton.url,
-                               model_repository=TRITON_REPO, triton_timeout_s=10, max_concurrency_per_gpu=2,
-                               input_queue_timeout_s=30)
+                               model_repository=TRITON_REPO, model_name="opening_warp_rgb96", triton_timeout_s=10,
+                               max_concurrency_per_gpu=2, input_queue_timeout_s=30)
     srv = ServerThread(settings).start()
     try:
         assert srv.server.ready and _health(srv) == health_pb2.HealthCheckResponse.SERVING

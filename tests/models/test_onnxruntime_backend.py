@@ -9,6 +9,7 @@ import pytest
 
 from lipsync_service.errors import InferenceError, InferenceUnavailable
 from lipsync_service.inference import build_backend
+from lipsync_service.inference.base import OutputContract
 from lipsync_service.inference.onnxruntime import OnnxRuntimeBackend
 from lipsync_service.server.status import status_for
 from lipsync_service.settings import DEFAULT_MODEL_REPOSITORY, Settings
@@ -19,20 +20,35 @@ def _inputs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.random((n, 6, 96, 96), dtype=np.float32), rng.normal(size=(n, 1, 80, 16)).astype(np.float32)
 
 
-def test_default_settings_give_the_committed_model() -> None:
+def test_default_settings_give_the_committed_lip_shape_model() -> None:
     backend = build_backend(Settings(ort_intra_op_threads=1))
     spec = backend.spec
-    assert (spec.name, spec.face_size, spec.max_batch_size, spec.channel_order) == ("lipsync_generator", 96, 16, "bgr")
+    assert (spec.name, spec.contract, spec.max_batch_size) == ("lipsync_generator", OutputContract.LIP_SHAPE, 16)
     assert spec.description  # the ONNX metadata text (trained weights: models/MODEL_CARD.md)
+    _, mel = _inputs(3)
+    out = backend.infer(None, mel)
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    assert float(np.abs(out).max()) <= 3.0
+    # Silence and speech ask for different mouths.
+    silence = np.full((1, 1, 80, 16), -4.0, np.float32)
+    assert float(backend.infer(None, silence)[0, 0]) < float(backend.infer(None, mel[:1] * 0 + 1.0)[0, 0])
+    backend.close()
+
+
+def test_the_previous_rgb_model_still_serves() -> None:
+    backend = build_backend(Settings(ort_intra_op_threads=1, model_name="opening_warp_rgb96"))
+    spec = backend.spec
+    assert (spec.name, spec.face_size, spec.channel_order, spec.contract) == (
+        "opening_warp_rgb96", 96, "bgr", OutputContract.RGB_FACE)
     face, mel = _inputs(2)
     out = backend.infer(face, mel)
     assert out.dtype == np.float32 and out.shape == (2, 3, 96, 96)
-    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     backend.close()
 
 
 def test_large_batches_are_split_and_give_the_same_result_per_item() -> None:
-    backend = OnnxRuntimeBackend.from_repository(DEFAULT_MODEL_REPOSITORY, "lipsync_generator", max_batch_size=4)
+    backend = OnnxRuntimeBackend.from_repository(DEFAULT_MODEL_REPOSITORY, "opening_warp_rgb96", max_batch_size=4)
     face, mel = _inputs(10, seed=1)
     whole = backend.infer(face, mel)
     single = np.concatenate([backend.infer(face[i : i + 1], mel[i : i + 1]) for i in range(10)])
@@ -41,7 +57,7 @@ def test_large_batches_are_split_and_give_the_same_result_per_item() -> None:
 
 
 def test_wrong_shapes_are_an_inference_error() -> None:
-    backend = OnnxRuntimeBackend.from_repository(DEFAULT_MODEL_REPOSITORY, "lipsync_generator")
+    backend = OnnxRuntimeBackend.from_repository(DEFAULT_MODEL_REPOSITORY, "opening_warp_rgb96")
     face, mel = _inputs(2)
     with pytest.raises(InferenceError, match=r"\[B, 6, 96, 96\]"):
         backend.infer(face[:, :, :64, :64], mel)
@@ -56,7 +72,7 @@ def test_missing_model_is_unavailable_with_the_setting_to_fix(tmp_path) -> None:
 
 
 def test_latest_version_is_used_unless_pinned(tmp_path) -> None:
-    shutil.copytree(DEFAULT_MODEL_REPOSITORY / "lipsync_generator", tmp_path / "g")
+    shutil.copytree(DEFAULT_MODEL_REPOSITORY / "opening_warp_rgb96", tmp_path / "g")
     shutil.copytree(tmp_path / "g" / "1", tmp_path / "g" / "7")
     (tmp_path / "g" / "7" / "model.onnx").write_bytes(b"not an onnx file")
     with pytest.raises(InferenceUnavailable, match="cannot load ONNX model .*/7/model.onnx"):
@@ -123,7 +139,7 @@ def test_each_contract_refuses_the_other_contracts_inputs(tmp_path) -> None:
         shape.infer(face, mel)
     with pytest.raises(InferenceError, match=r"mel \(2, 1, 80, 8\)"):
         shape.infer(None, mel_batch(2)[..., :8])
-    rgb = OnnxRuntimeBackend.from_repository(DEFAULT_MODEL_REPOSITORY, "lipsync_generator")
+    rgb = OnnxRuntimeBackend.from_repository(DEFAULT_MODEL_REPOSITORY, "opening_warp_rgb96")
     with pytest.raises(InferenceError, match="rgb_face contract.*a face batch is required"):
         rgb.infer(None, mel)
 
@@ -171,6 +187,6 @@ def test_rgb_models_keep_the_rgb_contract() -> None:
     from lipsync_service.inference.base import OutputContract
     from lipsync_service.inference.repository import inspect_onnx, model_version_dir
 
-    onnx_path = model_version_dir(DEFAULT_MODEL_REPOSITORY, "lipsync_generator") / "model.onnx"
+    onnx_path = model_version_dir(DEFAULT_MODEL_REPOSITORY, "opening_warp_rgb96") / "model.onnx"
     found = inspect_onnx(onnx_path)
     assert (found.contract, found.face_size) == (OutputContract.RGB_FACE, 96)

@@ -58,7 +58,7 @@ def test_engine_build_cache_and_parity_with_onnxruntime(tmp_path) -> None:
     from lipsync_service.inference.tensorrt import TensorRTBackend, build_engine
     from lipsync_service.settings import DEFAULT_MODEL_REPOSITORY
 
-    onnx_path = model_version_dir(DEFAULT_MODEL_REPOSITORY, "lipsync_generator") / ONNX_FILE
+    onnx_path = model_version_dir(DEFAULT_MODEL_REPOSITORY, "opening_warp_rgb96") / ONNX_FILE
     engine = build_engine(onnx_path, 8, fp16=False, cache_dir=tmp_path)
     mtime = engine.stat().st_mtime_ns
     assert build_engine(onnx_path, 8, fp16=False, cache_dir=tmp_path) == engine

@@ -24,10 +24,15 @@ from .conftest import TRITON_REPO
 CONFIGS = sorted(TRITON_REPO.glob("*/config.pbtxt"))
 
 
-def test_committed_repository_holds_the_default_model() -> None:
+def test_committed_repository_holds_the_default_model_and_the_previous_one() -> None:
+    """lipsync_generator (the default, lip_shape contract) and opening_warp_rgb96 (the previous default, rgb_face)."""
     assert TRITON_REPO == DEFAULT_MODEL_REPOSITORY
-    assert [p.parent.name for p in CONFIGS] == ["lipsync_generator"]
-    assert (TRITON_REPO / "lipsync_generator" / "1" / "model.py").is_file()
+    assert [p.parent.name for p in CONFIGS] == ["lipsync_generator", "opening_warp_rgb96"]
+    expected = (("lipsync_generator", OutputContract.LIP_SHAPE), ("opening_warp_rgb96", OutputContract.RGB_FACE))
+    for name, contract in expected:
+        assert (TRITON_REPO / name / "1" / "model.py").is_file()
+        config = text_format.Parse((TRITON_REPO / name / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert config.parameters[CONTRACT_PARAMETER].string_value == contract.value
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.parent.name for p in CONFIGS])
@@ -102,11 +107,12 @@ def test_python_backend_models_are_the_current_template() -> None:
         assert model_py.read_text() == PYTHON_MODEL_SOURCE.read_text(), f"{model_py} is stale: rerun build-repo"
 
 
-def test_committed_config_describes_the_shipped_weights() -> None:
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.parent.name for p in CONFIGS])
+def test_committed_config_describes_the_shipped_weights(path) -> None:
     """Triton reports model_info from config.pbtxt, the embedded backend from the ONNX file: they must agree."""
-    import onnx
+    onnx = pytest.importorskip("onnx", reason="reading ONNX metadata needs the onnx package (the train extra)")
 
-    config = text_format.Parse((TRITON_REPO / "lipsync_generator" / "config.pbtxt").read_text(), mc.ModelConfig())
-    onnx_model = onnx.load(str(TRITON_REPO / "lipsync_generator" / "1" / "model.onnx"), load_external_data=False)
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+    onnx_model = onnx.load(str(path.parent / "1" / "model.onnx"), load_external_data=False)
     meta = {p.key: p.value for p in onnx_model.metadata_props}
-    assert config.parameters["description"].string_value == meta["lipsync.description"]
+    assert config.parameters["description"].string_value == (meta.get("lipsync.description") or meta["description"])

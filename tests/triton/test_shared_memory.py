@@ -61,8 +61,8 @@ def test_unknown_mode_is_rejected() -> None:
 
 @pytest.mark.skipif(not DEV_SHM.is_dir(), reason="no /dev/shm on this machine")
 def test_shared_memory_matches_plain_grpc_and_leaves_nothing_behind(triton_server) -> None:
-    shm = TritonBackend(triton_server.url, "lipsync_generator", max_batch_size=8, shm="on")
-    plain = TritonBackend(triton_server.url, "lipsync_generator", max_batch_size=8, shm="off")
+    shm = TritonBackend(triton_server.url, "opening_warp_rgb96", max_batch_size=8, shm="on")
+    plain = TritonBackend(triton_server.url, "opening_warp_rgb96", max_batch_size=8, shm="off")
     face, mel = _batch(11)  # two calls (8 + 3): a partial batch reuses the regions
     expected = plain.infer(face, mel)
     got = shm.infer(face, mel)
@@ -82,7 +82,7 @@ def test_shared_memory_matches_plain_grpc_and_leaves_nothing_behind(triton_serve
 def test_released_thread_frees_its_regions(triton_server) -> None:
     import threading
 
-    backend = TritonBackend(triton_server.url, "lipsync_generator", max_batch_size=4, shm="on")
+    backend = TritonBackend(triton_server.url, "opening_warp_rgb96", max_batch_size=4, shm="on")
     face, mel = _batch(2)
     seen: list[set[str]] = []
 
@@ -106,8 +106,8 @@ def test_failed_registration_falls_back_to_plain_grpc(triton_server, monkeypatch
         # What a server in another container answers: it cannot open a region on our host.
         raise InferenceServerException("Unable to open shared memory region", status="StatusCode.INTERNAL")
 
-    backend = TritonBackend(triton_server.url, "lipsync_generator", shm="on")
-    plain = TritonBackend(triton_server.url, "lipsync_generator", shm="off")
+    backend = TritonBackend(triton_server.url, "opening_warp_rgb96", shm="on")
+    plain = TritonBackend(triton_server.url, "opening_warp_rgb96", shm="off")
     monkeypatch.setattr(triton_module, "_Regions", refuse)
     face, mel = _batch(3)
     out = backend.infer(face, mel)
@@ -118,7 +118,7 @@ def test_failed_registration_falls_back_to_plain_grpc(triton_server, monkeypatch
 
 
 def test_server_restart_with_shared_memory_is_unavailable_then_recovers(own_triton_server) -> None:
-    backend = TritonBackend(own_triton_server.url, "lipsync_generator", timeout_s=10, shm="on")
+    backend = TritonBackend(own_triton_server.url, "opening_warp_rgb96", timeout_s=10, shm="on")
     face, mel = _batch(4)
     before = backend.infer(face, mel)
     own_triton_server.kill()

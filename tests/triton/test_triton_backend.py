@@ -7,6 +7,7 @@ import pytest
 
 from lipsync_service.errors import InferenceUnavailable
 from lipsync_service.inference import build_backend
+from lipsync_service.inference.base import OutputContract
 from lipsync_service.inference.onnxruntime import OnnxRuntimeBackend
 from lipsync_service.inference.triton import TritonBackend
 from lipsync_service.server.status import status_for
@@ -26,10 +27,28 @@ def _batch(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("batch", [1, 8])
-def test_triton_equals_embedded_onnxruntime(triton_server, batch: int) -> None:
+def test_triton_serves_the_default_lip_shape_model_as_onnxruntime_does(triton_server, batch: int) -> None:
+    """The shipped default (lipsync_generator, lip_shape contract) through a real Triton, default settings."""
     settings = Settings(backend="triton", triton_url=triton_server.url, model_repository=TRITON_REPO)
     remote = build_backend(settings)
     local = OnnxRuntimeBackend.from_repository(TRITON_REPO, "lipsync_generator", max_batch_size=32)
+    try:
+        assert remote.spec.contract is local.spec.contract is OutputContract.LIP_SHAPE
+        _, mel = _batch(batch, seed=batch)
+        got, expected = remote.infer(None, mel), local.infer(None, mel)
+        assert got.shape == (batch, 2)
+        assert float(np.abs(got - expected).max()) <= 1e-5
+    finally:
+        remote.close()
+        local.close()
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_triton_equals_embedded_onnxruntime(triton_server, batch: int) -> None:
+    settings = Settings(backend="triton", triton_url=triton_server.url, model_repository=TRITON_REPO,
+                        model_name="opening_warp_rgb96")
+    remote = build_backend(settings)
+    local = OnnxRuntimeBackend.from_repository(TRITON_REPO, "opening_warp_rgb96", max_batch_size=32)
     try:
         assert remote.spec.face_size == local.spec.face_size == 96
         face, mel = _batch(batch, seed=batch)
@@ -42,8 +61,8 @@ def test_triton_equals_embedded_onnxruntime(triton_server, batch: int) -> None:
 
 
 def test_batches_larger_than_the_limit_are_split(triton_server) -> None:
-    backend = TritonBackend(triton_server.url, "lipsync_generator", max_batch_size=4)
-    local = OnnxRuntimeBackend.from_repository(TRITON_REPO, "lipsync_generator")
+    backend = TritonBackend(triton_server.url, "opening_warp_rgb96", max_batch_size=4)
+    local = OnnxRuntimeBackend.from_repository(TRITON_REPO, "opening_warp_rgb96")
     face, mel = _batch(10, seed=3)
     assert float(np.abs(backend.infer(face, mel) - local.infer(face, mel)).max()) <= 1e-5
     backend.close()
@@ -58,12 +77,12 @@ def test_no_server_is_unavailable_at_start_up() -> None:
     from lipsync_service.inference.local_triton import free_port
 
     with pytest.raises(InferenceUnavailable, match="unreachable") as info:
-        TritonBackend(f"127.0.0.1:{free_port()}", "lipsync_generator", timeout_s=3)
+        TritonBackend(f"127.0.0.1:{free_port()}", "opening_warp_rgb96", timeout_s=3)
     assert status_for(info.value).name == "UNAVAILABLE"
 
 
 def test_server_stopped_mid_run_is_unavailable_then_recovers(own_triton_server) -> None:
-    backend = TritonBackend(own_triton_server.url, "lipsync_generator", timeout_s=10)
+    backend = TritonBackend(own_triton_server.url, "opening_warp_rgb96", timeout_s=10)
     face, mel = _batch(2)
     before = backend.infer(face, mel)
     own_triton_server.kill()
@@ -77,7 +96,7 @@ def test_server_stopped_mid_run_is_unavailable_then_recovers(own_triton_server) 
 
 
 def test_a_call_past_the_timeout_is_unavailable(triton_server) -> None:
-    backend = TritonBackend(triton_server.url, "lipsync_generator", timeout_s=30)
+    backend = TritonBackend(triton_server.url, "opening_warp_rgb96", timeout_s=30)
     backend._timeout_s = 0.001  # start-up used the normal deadline; now no batch can finish in time
     face, mel = _batch(32)
     with pytest.raises(InferenceUnavailable, match="not answering"):
@@ -91,7 +110,7 @@ def test_server_killed_while_streams_are_calling(own_triton_server) -> None:
     import threading
     import time
 
-    backend = TritonBackend(own_triton_server.url, "lipsync_generator", timeout_s=10)
+    backend = TritonBackend(own_triton_server.url, "opening_warp_rgb96", timeout_s=10)
     face, mel = _batch(8)
     outcome: list[BaseException | None] = []
 
