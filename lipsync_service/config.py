@@ -6,14 +6,31 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
 
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service._proto.nvidia.ai4m.video.v1 import video_pb2
 from lipsync_service.errors import InvalidInput
-from lipsync_service.job import (CUSTOM_ENCODING_KEYS, DEFAULT_BITRATE_MBPS, DEFAULT_IDR_INTERVAL, LOSSLESS_PROFILE,
-                                 MAX_BITRATE_MBPS, MAX_IDR_INTERVAL, AudioCodec, BackgroundAudioSpec, CustomEncoding,
-                                 EncodingMode, ExtendAudio, ExtendVideo, JobConfig, VideoEncodingSpec)
+from lipsync_service.job import (
+    CUSTOM_ENCODING_FIELDS,
+    CUSTOM_ENCODING_KEYS,
+    DEFAULT_BITRATE_MBPS,
+    DEFAULT_IDR_INTERVAL,
+    LOSSLESS_PROFILE,
+    MAX_BITRATE_MBPS,
+    MAX_IDR_INTERVAL,
+    AudioCodec,
+    BackgroundAudioSpec,
+    ControlRate,
+    CustomEncoding,
+    EncodingKey,
+    EncodingMode,
+    ExtendAudio,
+    ExtendVideo,
+    JobConfig,
+    VideoEncodingSpec,
+)
 
 _IN_CODECS = {audio_pb2.AUDIO_CODEC_WAV: AudioCodec.WAV, audio_pb2.AUDIO_CODEC_MP3: AudioCodec.MP3}
 _OUT_CODECS = {audio_pb2.AUDIO_CODEC_OPUS: AudioCodec.OPUS, audio_pb2.AUDIO_CODEC_MP3: AudioCodec.MP3}
@@ -33,18 +50,52 @@ def _codec_name(value: int) -> str:
         return str(value)
 
 
+_WRAPPERS = (wrappers_pb2.BoolValue, wrappers_pb2.Int32Value, wrappers_pb2.Int64Value, wrappers_pb2.UInt32Value,
+             wrappers_pb2.UInt64Value, wrappers_pb2.FloatValue, wrappers_pb2.DoubleValue, wrappers_pb2.StringValue)
+
+
 def _unpack_any(key: str, value: Any) -> Any:
-    for wrapper in (wrappers_pb2.BoolValue, wrappers_pb2.Int32Value, wrappers_pb2.Int64Value,
-                    wrappers_pb2.UInt32Value, wrappers_pb2.FloatValue, wrappers_pb2.DoubleValue,
-                    wrappers_pb2.StringValue):
+    for wrapper in _WRAPPERS:
         if value.Is(wrapper.DESCRIPTOR):
             msg = wrapper()
             value.Unpack(msg)
             return msg.value
     raise InvalidInput(
         f"output_video_encoding.custom_encoding[{key!r}]: value type {value.type_url!r} is not supported; "
-        "use a protobuf wrapper (BoolValue, Int32Value, Int64Value, FloatValue, StringValue)"
+        "use a protobuf wrapper (BoolValue, Int32Value, Int64Value, UInt32Value, UInt64Value, FloatValue, "
+        "DoubleValue, StringValue)"
     )
+
+
+_CUSTOM = "output_video_encoding.custom_encoding"
+# Our key and NVIDIA's property for the same setting: a client gives one of them.
+_SAME_SETTING = (("bitrate_mbps", "bitrate"), ("max_bitrate_mbps", "maxbitrate"), ("idr_interval", "idrinterval"))
+_RATE_KEYS = ("bitrate_mbps", "bitrate", "max_bitrate_mbps", "maxbitrate")
+
+
+def _checked_value(key: str, spec: EncodingKey, value: Any) -> Any:
+    """One key's value checked against its EncodingKey: type, choices, range.
+
+    A bool is never a number. A float where only an int is accepted (NVIDIA's client packs a JSON 30.0 as a
+    FloatValue) is taken when it is a whole number, as that int; any other fraction is refused.
+    """
+    where = f"{_CUSTOM}[{key!r}]"
+    if isinstance(value, float) and int in spec.types and float not in spec.types:
+        if not value.is_integer():
+            raise InvalidInput(f"{where}: expected {spec.type_name}, got {value!r} (not a whole number)")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, spec.types):
+        raise InvalidInput(f"{where}: expected {spec.type_name}, got {value!r}")
+    if spec.choices:
+        names = [c.lower() for c in spec.choices if isinstance(c, str)]
+        accepted = value.lower() in names if isinstance(value, str) else value in spec.choices
+        if not accepted:
+            raise InvalidInput(f"{where}: {value!r} is not one of {', '.join(sorted(str(c) for c in spec.choices))}")
+    if spec.low is not None and spec.high is not None and isinstance(value, (int, float)):
+        above_low = value > spec.low if spec.low_exclusive else value >= spec.low
+        if not (above_low and value <= spec.high):
+            raise InvalidInput(f"{where}: must be {spec.range_text}, got {value}")
+    return value
 
 
 def validate_custom_encoding(options: Mapping[str, Any]) -> CustomEncoding:
@@ -67,22 +118,26 @@ def validate_custom_encoding(options: Mapping[str, Any]) -> CustomEncoding:
         spec = CUSTOM_ENCODING_KEYS.get(key)
         if spec is None:
             raise InvalidInput(
-                f"output_video_encoding.custom_encoding: unknown key {key!r}; "
-                f"supported keys: {', '.join(sorted(CUSTOM_ENCODING_KEYS))}"
+                f"{_CUSTOM}: unknown key {key!r}; supported keys: {', '.join(sorted(CUSTOM_ENCODING_KEYS))}"
             )
-        where = f"output_video_encoding.custom_encoding[{key!r}]"
-        if isinstance(value, bool) or not isinstance(value, spec.types):
-            raise InvalidInput(f"{where}: expected {spec.types[0].__name__}, got {value!r}")
-        if spec.choices and value not in spec.choices:
-            raise InvalidInput(f"{where}: {value!r} is not one of {', '.join(sorted(spec.choices))}")
-        if spec.low is not None and spec.high is not None and isinstance(value, (int, float)):
-            above_low = value > spec.low if spec.low_exclusive else value >= spec.low
-            if not (above_low and value <= spec.high):
-                raise InvalidInput(f"{where}: must be {spec.range_text}, got {value}")
-        out[key] = value
+        out[CUSTOM_ENCODING_FIELDS[key]] = _checked_value(key, spec, value)
     custom = CustomEncoding(**out)
+    given = custom.given()
     if custom.crf is not None and custom.qp is not None:
-        raise InvalidInput("output_video_encoding.custom_encoding: give either 'crf' or 'qp', not both")
+        raise InvalidInput(f"{_CUSTOM}: give either 'crf' or 'qp', not both")
+    for ours, nvidia in _SAME_SETTING:
+        if ours in given and nvidia in given:
+            raise InvalidInput(f"{_CUSTOM}: {ours!r} and {nvidia!r} set the same thing; give one of them")
+    rates = [key for key in _RATE_KEYS if key in given]
+    if custom.control_rate == ControlRate.CONSTANT_QP:
+        if custom.qp is None:
+            raise InvalidInput(f"{_CUSTOM}: control-rate 2 (constant QP) needs 'qp' (0 to 51)")
+        if rates:
+            raise InvalidInput(f"{_CUSTOM}: control-rate 2 (constant QP) takes no bitrate; drop {', '.join(rates)}")
+    elif custom.control_rate is not None and (custom.qp is not None or custom.crf is not None):
+        mode = ControlRate(custom.control_rate).name
+        raise InvalidInput(f"{_CUSTOM}: control-rate {custom.control_rate} ({mode}) is a bitrate mode; drop "
+                           f"{'qp' if custom.qp is not None else 'crf'!r} or use control-rate 2 (constant QP)")
     # x264 codes losslessly at qp 0 and at any crf below 1 (8-bit) and refuses that in every profile below
     # High 4:4:4, but only when the encoder opens, after the config echo: judge it here instead.
     lossless = ""
@@ -90,9 +145,9 @@ def validate_custom_encoding(options: Mapping[str, Any]) -> CustomEncoding:
         lossless = "qp=0 (lossless)"
     elif custom.crf is not None and custom.crf < 1:
         lossless = f"crf={custom.crf:g} (below 1: lossless)"
-    if lossless and custom.profile not in (None, LOSSLESS_PROFILE):
+    if lossless and custom.x264_profile not in (None, LOSSLESS_PROFILE):
         raise InvalidInput(
-            f"output_video_encoding.custom_encoding: {lossless} needs profile {LOSSLESS_PROFILE!r} "
+            f"{_CUSTOM}: {lossless} needs profile {LOSSLESS_PROFILE!r} "
             f"(got {custom.profile!r}); drop 'profile' or set it to {LOSSLESS_PROFILE!r}"
         )
     return custom
@@ -150,12 +205,13 @@ def from_proto(msg: lipsync_pb2.LipsyncConfig | None) -> JobConfig:
         raise InvalidInput(f"extend_video {msg.extend_video} is not a known value: use UNSPECIFIED, FORWARD or REVERSE")
     out_codec = AudioCodec.OPUS
     if msg.HasField("output_audio_codec") and msg.output_audio_codec != audio_pb2.AUDIO_CODEC_UNSPECIFIED:
-        out_codec = _OUT_CODECS.get(msg.output_audio_codec)
-        if out_codec is None:
+        chosen = _OUT_CODECS.get(msg.output_audio_codec)
+        if chosen is None:
             raise InvalidInput(
                 f"output_audio_codec {_codec_name(msg.output_audio_codec)} is not supported: "
                 "use AUDIO_CODEC_OPUS or AUDIO_CODEC_MP3"
             )
+        out_codec = chosen
     speed = msg.head_movement_speed if msg.HasField("head_movement_speed") else 0
     if speed not in (0, 1):
         raise InvalidInput(f"head_movement_speed must be 0 (static/slow) or 1 (fast), got {speed}")
@@ -188,6 +244,7 @@ def from_proto(msg: lipsync_pb2.LipsyncConfig | None) -> JobConfig:
 def _pack_any(value: Any) -> Any:
     from google.protobuf import any_pb2
 
+    wrapped: Message
     if isinstance(value, bool):
         wrapped = wrappers_pb2.BoolValue(value=value)
     elif isinstance(value, int):

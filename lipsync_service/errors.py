@@ -5,9 +5,51 @@ The mapping to gRPC status codes lives in one table, `lipsync_service.server.sta
 
 from __future__ import annotations
 
+import logging
+import re
+from typing import ClassVar
+
+log = logging.getLogger(__name__)
+
+#: What a server file-system path becomes in a text a client sees.
+SERVER_PATH = "<server path>"
+# An absolute POSIX path: a quoted one (it may hold spaces); a gRPC unix socket target ("unix:/path",
+# "unix:///path"); or a "/" that follows no word character, ".", ":" or "/" (so "1/25", "I/O", "./x" and URLs
+# stay as they are), then the path's characters, a final "." (end of a sentence) left out.
+_QUOTED_PATH = re.compile(r"""(?P<q>['"])/[^'"]*(?P=q)""")
+_EXCLUDED = r"\s'\"`,;:()\[\]{}<>"
+_UNIX_TARGET = re.compile(rf"\bunix:(?://)?/[^{_EXCLUDED}]*[^{_EXCLUDED}.]")
+_PATH = re.compile(rf"(?<![\w.:/])/[^{_EXCLUDED}]*[^{_EXCLUDED}.]")
+
+
+def without_paths(text: str) -> str:
+    """`text` with every absolute file-system path replaced by SERVER_PATH (for what a client sees)."""
+    text = _QUOTED_PATH.sub(lambda m: f"{m['q']}{SERVER_PATH}{m['q']}", text)
+    text = _UNIX_TARGET.sub(f"unix:{SERVER_PATH}", text)
+    return _PATH.sub(SERVER_PATH, text)
+
 
 class LipsyncError(Exception):
-    """Base of every error the service reports to a client; the message is shown to a person."""
+    """Base of every error the service reports to a client; the message is shown to a person.
+
+    Classes whose errors are about the server's own disk or installation (`hides_server_paths`) never carry
+    a server path to the client: such a path in the message is replaced by SERVER_PATH, and the full text is
+    logged (WARNING, with the call's request id) when the error is created and kept in `detail`.
+    """
+
+    #: The message may name the server's own files (spool directory, temporary files, installed models).
+    hides_server_paths: ClassVar[bool] = False
+
+    def __init__(self, *args: object) -> None:
+        detail = args[0] if args and isinstance(args[0], str) else ""
+        #: The full message, server paths included (the server log's text).
+        self.detail = detail
+        if self.hides_server_paths and detail:
+            public = without_paths(detail)
+            if public != detail:
+                log.warning("%s: %s", type(self).__name__, detail)
+                args = (public, *args[1:])
+        super().__init__(*args)
 
 
 class InvalidInput(LipsyncError):
@@ -16,6 +58,8 @@ class InvalidInput(LipsyncError):
 
 class ResourceExhausted(LipsyncError):
     """All concurrency slots busy past the admission timeout, or an input over a size limit."""
+
+    hides_server_paths = True  # e.g. a spool directory that cannot be written
 
 
 class InputTimeout(LipsyncError):
@@ -44,3 +88,5 @@ class Cancelled(LipsyncError):
 
 class InternalError(LipsyncError):
     """A bug or an unexpected failure inside the service."""
+
+    hides_server_paths = True  # e.g. an installed model file, a temporary file named in an FFmpeg error

@@ -15,18 +15,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import av
 
-from lipsync_service.job import ExtendAudio, ExtendVideo, JobConfig
-from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError
+from lipsync_service.core import overlay
 from lipsync_service.core.processor import FrameProcessor
+from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError
+from lipsync_service.job import ExtendAudio, ExtendVideo, JobConfig
 from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, mix
+from lipsync_service.media.av_errors import PYAV_ERRORS
 from lipsync_service.media.demux import VideoSource
 from lipsync_service.media.encode import OutputWriter
-from lipsync_service.media.timeline import audio_frames, extension_source_index
-from lipsync_service.media.types import FrameJob, VideoInfo
+from lipsync_service.media.timeline import audio_frames, extension_source_index, output_frame_count
+from lipsync_service.media.types import FrameJob, Readable, VideoInfo
 from lipsync_service.settings import Settings
 from lipsync_service.speakers import FrameSpeakers, SpeakerData
 
@@ -35,6 +37,8 @@ log = logging.getLogger(__name__)
 # How often blocking waits wake up to look at the cancel event.
 _POLL_S = 0.1
 STAGES = ("decode", "process", "encode", "wait_input")
+# Seconds of speech decoded per step while measuring how much of it runs past the video's end.
+_MEASURE_STEP_S = 10.0
 
 
 @dataclass
@@ -48,20 +52,109 @@ class JobInputs:
         speakers: client speaker data (thread-safe; may still be filling), or None.
     """
 
-    video: BinaryIO | Path
+    video: Readable | Path
     speech: AudioTrack
     background: AudioTrack | None = None
     speakers: SpeakerData | None = None
 
 
+@dataclass(frozen=True)
+class JobProgress:
+    """Where a running job stands, as `run_files` reports it after each output frame.
+
+    Attributes:
+        frames: output frames written so far.
+        total: the output's frame count as far as it is known now (`Job.expected_frames`), or None.
+        video: the input video's facts (size, frame rate, the header's frame count).
+    """
+
+    frames: int
+    total: int | None
+    video: VideoInfo
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Input left out of the output because the other input ended first and no extension mode was set.
+
+    Attributes:
+        track: "speech" (longer than the video, extend_video unset) or "video" (longer than the speech,
+            extend_audio unset).
+        seconds: how much of it is not in the output; None when the input does not state its length.
+    """
+
+    track: Literal["speech", "video"]
+    seconds: float | None
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag (of lipsync-client and `lipsync-service run`) that keeps it."""
+        return "--extend-video forward|reverse" if self.track == "speech" else "--extend-audio silence"
+
+    def notice(self) -> str:
+        """One sentence for the user: how much was cut, why, and the flag that keeps it."""
+        other = "video" if self.track == "speech" else "speech"
+        amount = self.track if self.seconds is None else f"{self.seconds:.2f} s of {self.track}"
+        return f"{amount} cut: the {self.track} is longer than the {other}; pass {self.flag} to keep it"
+
+
 @dataclass
 class JobResult:
-    """What a finished job produced."""
+    """What a finished job produced.
+
+    Attributes:
+        frames: output frames written.
+        duration_s: the output's duration.
+        video: the input video's facts.
+        stage_seconds: seconds spent per stage (STAGES).
+        frames_without_face: output frames in which the processor found no face (they are unchanged); None
+            when the processor does not look for faces (passthrough). Bypassed frames are not counted.
+        frames_not_lipsynced: output frames with a face of which none was re-drawn (no one speaking per the
+            speaker data, or lips that could not be read); None as above.
+        frames_bypassed: output frames the speaker data asked to bypass.
+        cut: speech or video left out of the output, or None.
+    """
 
     frames: int
     duration_s: float
     video: VideoInfo
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    frames_without_face: int | None = None
+    frames_not_lipsynced: int | None = None
+    frames_bypassed: int = 0
+    cut: Cut | None = None
+
+    def notices(self) -> list[str]:
+        """What the user should hear about the output, one sentence each: frames without a face, input cut."""
+        out = []
+        if self.frames_without_face:
+            out.append(f"no face found in {self.frames_without_face} of {self.frames} frames: they are unchanged")
+        if self.cut is not None:
+            out.append(self.cut.notice())
+        return out
+
+
+@dataclass
+class _FrameTally:
+    """Output frames by what the processor found in them (FrameJob.meta "faces_found" and "faces_lipsynced")."""
+
+    reported: int = 0
+    without_face: int = 0
+    not_lipsynced: int = 0
+    bypassed: int = 0
+
+    def add(self, job: FrameJob) -> None:
+        if job.bypass:
+            self.bypassed += 1
+            return
+        faces = job.meta.get("faces_found")
+        if faces is None:
+            return
+        self.reported += 1
+        if faces == 0:
+            self.without_face += 1
+        elif not job.meta.get("faces_lipsynced"):
+            self.not_lipsynced += 1
 
 
 class _Timer:
@@ -88,7 +181,7 @@ class Job:
     """
 
     def __init__(self, cfg: JobConfig, settings: Settings, processor: FrameProcessor,
-                 sink: Callable[[bytes], None], cancel: threading.Event,
+                 sink: Callable[[bytes], object], cancel: threading.Event,
                  progress: Callable[[int], None] | None = None) -> None:
         """Set up a job (nothing runs until `run`).
 
@@ -114,8 +207,55 @@ class Job:
         self._info: VideoInfo | None = None
         self._audio_written = 0
         self._inputs: JobInputs | None = None
+        # Output frames of the input video itself (before any extension), once the demuxer has seen its end.
+        self._video_frames: int | None = None
+        self._header_frames: int | None = None
+        self._header_read = False
+        self._tally = _FrameTally()
+        # Debug mode: the processor draws the overlay on its frames, this on the bypassed ones.
+        self._bypass_overlay = overlay.BypassOverlay() if settings.debug_mode else None
+        self._cut: Cut | None = None
 
     # Public ------------------------------------------------------------------------------------
+
+    @property
+    def video_info(self) -> VideoInfo | None:
+        """The input video's facts, once `run` has read its header (None before)."""
+        return self._info
+
+    def expected_frames(self) -> int | None:
+        """The output's frame count as far as it is known now, for progress reports.
+
+        Exact once the video's frame count (the MP4 header's, or counted at its end) and the speech's
+        duration are known: the output length rules (timeline.output_frame_count) applied to both. Before
+        the speech is fully decoded it is the video's frame count; a header without a frame count (a
+        fragmented MP4) gives an estimate from its duration and frame rate. None while nothing is known.
+        """
+        info, inputs = self._info, self._inputs
+        if info is None or inputs is None:
+            return None
+        video_frames = self._video_frames
+        if video_frames is None:
+            video_frames = info.frame_count if info.frame_count is not None else self._frames_from_duration(info)
+        speech_s = inputs.speech.duration_s
+        if speech_s is None or video_frames is None:
+            return video_frames
+        return output_frame_count(video_frames, speech_s, Fraction(info.fps), self._cfg.extend_audio,
+                                  self._cfg.extend_video)
+
+    def _frames_from_duration(self, info: VideoInfo) -> int | None:
+        """Frames in the header's duration at the output rate (a file without a sample table), looked up once."""
+        if not self._header_read:
+            self._header_read = True
+            video = self._inputs.video if self._inputs is not None else None
+            if isinstance(video, Path):
+                try:
+                    with av.open(str(video), mode="r", format="mp4") as container:
+                        if container.duration and container.duration > 0:
+                            self._header_frames = max(1, round(container.duration / 1_000_000 * float(info.fps)))
+                except PYAV_ERRORS:  # only an estimate: the job itself reports a bad file
+                    pass
+        return self._header_frames
 
     def run(self, inputs: JobInputs) -> JobResult:
         """Run the job to the end (blocking; meant for a worker thread).
@@ -140,6 +280,9 @@ class Job:
             with self._timer("decode"):
                 info = video.open()
             self._info = info
+            if info.frame_count is not None:
+                # The header states the frame count: speaker data past it fails now, before any output.
+                self._limit_speakers(info.frame_count)
             self._check_cancel()
             self._processor.configure(self._cfg)
             self._processor.start(info, inputs.speech.model)
@@ -147,8 +290,14 @@ class Job:
             written = self._run_frames(video, info)
             with self._timer("encode"):
                 self._writer.close()
+            if self._video_frames is not None and self._cfg.extend_video is ExtendVideo.UNSPECIFIED:
+                self._cut = self._speech_cut(written, Fraction(info.fps))
+            tally = self._tally
             result = JobResult(frames=written, duration_s=float(written / info.fps), video=info,
-                               stage_seconds=dict(self._timer.seconds))
+                               stage_seconds=dict(self._timer.seconds),
+                               frames_without_face=tally.without_face if tally.reported else None,
+                               frames_not_lipsynced=tally.not_lipsynced if tally.reported else None,
+                               frames_bypassed=tally.bypassed, cut=self._cut)
             log.debug("job done: %d frames, stages %s", written, result.stage_seconds)
             return result
         except LipsyncError:
@@ -184,16 +333,20 @@ class Job:
             index, source_index, frame = item
             if not self._wanted(index, fps, extend=False):
                 break
-            self._push(index, source_index, frame, self._speakers_for(source_index, wait=True))
+            self._push(index, source_index, frame, self._speakers_for(source_index))
         if video_ended:
             total = video.frames_emitted
-            self._check_speaker_range(video.frames_decoded)
+            self._video_frames = total
+            # Without a count in the header (fragmented MP4), the first time it is known.
+            self._limit_speakers(video.frames_decoded)
             if cfg.extend_video is not ExtendVideo.UNSPECIFIED and self._wanted(total, fps, extend=True):
                 self._extend(video, total, fps)
         else:
             frames.close()
-            if info.frame_count is not None:
-                self._check_speaker_range(info.frame_count)
+            # The speech ended first: input frames from this one on are not in the output (at a variable
+            # rate each input frame has filled index / source_index output frames so far, on average).
+            self._cut = Cut("video", None if info.frame_count is None else float(
+                (info.frame_count - source_index) * Fraction(index, max(1, source_index)) / fps))
         with self._timer("process"):
             flushed = self._processor.flush()
         self._take(flushed)
@@ -219,14 +372,16 @@ class Job:
                 self._check_cancel()
                 with self._timer("decode"):
                     _, source_index, frame = next(tail)
-                self._push(index, source_index, frame, self._speakers_for(source_index, wait=False))
+                # The tail's frames were decided in the first pass: the same data again, without waiting.
+                self._push(index, source_index, frame, self._speakers_for(source_index))
                 index += 1
         finally:
             tail.close()
 
     def _wanted(self, index: int, fps: Fraction, *, extend: bool) -> bool:
         """Whether output frame `index` is inside the output (waits for the speech it needs)."""
-        speech = self._inputs.speech  # type: ignore[union-attr]
+        assert self._inputs is not None
+        speech = self._inputs.speech
         self._wait_audio(speech, float((index + 1) / fps) + self._processor.audio_lookahead_s)
         duration = speech.duration_s
         if duration is None:
@@ -261,8 +416,12 @@ class Job:
         while self._in_flight and self._in_flight[0] in self._ready:
             index = self._in_flight.popleft()
             job = self._ready.pop(index)
+            if self._bypass_overlay is not None:
+                with self._timer("process"):
+                    self._bypass_overlay(job)
             with self._timer("encode"):
                 writer.write_frame(job.frame, index)
+            self._tally.add(job)
             self._write_audio_until(index + 1)
             if self._progress is not None:
                 self._progress(writer.frames_written)
@@ -286,6 +445,28 @@ class Job:
             self._writer.write_audio(samples)
         self._audio_written = end
 
+    def _speech_cut(self, frames: int, fps: Fraction) -> Cut | None:
+        """The speech past the end of an output that stopped with the video (waits for the speech's end)."""
+        assert self._inputs is not None
+        speech = self._inputs.speech
+        end_s = float(frames / fps)
+        position = end_s
+        try:
+            while (duration := speech.duration_s) is None:
+                position += _MEASURE_STEP_S
+                self._wait_audio(speech, position)
+                # Only the length is wanted: let the decoded samples go.
+                speech.read_model(position, position)
+                speech.read_output(round(position * OUTPUT_SAMPLE_RATE), 0)
+        except Cancelled:
+            raise
+        except LipsyncError as exc:  # the rest of the speech is unreadable or too long: the output is fine
+            log.info("how much speech runs past the video is unknown: %s", exc)
+            return None
+        if audio_frames(duration, fps) <= frames:
+            return None
+        return Cut("speech", duration - end_s)
+
     def _wait_audio(self, track: AudioTrack, end_s: float) -> None:
         with self._timer("wait_input"):
             while True:
@@ -298,35 +479,35 @@ class Job:
 
     # Speaker data ------------------------------------------------------------------------------
 
-    def _speakers_for(self, source_index: int, *, wait: bool) -> FrameSpeakers | None:
+    def _speakers_for(self, source_index: int) -> FrameSpeakers | None:
+        """The client's data for an input frame, once decided (SpeakerData.wait_for); None: automatic mode.
+
+        A frame with no data yet waits until its data, or data for a later frame, arrives or the input
+        ends, so each frame gets the same answer whatever the timing of the client's batches.
+        """
         speakers = self._inputs.speakers if self._inputs is not None else None
         if speakers is None or not self._cfg.speaker_info_provided:
             return None
-        if wait:
-            with self._timer("wait_input"):
-                while True:
-                    self._check_cancel()
+        with self._timer("wait_input"):
+            while True:
+                self._check_cancel()
+                try:
                     data = speakers.wait_for(source_index, timeout=_POLL_S)
-                    if data is not None or self._speaker_decided(speakers, source_index):
-                        break
-        else:
-            data = speakers.get(source_index)
+                    break
+                except InputTimeout:
+                    continue
         if data is not None:
             info = self._info
             assert info is not None
             SpeakerData.check_boxes(data, info.width, info.height)
         return data
 
-    @staticmethod
-    def _speaker_decided(speakers: SpeakerData, frame_id: int) -> bool:
-        # wait_for returns None both on timeout and when the frame will never come; tell them apart.
-        return speakers.closed or speakers.max_frame_id > frame_id
-
-    def _check_speaker_range(self, frame_count: int) -> None:
+    def _limit_speakers(self, frame_count: int) -> None:
+        """Refuse speaker data past the video's `frame_count` input frames: received so far, and on arrival."""
         speakers = self._inputs.speakers if self._inputs is not None else None
         if speakers is None or not self._cfg.speaker_info_provided:
             return
-        speakers.check_range(frame_count)
+        speakers.set_frame_count(frame_count)
 
     # Helpers -----------------------------------------------------------------------------------
 
@@ -340,13 +521,16 @@ class Job:
 
 
 def run_files(cfg: JobConfig, settings: Settings, processor: FrameProcessor, video_path: Path | str,
-              audio_path: Path | str, output_path: Path | str, *, speakers: SpeakerData | list[FrameSpeakers] | None = None,
+              audio_path: Path | str, output_path: Path | str, *,
+              speakers: SpeakerData | list[FrameSpeakers] | None = None,
               background_path: Path | str | None = None, progress: Callable[[int], None] | None = None,
-              cancel: threading.Event | None = None) -> JobResult:
+              cancel: threading.Event | None = None,
+              on_progress: Callable[[JobProgress], None] | None = None) -> JobResult:
     """Run a job over local files (the offline runner).
 
-    The MP4 is written to a temporary file beside `output_path` and renamed into place on success,
-    so a failed run never leaves a partial output behind.
+    The MP4 is written to a hidden temporary file beside `output_path` and renamed into place on success,
+    so a failed or interrupted run (any exception, KeyboardInterrupt included) never leaves a partial output
+    or the temporary file behind.
 
     Args:
         cfg: job config (cfg.background must be set exactly when background_path is given).
@@ -357,8 +541,10 @@ def run_files(cfg: JobConfig, settings: Settings, processor: FrameProcessor, vid
         output_path: where the MP4 goes.
         speakers: speaker data (all of it: no more will come), or None.
         background_path: background audio, in cfg.background.codec.
-        progress: called with the number of frames written.
+        progress: called after each output frame with the number of frames written.
         cancel: set to stop the job.
+        on_progress: called after each output frame with a JobProgress: frames written, the expected total
+            (Job.expected_frames), the input video's facts.
 
     Returns:
         The job result.
@@ -379,9 +565,10 @@ def run_files(cfg: JobConfig, settings: Settings, processor: FrameProcessor, vid
     output_path = Path(output_path)
     tracks: list[AudioTrack] = []
     files: list[BinaryIO] = []
-    fd, tmp_name = _create_beside(output_path)
+    tmp_name: str | None = None
     ok = False
     try:
+        fd, tmp_name = _create_beside(output_path)
         with os.fdopen(fd, "wb") as out:
             speech = AudioTrack(_open_input(audio_path, "speech audio", files), cfg.input_audio_codec,
                                 name="speech", max_duration_s=settings.max_duration_s)
@@ -396,7 +583,8 @@ def run_files(cfg: JobConfig, settings: Settings, processor: FrameProcessor, vid
             video = Path(video_path)
             if not video.is_file():
                 raise InvalidInput(f"video: cannot read {video}: no such file")
-            job = Job(cfg, settings, processor, out.write, cancel or threading.Event(), progress)
+            job = Job(cfg, settings, processor, out.write, cancel or threading.Event(),
+                      _report_to(progress, on_progress, lambda: job) if progress or on_progress else None)
             result = job.run(JobInputs(video=video, speech=speech, background=background, speakers=speakers))
         os.replace(tmp_name, output_path)
         ok = True
@@ -406,11 +594,27 @@ def run_files(cfg: JobConfig, settings: Settings, processor: FrameProcessor, vid
             track.close()
         for f in files:
             f.close()
-        if not ok:
+        if not ok and tmp_name is not None:
             try:
                 os.unlink(tmp_name)
             except FileNotFoundError:
                 pass
+
+
+def _report_to(progress: Callable[[int], None] | None, on_progress: Callable[[JobProgress], None] | None,
+               job: Callable[[], Job]) -> Callable[[int], None]:
+    """A Job progress callback (frames written) that calls `progress` and reports a JobProgress to `on_progress`."""
+
+    def report(frames: int) -> None:
+        if progress is not None:
+            progress(frames)
+        if on_progress is not None:
+            current = job()
+            info = current.video_info
+            assert info is not None  # frames are only written after the header was read
+            on_progress(JobProgress(frames=frames, total=current.expected_frames(), video=info))
+
+    return report
 
 
 def _create_beside(output_path: Path) -> tuple[int, str]:
@@ -440,4 +644,4 @@ def _open_input(path: Path | str, what: str, files: list[BinaryIO]) -> BinaryIO:
     return f
 
 
-__all__ = ["Job", "JobInputs", "JobResult", "run_files"]
+__all__ = ["Cut", "Job", "JobInputs", "JobProgress", "JobResult", "run_files"]

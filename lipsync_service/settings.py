@@ -12,7 +12,6 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-
 def default_model_repository() -> Path:
     """The model repository that ships with the service, default model included.
 
@@ -124,6 +123,9 @@ class Settings(BaseSettings):
     )
     model_name: str = Field("lipsync_generator", validation_alias=_env("NV_AI4M_LS_MODEL_NAME", "model_name"))
     model_version: str = Field("", validation_alias=_env("NV_AI4M_LS_MODEL_VERSION", "model_version"))
+    # As in NVIDIA's NIMs: comma-separated key=value pairs, e.g. "language=de"; picks, at start-up, the model whose
+    # config.pbtxt tags (parameters tag.<key>) match them all. Empty: model_name is served.
+    tags_selector: str = Field("", validation_alias=_env("NIM_TAGS_SELECTOR", "tags_selector"))
     triton_url: str = Field("localhost:8101", validation_alias=_env("NV_AI4M_TRITON_URL", "triton_url"))
     triton_timeout_s: float = Field(30.0, gt=0, validation_alias=_env("NV_AI4M_TRITON_TIMEOUT_S", "triton_timeout_s"))
     # auto: tensors through POSIX shared memory when Triton is on this host (loopback or unix target).

@@ -48,6 +48,27 @@ def _short(items: list[str]) -> str:
     return head + (f", ... and {len(items) - _LIST_LIMIT} more" if len(items) > _LIST_LIMIT else "")
 
 
+def _first_line(exc: BaseException) -> str:
+    """The gist of an error: its first sentence (torch's zip reader adds paragraphs of advice)."""
+    text = str(exc).strip()
+    return text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """Whether the file starts as torch.save writes: a zip archive (PyTorch 1.6+), a pickle (the legacy format, whose
+    first record is a pickled magic number) or a tar archive (before PyTorch 0.4)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read checkpoint {path}: {exc.strerror}") from exc
+    if head.startswith(b"PK\x03\x04"):
+        return True
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode and a protocol number
+        return True
+    return head[257:262] == b"ustar"
+
+
 def read_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, torch.Tensor]:
     """Read the generator state dict out of a checkpoint file.
 
@@ -63,11 +84,17 @@ def read_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, torch.
         Tensor name -> tensor, prefixes stripped.
 
     Raises:
-        InvalidInput: the file is missing, unreadable, or holds no state dict.
+        InvalidInput: the file is missing, unreadable, not a PyTorch checkpoint at all (a text file, an image),
+            or holds no state dict.
     """
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"checkpoint {path} not found")
+    # torch.load on another kind of file fails in the unpickler with anything from KeyError to a hint to
+    # allow more globals: tell it by its first bytes instead (and never unpickle it, even with --trusted).
+    not_checkpoint = f"{path} is not a PyTorch checkpoint (a .pth/.pt file written by torch.save)"
+    if not _looks_like_checkpoint(path):
+        raise InvalidInput(not_checkpoint)
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as exc:
@@ -75,8 +102,10 @@ def read_checkpoint(path: str | Path, trusted: bool = False) -> dict[str, torch.
             f"{path} contains pickled objects beyond tensors, which are refused by default because "
             f"unpickling can run code ({exc}). If you trust where the file came from, pass --trusted."
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except OSError as exc:
         raise InvalidInput(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - what torch.load raises on damaged data is not documented
+        raise InvalidInput(f"{not_checkpoint}, or it is damaged ({_first_line(exc)})") from exc
     if isinstance(payload, Mapping) and isinstance(payload.get("state_dict"), Mapping):
         payload = payload["state_dict"]
     if not isinstance(payload, Mapping) or not payload:

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from lipsync_service import __version__
-from lipsync_service.cli import evaluate, models, service, train
+from lipsync_service.cli import evaluate, models, service, train, triton
 from lipsync_service.cli.common import EXIT_USAGE
 
 
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipsync-service", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for verbs in (service, models, train, evaluate):
+    for verbs in (service, models, triton, train, evaluate):
         verbs.register(sub)
     return parser
 

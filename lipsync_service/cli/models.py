@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+import shlex
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from lipsync_service.cli.common import fail, needs_extra
 from lipsync_service.errors import LipsyncError
 from lipsync_service.inference.repository import Target
 from lipsync_service.settings import get_settings
+
+_REPOSITORY_ENV = "NV_AI4M_LS_MODEL_REPOSITORY"
 
 _TRUST_HELP = (
     "allow checkpoints that contain pickled Python objects besides tensors (torch.load weights_only=False). "
@@ -30,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that does not fit is refused with the missing, unexpected and wrongly shaped tensors.",
     )
     imp.add_argument("checkpoint", type=Path, help="the .pth file (zip or legacy torch format)")
-    imp.add_argument("--repo", type=Path, default=None, help="model repository (default: NV_AI4M_LS_MODEL_REPOSITORY)")
+    imp.add_argument("--repo", type=Path, default=None,
+                     help="model repository to write into (default: NV_AI4M_LS_MODEL_REPOSITORY when it is set, "
+                     "else ~/.local/share/lipsync-service/models, under $XDG_DATA_HOME when that is set)")
     imp.add_argument("--name", default="wav2lip", help="model name in the repository (default: wav2lip)")
     imp.add_argument(
         "--target",
@@ -75,7 +80,7 @@ def _import_wav2lip(args: argparse.Namespace) -> int:
         from lipsync_models.export import export_onnx
     except ImportError as exc:
         return fail("models import-wav2lip", needs_extra("train", exc))
-    repo = args.repo or get_settings().model_repository
+    repo = args.repo or _user_repository()
     try:
         model = import_wav2lip(args.checkpoint, trusted=args.trusted)
         with tempfile.TemporaryDirectory() as tmp:
@@ -85,8 +90,21 @@ def _import_wav2lip(args: argparse.Namespace) -> int:
     except LipsyncError as exc:
         return fail("models import-wav2lip", exc)
     print(f"imported {args.checkpoint} as model {args.name!r} into {folder}")
-    print(f"serve it with NV_AI4M_LS_MODEL_REPOSITORY={Path(repo).resolve()} NV_AI4M_LS_MODEL_NAME={args.name}")
+    print(f"serve it with: NV_AI4M_LS_MODEL_REPOSITORY={shlex.quote(str(Path(repo).resolve()))} "
+          f"NV_AI4M_LS_MODEL_NAME={shlex.quote(args.name)} lipsync-service serve")
     return 0
+
+
+def _user_repository() -> Path:
+    """Where import-wav2lip writes without --repo: the repository the environment names, else one of the user's.
+
+    Never the service's default repository: that one is inside the installed package (or the checkout), which an
+    upgrade replaces and which may not be writable.
+    """
+    if os.environ.get(_REPOSITORY_ENV):
+        return get_settings().model_repository
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "lipsync-service" / "models"
 
 
 def _build_repo(args: argparse.Namespace) -> int:

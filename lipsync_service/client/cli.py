@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 
@@ -75,36 +77,161 @@ def _media_duration_s(path: str | Path) -> float:
     raise InvalidInput(f"--realtime: {path} does not state its duration")
 
 
-class _ProgressPrinter:
-    """Bytes sent and received on stderr, at most a few times a second."""
+#: Seconds between the plain progress lines written where stderr is not a terminal (logs, CI).
+PLAIN_INTERVAL_S = 10.0
 
-    def __init__(self, out: TextIO, enabled: bool) -> None:
+
+class ProgressDisplay:
+    """Progress of a count towards a total: a tqdm bar on a terminal, else a plain line every `interval_s`.
+
+    The plain lines hold no control characters (no carriage returns, no escape sequences), so logs and CI
+    output stay readable; the first update and `close` always write one. Thread-safe (the client reports
+    from gRPC's sending thread and from the receiving one).
+
+    Bar:   `run:  45%|████▌     | 45/100 [00:02<00:02, 19.57 frames/s]`
+    Plain: `run: 45/100 frames (45%), 19.57 frames/s, elapsed 00:02, ETA 00:02`
+    """
+
+    def __init__(self, out: TextIO, desc: str, *, unit: str, unit_scale: bool = False,
+                 enabled: bool = True, interval_s: float = PLAIN_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """Set up the display (nothing is written before the first `update`).
+
+        Args:
+            out: where it goes (stderr); a bar when out.isatty(), plain lines otherwise.
+            desc: the label before the numbers.
+            unit: tqdm's unit, after the counts and in the rate: " frames" (-> "45/100 frames", "19.57 frames/s"),
+                "B" with unit_scale (-> "4.29MB/9.54MB", "1.96MB/s").
+            unit_scale: scale counts with k/M/G prefixes (bytes).
+            enabled: False writes nothing (--quiet).
+            interval_s: seconds between plain lines.
+            clock: time source (tests).
+        """
         self._out = out
+        self._desc = desc
+        self._unit = unit
+        self._unit_scale = unit_scale
         self._enabled = enabled
-        self._last = 0.0
-        self._tty = out.isatty()
-        # gRPC pulls requests on its own thread: sends and receives report from two threads.
+        self._interval_s = interval_s
+        self._clock = clock
+        self._tty = enabled and out.isatty()
+        self._bar: Any = None  # the tqdm bar, created on the first update on a terminal
+        # "45/100 frames", or with scaled units "4.29MB/9.54MB".
+        counts = "{n_fmt}{unit}/{total_fmt}{unit}" if unit_scale else "{n_fmt}/{total_fmt}{unit}"
+        self._known = f"{{desc}}: {counts} ({{percentage:.0f}}%), {{rate_fmt}}, elapsed {{elapsed}}, " \
+                      "ETA {remaining}{postfix}"
+        self._unknown = "{desc}: {n_fmt}{unit}, {rate_fmt}, elapsed {elapsed}{postfix}"
+        self._started = clock()
+        self._last_line: float | None = None
+        self._n = 0.0
+        self._total: float | None = None
+        self._postfix = ""
+        self._written = True  # the latest state is on screen
+        self._closed = False
         self._lock = threading.Lock()
 
-    def __call__(self, p: stream.Progress, final: bool = False) -> None:
+    def update(self, n: float, total: float | None = None, postfix: str = "") -> None:
+        """Show count `n` of `total` (None: unknown) and an extra note after the numbers."""
         if not self._enabled:
             return
         with self._lock:
-            now = time.monotonic()
-            if not final and now - self._last < (0.2 if self._tty else 2.0):
+            if self._closed:
                 return
-            self._last = now
-            self._write(p, final)
+            self._n, self._postfix = n, postfix
+            # An estimated total can turn out low: never show more than 100 %.
+            self._total = None if total is None else max(total, n)
+            self._written = False
+            if self._tty:
+                self._update_bar()
+            elif self._last_line is None or self._clock() - self._last_line >= self._interval_s:
+                self._write_line()
 
-    def _write(self, p: stream.Progress, final: bool) -> None:
-        line = (
-            f"sent {p.bytes_sent / 1e6:.1f}/{p.bytes_total / 1e6:.1f} MB, "
-            f"received {p.bytes_received / 1e6:.1f} MB"
+    def write(self, line: str) -> None:
+        """Write a line of text without breaking the bar (tqdm redraws it below the line)."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.write(line, file=self._out)
+            else:
+                self._out.write(line + "\n")
+                self._out.flush()
+
+    def close(self, *, done: bool = False) -> None:
+        """Write the final state (done: the count is complete, so the total is the count) and end the display."""
+        if not self._enabled:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if done:
+                self._total = self._n
+            if self._tty:
+                if self._bar is not None:
+                    self._update_bar()
+                    self._bar.close()
+            elif not self._written:
+                self._write_line()
+
+    def _update_bar(self) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            sized = _terminal_columns(self._out) > 0
+            # A terminal that states no size (a bare pseudo-terminal) makes tqdm draw nothing: 80 x 20 then.
+            self._bar = tqdm(total=self._total, desc=self._desc, unit=self._unit, unit_scale=self._unit_scale,
+                             file=self._out, dynamic_ncols=sized, ncols=None if sized else 80,
+                             nrows=None if sized else 20, leave=True, mininterval=0.2)
+        bar = self._bar
+        if bar.total != self._total:
+            bar.total = self._total
+            bar.refresh()
+        if self._postfix:
+            bar.set_postfix_str(self._postfix, refresh=False)
+        bar.update(self._n - bar.n)
+        self._written = True
+
+    def _write_line(self) -> None:
+        from tqdm import tqdm
+
+        now = self._clock()
+        line = tqdm.format_meter(
+            self._n, self._total, now - self._started, prefix=self._desc, unit=self._unit,
+            unit_scale=self._unit_scale,
+            postfix=self._postfix or None, bar_format=self._unknown if self._total is None else self._known,
         )
-        self._out.write(("\r" + line) if self._tty else line + "\n")
-        if final and self._tty:
-            self._out.write("\n")
+        # tqdm pads the rate to a width (" 9.52"): one space between words is enough in a log.
+        self._out.write(re.sub(" {2,}", " ", line) + "\n")
         self._out.flush()
+        self._last_line = now
+        self._written = True
+
+
+def _terminal_columns(out: TextIO) -> int:
+    try:
+        return os.get_terminal_size(out.fileno()).columns
+    except (AttributeError, OSError, ValueError):  # no file descriptor, or not a terminal
+        return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+class _ClientProgress:
+    """The client's display: upload percent, bytes and frames returned."""
+
+    def __init__(self, out: TextIO, enabled: bool) -> None:
+        self._display = ProgressDisplay(out, "lipsync-client upload", unit="B", unit_scale=True, enabled=enabled)
+
+    def __call__(self, p: stream.Progress) -> None:
+        self._display.update(p.bytes_sent, p.bytes_total,
+                             f"received {_mb(p.bytes_received)}, {p.frames_received} frames")
+
+    def write(self, line: str) -> None:
+        self._display.write(line)
+
+    def close(self, *, done: bool) -> None:
+        self._display.close(done=done)
 
 
 def _remove(path: Path) -> None:
@@ -149,13 +276,13 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
         return EXIT_USAGE
 
     output = Path(args.output)
-    printer = _ProgressPrinter(err, enabled=not args.quiet)
-    progress_seen = stream.Progress()
+    printer = _ClientProgress(err, enabled=not args.quiet)
 
-    def on_progress(p: stream.Progress) -> None:
-        nonlocal progress_seen
-        progress_seen = p
-        printer(p)
+    summary = stream.CallSummary()
+
+    def on_summary(received: stream.CallSummary) -> None:
+        nonlocal summary
+        summary = received
 
     ok = False
     try:
@@ -171,7 +298,8 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
                 metadata=channels.call_metadata(args.client_session_id),
                 timeout=args.timeout,
                 upload_seconds=pace,
-                on_progress=on_progress,
+                on_progress=printer,
+                on_summary=on_summary,
             )
             for response in responses:
                 kind = response.WhichOneof("lipsync_response")
@@ -179,31 +307,36 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
                     out.write(response.video_file_data)
                 elif kind == "service_info" and not args.quiet:
                     info = response.service_info
-                    err.write(
+                    printer.write(
                         f"server request id {info.server_request_id} "
-                        f"({info.feature_name} {info.feature_version}, model {info.model_info or '-'})\n"
+                        f"({info.feature_name} {info.feature_version}, model {info.model_info or '-'})"
                     )
         ok = True
     except grpc.RpcError as exc:
-        printer(progress_seen, final=True)
+        printer.close(done=False)
         code = exc.code() if hasattr(exc, "code") else None
         name = code.name if code is not None else "UNKNOWN"
         details = exc.details() if hasattr(exc, "details") else str(exc)
         err.write(f"lipsync-client: call failed: {name}: {details}\n")
         return EXIT_CALL_FAILED
     except OSError as exc:
+        printer.close(done=False)
         err.write(f"lipsync-client: {exc}\n")
         return EXIT_CALL_FAILED
     except KeyboardInterrupt:
+        printer.close(done=False)
         err.write("lipsync-client: interrupted; the call was cancelled\n")
         return EXIT_INTERRUPTED
     finally:
         if not ok:
             # Never leave a truncated MP4 that looks like a result.
             _remove(output)
-    printer(progress_seen, final=True)
+    printer.close(done=True)
     if not args.quiet:
-        err.write(f"wrote {output} ({output.stat().st_size} bytes)\n")
+        counts = summary.counts()
+        err.write(f"wrote {output} ({output.stat().st_size} bytes){': ' + counts if counts else ''}\n")
+    for notice in summary.notices:
+        err.write(f"note: {notice}\n")
     return EXIT_OK
 
 

@@ -26,7 +26,8 @@ _OUT_AUDIO = {"opus": audio_pb2.AUDIO_CODEC_OPUS, "mp3": audio_pb2.AUDIO_CODEC_M
 _INT32 = range(-(2**31), 2**31)
 # Built from the accepted sets and ranges themselves, so the help cannot drift from what the server accepts.
 _CUSTOM_ENCODING_HELP = ("custom encoder options as a JSON object (or a path to a JSON file), "
-                         'e.g. \'{"preset": "fast", "crf": 18}\'; keys: '
+                         'e.g. \'{"preset": "fast", "crf": 18}\', or NVIDIA\'s encoder properties as its client '
+                         'sends them, e.g. \'{"bitrate": 5000000, "idrinterval": 30}\'; keys: '
                          + "; ".join(f"{name}: {key.description}" for name, key in CUSTOM_ENCODING_KEYS.items()))
 
 
@@ -65,7 +66,7 @@ def add_job_flags(parser: argparse.ArgumentParser) -> None:
                    help="background volume, 0.0-1.0 (default 1.0)")
 
 
-def audio_codec_of(path: Path) -> int:
+def audio_codec_of(path: Path) -> audio_pb2.AudioCodec:
     """The wire AudioCodec of an audio file, from its first bytes (else its extension).
 
     Raises:

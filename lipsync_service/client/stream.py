@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import Any, BinaryIO
 
 import grpc
 
@@ -19,7 +20,7 @@ from lipsync_service.speakers import FrameSpeakers
 CHUNK_BYTES = 64 * 1024
 SPEAKER_BATCH_FRAMES = 2048
 
-Source = Union[bytes, bytearray, str, Path, BinaryIO]
+Source = bytes | bytearray | str | Path | BinaryIO
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Progress:
     bytes_sent: int = 0
     bytes_received: int = 0
     upload_done: bool = False
+    #: Video frames in the output received so far (counted from its MP4 fragments, see FragmentCounter).
+    frames_received: int = 0
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -47,6 +50,220 @@ class LipsyncResult:
     order: list[str] = field(default_factory=list)
     #: time.monotonic() when the first video chunk arrived (how early streaming output flows).
     first_chunk_at: float | None = None
+
+
+# Trailing metadata of a successful call (docs/protocol.md#trailing-metadata): CallSummary field -> key.
+_COUNT_KEYS = {
+    "frames": "lipsync-frames",
+    "frames_without_face": "lipsync-frames-without-face",
+    "frames_not_lipsynced": "lipsync-frames-not-lipsynced",
+    "frames_bypassed": "lipsync-frames-bypassed",
+}
+_SECONDS_KEYS = {"speech_cut_s": "lipsync-speech-cut-s", "video_cut_s": "lipsync-video-cut-s"}
+NOTICE_KEY = "lipsync-notice"
+
+
+@dataclass
+class CallSummary:
+    """What the server says about a finished call in its trailing metadata; the server encodes it with
+    `to_metadata`, clients decode it with `from_metadata`. A field the server did not send is None.
+
+    Attributes:
+        frames: output frames.
+        frames_without_face: frames in which no face was found (left unchanged); None from a server whose
+            processor does not look for faces.
+        frames_not_lipsynced: frames with a face of which none was re-drawn (no one speaking, lips unreadable).
+        frames_bypassed: frames the speaker data asked to bypass.
+        speech_cut_s: seconds of speech left out because the video ended first (no extend_video).
+        video_cut_s: seconds of video left out because the speech ended first (no extend_audio).
+        notices: sentences for the user (no face found, input cut and the flag that keeps it).
+    """
+
+    frames: int | None = None
+    frames_without_face: int | None = None
+    frames_not_lipsynced: int | None = None
+    frames_bypassed: int | None = None
+    speech_cut_s: float | None = None
+    video_cut_s: float | None = None
+    notices: list[str] = field(default_factory=list)
+
+    def to_metadata(self) -> list[tuple[str, str]]:
+        """The (key, value) pairs to send, values in plain ASCII as gRPC requires of text metadata."""
+        pairs = [(key, str(getattr(self, name))) for name, key in _COUNT_KEYS.items()
+                 if getattr(self, name) is not None]
+        pairs += [(key, f"{getattr(self, name):.3f}") for name, key in _SECONDS_KEYS.items()
+                  if getattr(self, name) is not None]
+        pairs += [(NOTICE_KEY, notice.encode("ascii", "replace").decode("ascii")) for notice in self.notices]
+        return pairs
+
+    @classmethod
+    def from_metadata(cls, metadata: Iterable[tuple[str, str | bytes]] | None) -> CallSummary:
+        """Read the keys this module knows from a call's trailing metadata; others and bad values are skipped."""
+        summary = cls()
+        numbers: dict[str, tuple[str, type[int] | type[float]]] = {
+            **{key: (name, int) for name, key in _COUNT_KEYS.items()},
+            **{key: (name, float) for name, key in _SECONDS_KEYS.items()},
+        }
+        for key, raw in metadata or ():
+            value = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
+            if key == NOTICE_KEY:
+                summary.notices.append(value)
+            elif key in numbers:
+                name, kind = numbers[key]
+                try:
+                    setattr(summary, name, kind(value))
+                except ValueError:
+                    continue
+        return summary
+
+    def counts(self) -> str:
+        """The frame counts as text, e.g. "50 frames, 50 without a face"; empty when none were sent."""
+        parts = [f"{self.frames} frames"] if self.frames is not None else []
+        for value, what in ((self.frames_without_face, "without a face"),
+                            (self.frames_not_lipsynced, "with a face not lip-synced"),
+                            (self.frames_bypassed, "bypassed")):
+            if value:
+                parts.append(f"{value} {what}")
+        return ", ".join(parts)
+
+
+class FragmentCounter:
+    """Counts the video frames of a fragmented MP4 as its bytes arrive, holding only the small index boxes.
+
+    The output is a fragmented MP4: ftyp, moov (whose tracks say which is video), then moof + mdat pairs. Each
+    moof's trun boxes state how many samples the fragment holds per track; a fragment's video samples count
+    once its mdat (the frames themselves) has arrived whole. mdat payloads are skipped, never buffered.
+    """
+
+    #: Boxes read whole: moov and moof describe the media and are small; anything else is skipped.
+    _READ = (b"moov", b"moof")
+    #: An index box larger than this is skipped (its frames go uncounted) rather than held in memory.
+    _MAX_INDEX_BYTES = 16 << 20
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self._video_tracks: set[int] = set()
+        self._pending = 0  # video samples of the latest moof, counted when its mdat is complete
+        self._buffer = bytearray()
+        self._skip = 0  # payload bytes of the current skipped box still to come
+        self._skipping_mdat = False
+        self._to_end = False  # a box "to the end of the file": nothing after it is parsed
+
+    def feed(self, data: bytes) -> int:
+        """Take the next bytes of the MP4; returns the video frames complete so far."""
+        view = memoryview(data)
+        while view and not self._to_end:
+            if self._skip:
+                taken = min(self._skip, len(view))
+                self._skip -= taken
+                view = view[taken:]
+                if not self._skip:
+                    self._box_skipped()
+                continue
+            # Into the buffer: box headers and moov/moof; the part of a skipped box's payload that came along is
+            # dropped from it at once, and the rest of that payload is skipped above.
+            self._buffer += view
+            view = view[len(view) :]
+            self._parse_buffer()
+        return self.frames
+
+    def _parse_buffer(self) -> None:
+        while True:
+            header = _box_header(self._buffer, 0)
+            if header is None:
+                return
+            kind, size, header_len = header
+            if size == 0:
+                self._to_end = True
+                self._buffer.clear()
+                return
+            if size < header_len:  # not an MP4 we understand: stop counting rather than guess
+                self._to_end = True
+                self._buffer.clear()
+                return
+            if kind not in self._READ or size > self._MAX_INDEX_BYTES:
+                taken = min(size, len(self._buffer))
+                del self._buffer[:taken]
+                self._skip = size - taken
+                self._skipping_mdat = kind == b"mdat"
+                if not self._skip:
+                    self._box_skipped()
+                    continue
+                return
+            if len(self._buffer) < size:
+                return
+            body = bytes(self._buffer[header_len:size])
+            del self._buffer[:size]
+            if kind == b"moov":
+                self._read_moov(body)
+            else:
+                self._pending += self._video_samples(body)
+
+    def _box_skipped(self) -> None:
+        if self._skipping_mdat:
+            self.frames += self._pending
+            self._pending = 0
+        self._skipping_mdat = False
+
+    def _read_moov(self, body: bytes) -> None:
+        for kind, trak in _children(body):
+            if kind != b"trak":
+                continue
+            track_id, handler = None, None
+            for child, payload in _children(trak):
+                if child == b"tkhd" and len(payload) >= 4:
+                    offset = 4 + (16 if payload[0] == 1 else 8)  # version/flags, creation and modification times
+                    if len(payload) >= offset + 4:
+                        track_id = struct.unpack_from(">I", payload, offset)[0]
+                elif child == b"mdia":
+                    for leaf, hdlr in _children(payload):
+                        if leaf == b"hdlr" and len(hdlr) >= 12:
+                            handler = hdlr[8:12]  # after version/flags and pre_defined
+            if track_id is not None and handler == b"vide":
+                self._video_tracks.add(track_id)
+
+    def _video_samples(self, moof: bytes) -> int:
+        samples = 0
+        for kind, traf in _children(moof):
+            if kind != b"traf":
+                continue
+            track_id, count = None, 0
+            for child, payload in _children(traf):
+                if child == b"tfhd" and len(payload) >= 8:
+                    track_id = struct.unpack_from(">I", payload, 4)[0]
+                elif child == b"trun" and len(payload) >= 8:
+                    count += struct.unpack_from(">I", payload, 4)[0]
+            if track_id in self._video_tracks:
+                samples += count
+        return samples
+
+
+def _box_header(data: bytes | bytearray, pos: int) -> tuple[bytes, int, int] | None:
+    """(type, size, header length) of the box at `pos`, or None while its header is incomplete."""
+    if len(data) - pos < 8:
+        return None
+    size, kind = struct.unpack_from(">I4s", data, pos)
+    if size == 1:
+        if len(data) - pos < 16:
+            return None
+        return kind, struct.unpack_from(">Q", data, pos + 8)[0], 16
+    return kind, size, 8
+
+
+def _children(body: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """The (type, payload) of each complete child box in a container box's payload."""
+    pos = 0
+    while True:
+        header = _box_header(body, pos)
+        if header is None:
+            return
+        kind, size, header_len = header
+        if size == 0:
+            size = len(body) - pos
+        if size < header_len or pos + size > len(body):
+            return
+        yield kind, body[pos + header_len : pos + size]
+        pos += size
 
 
 def speaker_info_messages(frames: Iterable[FrameSpeakers]) -> list[lipsync_pb2.SpeakerInfoPerFrame]:
@@ -116,7 +333,8 @@ class _Upload:
         self.sent += len(chunk)
         if self.sent >= self.size:
             self.done = True
-        return lipsync_pb2.LipsyncRequest(input=lipsync_pb2.LipsyncInputData(**{self.field_name: chunk}))
+        data: dict[str, Any] = {self.field_name: chunk}  # one of the bytes fields, by name
+        return lipsync_pb2.LipsyncRequest(input=lipsync_pb2.LipsyncInputData(**data))
 
     def close(self) -> None:
         if self._owned is not None:
@@ -164,8 +382,7 @@ def build_requests(
         progress.bytes_total = sum(u.size for u in uploads)
         if config is not None:
             yield lipsync_pb2.LipsyncRequest(config=config)
-        for request in speaker_batches(list(speakers)):
-            yield request
+        yield from speaker_batches(list(speakers))
         started = time.monotonic()
         media_sent = 0
         while True:
@@ -173,10 +390,10 @@ def build_requests(
             if not pending:
                 break
             upload = min(pending, key=lambda u: u.fraction)
-            request = upload.next_request(chunk_bytes)
-            if request is None:
+            media = upload.next_request(chunk_bytes)
+            if media is None:
                 continue
-            size = len(getattr(request.input, upload.field_name))
+            size = len(getattr(media.input, upload.field_name))
             media_sent += size
             progress.bytes_sent += size
             if upload_seconds and progress.bytes_total:
@@ -185,7 +402,7 @@ def build_requests(
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            yield request
+            yield media
             if on_progress is not None:
                 on_progress(progress)
         progress.upload_done = True
@@ -209,6 +426,7 @@ def lipsync(
     chunk_bytes: int = CHUNK_BYTES,
     upload_seconds: float | None = None,
     on_progress: ProgressCallback | None = None,
+    on_summary: Callable[[CallSummary], None] | None = None,
 ) -> Iterator[lipsync_pb2.LipsyncResponse]:
     """Run one Lipsync call and yield its responses as they arrive.
 
@@ -224,6 +442,7 @@ def lipsync(
         chunk_bytes: bytes per media chunk.
         upload_seconds: pace the upload over this many seconds.
         on_progress: called with a Progress after every message sent or received.
+        on_summary: called once the call has ended successfully, with what its trailing metadata says.
 
     Yields:
         LipsyncResponse messages: service_info, the config echo, video chunks, keepalives.
@@ -244,15 +463,19 @@ def lipsync(
         on_progress=on_progress,
     )
     call = stub.Lipsync(requests, metadata=tuple(metadata) or None, timeout=timeout)
+    counter = FragmentCounter()
     finished = False
     try:
         for response in call:
             if response.WhichOneof("lipsync_response") == "video_file_data":
                 progress.bytes_received += len(response.video_file_data)
+                progress.frames_received = counter.feed(response.video_file_data)
                 if on_progress is not None:
                     on_progress(progress)
             yield response
         finished = True
+        if on_summary is not None:
+            on_summary(CallSummary.from_metadata(call.trailing_metadata()))
     finally:
         if not finished:
             # The caller stopped early or an error is propagating: do not leave the call running.

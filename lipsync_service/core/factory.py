@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from lipsync_service.core.processor import FrameProcessor, PassThroughProcessor
 from lipsync_service.errors import InferenceUnavailable
-from lipsync_service.inference.base import GeneratorBackend
+from lipsync_service.inference.base import GeneratorBackend, ModelSpec
 from lipsync_service.inference.shared import InferenceObserver, SharedBackend
 from lipsync_service.settings import Settings
 
@@ -72,6 +72,8 @@ class ProcessorFactory:
         self._spare: FrameProcessor | None = None
         self._lock = threading.Lock()  # streams create processors from their own threads
         self.model_info = "none"
+        #: The shared backend's model (None until built, and for a processor without a model).
+        self.model_spec: ModelSpec | None = None
         #: Set by the server: called from a stream's thread when the inference backend is unreachable.
         self.on_backend_unavailable: Callable[[InferenceUnavailable], None] | None = None
 
@@ -85,11 +87,14 @@ class ProcessorFactory:
         if self._needs_backend and self._backend is None:
             builder = self._backend_builder
             if builder is None:
-                from lipsync_service.inference import build_backend as builder
+                from lipsync_service.inference import build_backend
+
+                builder = build_backend
             shared = SharedBackend(builder(self._settings), self._observe, self._unavailable)
             # The start-up checks ran on this (short-lived) thread: let go of its connection.
             shared.release_thread()
             self._backend = shared
+            self.model_spec = shared.spec
             log.info("generator backend %s shared by all streams", shared.spec.description or shared.spec.name)
         return self._backend
 
@@ -112,10 +117,10 @@ class ProcessorFactory:
         spare = self._make()
         with self._lock:
             if self._spare is None:
-                self._spare, spare = spare, None
-                self.model_info = self._spare.model_info
-        if spare is not None:
-            spare.close()
+                self._spare = spare
+                self.model_info = spare.model_info
+                return
+        spare.close()
 
     def create(self) -> FrameProcessor:
         """A processor for a new stream (blocking: the first may build the backend)."""

@@ -10,21 +10,21 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
-import cv2
 import numpy as np
 
-from lipsync_service.job import JobConfig
+from lipsync_service.core import overlay
 from lipsync_service.core.blend import Paste, copy_frame, paste_face, paste_patch
 from lipsync_service.core.crops import CropRegion, extract_bgr, model_face_input, model_output_to_bgr, resize_square
 from lipsync_service.core.faces import FaceDetector
 from lipsync_service.core.landmarks import FaceLandmarker
 from lipsync_service.core.lips import LipRead, LipTracker
 from lipsync_service.core.mel import WINDOW_REACH_S, MelStream
+from lipsync_service.core.processor import FrameProcessor
 from lipsync_service.core.select import TargetSelector, needs_detection, observations
 from lipsync_service.core.tracking import FaceTracker, TrackedFace, TrackingParams
 from lipsync_service.errors import InternalError
 from lipsync_service.inference.base import LIP_SHAPE_SIZE, GeneratorBackend, OutputContract
-from lipsync_service.core.processor import FrameProcessor
+from lipsync_service.job import JobConfig
 from lipsync_service.media.types import FrameJob, SpeechAudio, VideoInfo
 from lipsync_service.settings import Settings
 
@@ -306,10 +306,13 @@ class NeuralProcessor(FrameProcessor):
 
     def _finish(self, pending: _Pending) -> None:
         job = pending.job
-        if self._debug and not _is_bypass(job):
+        if not _is_bypass(job):
+            # Counted by the pipeline (JobResult): frames without a face, frames whose faces were not re-drawn.
+            job.meta["faces_found"] = len(pending.faces)
+            job.meta["faces_lipsynced"] = len(pending.items)
+        if self._debug:
             t0 = time.perf_counter()
-            job.frame = draw_overlay(job.frame, job.index, pending.faces, pending.targets)
-            job.changed = True
+            overlay.annotate(job, pending.faces, pending.targets)
             self._timed("overlay", t0)
         self._done.append(job)
 
@@ -322,35 +325,6 @@ class NeuralProcessor(FrameProcessor):
 def _is_bypass(job: FrameJob) -> bool:
     # The pipeline routes bypass frames around the processor; this guards against one arriving anyway.
     return job.bypass or (job.speakers is not None and job.speakers.bypass)
-
-
-def draw_overlay(frame: av.VideoFrame, index: int, faces: list[TrackedFace],
-                 targets: list[TrackedFace]) -> av.VideoFrame:
-    """The frame with frame number, face boxes, speaker ids, speaking state and on/off drawn in."""
-    bgr = frame.to_ndarray(format="bgr24")
-    h = frame.height
-    scale = max(0.5, h / 720)
-    thick = max(1, int(round(2 * scale)))
-    target_ids = {t.track_id for t in targets}
-    on = bool(targets)
-    cv2.putText(bgr, f"frame {index}  lipsync {'ON' if on else 'OFF'}", (int(10 * scale), int(30 * scale)),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.8 * scale, (0, 255, 0) if on else (0, 0, 255), thick, cv2.LINE_AA)
-    for face in faces:
-        redrawn = face.track_id in target_ids
-        colour = (0, 255, 0) if redrawn else (160, 160, 160)
-        x1, y1, x2, y2 = (int(round(v)) for v in face.box)
-        cv2.rectangle(bgr, (x1, y1), (x2, y2), colour, thick)
-        region = face.crop.pixel_region()
-        cv2.rectangle(bgr, (region.x, region.y), (region.x + region.side, region.y + region.side), (255, 160, 0), 1)
-        who = f"id {face.speaker_id}" if face.speaker_id is not None else f"track {face.track_id}"
-        state = {None: "", True: " speaking", False: " silent"}[face.speaking]
-        cv2.putText(bgr, f"{who}{state} {'ON' if redrawn else 'OFF'}", (x1, max(12, y1 - int(8 * scale))),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour, thick, cv2.LINE_AA)
-    out = av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p")
-    out.pts = frame.pts
-    if frame.time_base is not None:
-        out.time_base = frame.time_base
-    return out
 
 
 def build_neural_processor(settings: Settings, backend: GeneratorBackend | None = None) -> NeuralProcessor:

@@ -49,17 +49,46 @@ def _kill_group(pid: int) -> None:
         pass
 
 
+# The Python backend keeps each model instance's tensors in a /dev/shm/triton_python_backend_shm_region_<uuid> file
+# that only a server which exits normally removes: a killed one leaves them behind. (The server also maps its
+# clients' registered regions, e.g. the Triton backend's lipsync_<pid>_*: those are the clients' to remove.)
+_BACKEND_SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
+
+
+def _mapped_shm(pid: int) -> set[Path]:
+    """The Python backend's shared-memory files a server process has mapped (Linux; empty elsewhere or once gone)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return set()
+    found = set()
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith(_BACKEND_SHM_PREFIX):
+            found.add(Path(fields[5].removesuffix(" (deleted)")))
+    return found
+
+
+def _unlink_all(paths: set[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except OSError:  # mostly FileNotFoundError: the server removed it itself
+            pass
+
+
 class LocalTriton:
-    """A tritonserver subprocess on free loopback ports serving one model repository.
+    """A tritonserver subprocess on loopback ports (free ones unless given) serving one model repository.
 
     Use as a context manager, or call start() and stop(). `url` is the gRPC host:port.
     """
 
-    def __init__(self, model_repository: Path, log_path: Path | None = None) -> None:
+    def __init__(self, model_repository: Path | str, log_path: Path | None = None, *, grpc_port: int | None = None,
+                 http_port: int | None = None, metrics_port: int | None = None) -> None:
         self.model_repository = Path(model_repository).resolve()
-        self.grpc_port = free_port()
-        self.http_port = free_port()
-        self.metrics_port = free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        self.metrics_port = metrics_port or free_port()
         self._workdir = Path(tempfile.mkdtemp(prefix="lipsync-triton-"))
         self.log_path = log_path or self._workdir / "tritonserver.log"
         self._process: subprocess.Popen | None = None
@@ -68,6 +97,10 @@ class LocalTriton:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def _prepare_backends(self) -> Path:
         """A backend folder with the Python backend and the stub for this interpreter's version."""
@@ -114,14 +147,11 @@ class LocalTriton:
             "--log-verbose=0",
             "--exit-timeout-secs=10",
         ]
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:
             # Own process group: the Python backend's stub processes are stopped with the server.
             self._process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, env=self._env(), start_new_session=True
             )
-        finally:
-            log.close()
         self._wait_ready(timeout_s)
         return self
 
@@ -145,11 +175,18 @@ class LocalTriton:
         self.stop()
         raise InferenceUnavailable(f"tritonserver not ready after {timeout_s:.0f} s:\n{self.log_tail()}")
 
+    def wait(self) -> int:
+        """Block until the server exits by itself (or a signal handler raises); returns its exit status."""
+        if self._process is None:
+            raise InferenceUnavailable("tritonserver is not running")
+        return self._process.wait()
+
     def stop(self) -> None:
-        """Terminate the server (SIGTERM, then SIGKILL after 15 s)."""
+        """Terminate the server (SIGTERM, then SIGKILL after 15 s), leaving none of its shared memory behind."""
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
+        regions = _mapped_shm(process.pid)
         process.terminate()
         try:
             process.wait(timeout=15)
@@ -157,13 +194,16 @@ class LocalTriton:
             process.kill()
             process.wait(timeout=5)
         _kill_group(process.pid)
+        _unlink_all(regions)
 
     def kill(self) -> None:
-        """Stop the server abruptly, as a crash would."""
+        """Stop the server abruptly, as a crash would (its shared-memory files are removed afterwards)."""
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
+            regions = _mapped_shm(process.pid)
             _kill_group(process.pid)
             process.wait(timeout=10)
+            _unlink_all(regions)
 
     def restart(self, timeout_s: float = 60.0) -> None:
         """Start again on the same ports (after stop or kill)."""

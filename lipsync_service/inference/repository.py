@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -21,6 +22,9 @@ from lipsync_service.inference.base import (
     contract_of,
     face_size_of,
 )
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 CONFIG_FILE = "config.pbtxt"
 ONNX_FILE = "model.onnx"
@@ -131,7 +135,7 @@ def inspect_onnx(path: Path) -> OnnxContract:
     return session_contract(session, path)
 
 
-def session_contract(session, path: Path) -> OnnxContract:
+def session_contract(session: ort.InferenceSession, path: Path) -> OnnxContract:
     """The contract of an open onnxruntime.InferenceSession, from its input and output names and shapes.
 
     Raises:
@@ -308,3 +312,123 @@ def write_model(
     )
     (model_dir / CONFIG_FILE).write_text(text_format.MessageToString(config))
     return model_dir
+
+
+# Tags and NIM_TAGS_SELECTOR -------------------------------------------------------------------------------------
+
+#: A model's tags are the config.pbtxt parameters named tag.<key> (string values), e.g. tag.language = "de".
+TAG_PREFIX = "tag."
+#: The selector key that matches a model's name when the model has no tag of that name.
+NAME_KEY = "name"
+SELECTOR_ENV = "NIM_TAGS_SELECTOR"
+
+
+class ModelSelectionError(InvalidInput):
+    """NIM_TAGS_SELECTOR is malformed, or matches no model or several: the service cannot start as configured.
+
+    Raised at start-up, for the operator (it names the local model repository); a client never sees it.
+    """
+
+
+@dataclass(frozen=True)
+class TaggedModel:
+    """A model of a repository and its tags (None: its config could not be read, so it cannot be selected)."""
+
+    name: str
+    tags: tuple[tuple[str, str], ...] | None
+
+    def text(self) -> str:
+        if self.tags is None:
+            return f"{self.name} (config not readable or model not loaded)"
+        pairs = ", ".join(f"{k}={v}" for k, v in self.tags)
+        return f"{self.name} ({pairs or 'no tags'})"
+
+
+def model_tags(config: mc.ModelConfig) -> tuple[tuple[str, str], ...]:
+    """The tags of a model config (parameters named tag.<key>), sorted by key."""
+    return tuple(sorted((key[len(TAG_PREFIX):], param.string_value) for key, param in config.parameters.items()
+                        if key.startswith(TAG_PREFIX) and len(key) > len(TAG_PREFIX)))
+
+
+def parse_tags_selector(text: str) -> dict[str, str]:
+    """NIM_TAGS_SELECTOR as a mapping: comma-separated key=value pairs (spaces around each part ignored).
+
+    Raises:
+        ModelSelectionError: a pair without "=" or with an empty key, or one key given two values.
+    """
+    pairs: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not key:
+            raise ModelSelectionError(
+                f"{SELECTOR_ENV}={text!r}: {part!r} is not a key=value pair; give comma-separated pairs, "
+                "e.g. language=de")
+        if pairs.get(key, value) != value:
+            raise ModelSelectionError(f"{SELECTOR_ENV}={text!r}: {key!r} is given two values")
+        pairs[key] = value
+    return pairs
+
+
+def repository_models(repository: Path) -> list[TaggedModel]:
+    """The models of a local repository (folders with a config.pbtxt or a numbered version folder), by name."""
+    root = Path(repository)
+    folders = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    models = []
+    for folder in folders:
+        if (folder / CONFIG_FILE).is_file():
+            try:
+                models.append(TaggedModel(folder.name, model_tags(read_model_config(folder))))
+            except InvalidInput:
+                models.append(TaggedModel(folder.name, None))
+        elif any(p.is_dir() and p.name.isdigit() for p in folder.iterdir()):
+            models.append(TaggedModel(folder.name, ()))
+    return models
+
+
+def _matches(model: TaggedModel, selector: dict[str, str]) -> bool:
+    if model.tags is None:
+        return False
+    tags = dict(model.tags)
+    for key, value in selector.items():
+        if key in tags:
+            if tags[key] != value:
+                return False
+        elif key != NAME_KEY or model.name != value:
+            return False
+    return True
+
+
+def select_model(models: list[TaggedModel], selector: dict[str, str], preferred: str, where: str) -> str:
+    """The model whose tags match every pair of the selector.
+
+    A pair key=value matches a model with the tag key=value; the key "name" also matches the model's own name
+    when it has no tag of that name. When several models match, `preferred` (NV_AI4M_LS_MODEL_NAME) wins if it
+    is one of them.
+
+    Args:
+        models: the repository's models and tags.
+        selector: parse_tags_selector's result (not empty).
+        preferred: the configured model name.
+        where: the repository, for the message (e.g. "the model repository /models" or "Triton at host:port").
+
+    Raises:
+        ModelSelectionError: no model matches, or several do and `preferred` is not one of them; the message
+            lists every model and its tags.
+    """
+    wanted = ",".join(f"{k}={v}" for k, v in selector.items())
+    found = [m.name for m in models if _matches(m, selector)]
+    if len(found) == 1:
+        return found[0]
+    if preferred in found:
+        return preferred
+    available = "; ".join(m.text() for m in models) or "none"
+    if not found:
+        raise ModelSelectionError(
+            f"{SELECTOR_ENV}={wanted} matches no model in {where}; available models and their tags: {available}. "
+            "Tags are config.pbtxt parameters named tag.<key>, e.g. "
+            'parameters { key: "tag.language" value { string_value: "de" } }')
+    raise ModelSelectionError(
+        f"{SELECTOR_ENV}={wanted} matches several models in {where}: {', '.join(found)}; add a pair that tells "
+        f"them apart, or set NV_AI4M_LS_MODEL_NAME to one of them. Available models and their tags: {available}")

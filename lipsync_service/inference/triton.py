@@ -22,7 +22,7 @@ import threading
 
 import numpy as np
 
-from lipsync_service.errors import InferenceError, InferenceUnavailable
+from lipsync_service.errors import InferenceError, InferenceUnavailable, without_paths
 from lipsync_service.inference.base import (
     GeneratorBackend,
     ModelSpec,
@@ -122,17 +122,25 @@ class _Regions:
 
 
 def _translate(exc: Exception, url: str, model: str, what: str) -> Exception:
-    """Our exception for a tritonclient error."""
+    """Our exception for a tritonclient error.
+
+    A client sees it, so Triton's own text is quoted without the file-system paths it may name (its model
+    repository); the full text goes to the log.
+    """
     from tritonclient.utils import InferenceServerException
 
+    text = (exc.message() if isinstance(exc, InferenceServerException) else str(exc)) or ""
+    public = without_paths(text)
+    if public != text:
+        log.warning("Triton %s for model %r failed: %s", what, model, text)
     if isinstance(exc, InferenceServerException):
         status = exc.status() or ""
         if status in _UNAVAILABLE:
             return InferenceUnavailable(
-                f"Triton at {url} is unreachable or not answering ({what}, model {model!r}): {exc.message()}"
+                f"Triton at {without_paths(url)} is unreachable or not answering ({what}, model {model!r}): {public}"
             )
-        return InferenceError(f"Triton {what} for model {model!r} failed: {status} {exc.message()}")
-    return InferenceError(f"Triton {what} for model {model!r} failed: {exc}")
+        return InferenceError(f"Triton {what} for model {model!r} failed: {status} {public}")
+    return InferenceError(f"Triton {what} for model {model!r} failed: {public}")
 
 
 class TritonBackend(GeneratorBackend):

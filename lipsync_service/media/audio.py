@@ -5,16 +5,15 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from typing import BinaryIO
 
 import av
 import numpy as np
 
-from lipsync_service.job import AudioCodec
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError, ResourceExhausted
+from lipsync_service.job import AudioCodec
 from lipsync_service.media.av_errors import PYAV_ERRORS, reason
 from lipsync_service.media.pipe import ByteStream
-from lipsync_service.media.types import MODEL_SAMPLE_RATE
+from lipsync_service.media.types import MODEL_SAMPLE_RATE, Readable
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def _looks_like_mp3(head: bytes) -> bool:
 class _PrefixedReader:
     """A non-seekable reader that replays bytes already read from the source (for sniffing)."""
 
-    def __init__(self, head: bytes, source: BinaryIO) -> None:
+    def __init__(self, head: bytes, source: Readable) -> None:
         self._head = head
         self._source = source
 
@@ -88,6 +87,7 @@ class _Samples:
             return
         while self.total > new_total and len(self.chunks) > self.head:
             last = self.chunks[-1]
+            assert last is not None  # chunks from head on are never released
             cut = self.total - new_total
             if cut >= last.size:
                 self.chunks.pop()
@@ -115,6 +115,7 @@ class _Samples:
         while i < len(self.chunks) and self.starts[i] < hi:
             chunk_start = self.starts[i]
             chunk = self.chunks[i]
+            assert chunk is not None  # i >= head: not released
             a, b = max(lo, chunk_start), min(hi, chunk_start + chunk.size)
             if b > a:
                 out[a - start:b - start] = chunk[a - chunk_start:b - chunk_start]
@@ -152,7 +153,7 @@ class AudioTrack:
     start of the latest read are released so that a long track does not stay in memory.
     """
 
-    def __init__(self, source: BinaryIO, codec: AudioCodec, *, name: str = "speech",
+    def __init__(self, source: Readable, codec: AudioCodec, *, name: str = "speech",
                  max_duration_s: float = 3600.0, keep_behind_s: float = 30.0) -> None:
         """Prepare (but do not start) decoding.
 
@@ -380,7 +381,7 @@ class AudioTrack:
                                    f"({reason(exc)})") from exc
         finally:
             container.close()
-        if self._source_samples == 0:
+        if self._source_samples == 0 or self._source_rate is None:  # the rate is known from the first samples on
             raise InvalidInput(f"{what}: the {fmt.upper()} data contains no audio samples")
         with self._cond:
             # Make each rate hold exactly round(duration * rate) samples: swresample may end one off.

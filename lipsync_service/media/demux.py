@@ -6,10 +6,10 @@ import dataclasses
 import itertools
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple, cast
 
 import av
 import av.error
@@ -17,8 +17,9 @@ import numpy as np
 
 from lipsync_service.errors import InvalidInput, LipsyncError, ResourceExhausted
 from lipsync_service.media.av_errors import PYAV_ERRORS, reason
+from lipsync_service.media.probe import EBML_MAGIC, refuse_matroska
 from lipsync_service.media.timeline import EXTENSION_TAIL_S, first_slot, tail_length
-from lipsync_service.media.types import VideoInfo
+from lipsync_service.media.types import Readable, VideoInfo
 from lipsync_service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,11 @@ def _rate_text(fps: Fraction) -> str:
     return f"{float(fps):.3f}".rstrip("0").rstrip(".")
 
 
-def _to_fraction(rate: object) -> Fraction | None:
+def _to_fraction(rate: Fraction | None) -> Fraction | None:
     if rate is None:
         return None
     try:
-        value = Fraction(rate)  # type: ignore[arg-type]
+        value = Fraction(rate)
     except (TypeError, ValueError, ZeroDivisionError):
         return None
     return value if value > 0 else None
@@ -70,10 +71,19 @@ class _FullReader:
     reads of 256 bytes break the header parse while reads of 1000+ bytes work.
     """
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: Readable) -> None:
         self._source = source
+        self._first = True
 
     def read(self, n: int = -1) -> bytes:
+        data = self._read(n)
+        if self._first and data:
+            # The first bytes FFmpeg asks for: a Matroska/WebM upload is named here, not called corrupt.
+            self._first = False
+            refuse_matroska(data)
+        return data
+
+    def _read(self, n: int) -> bytes:
         if n is None or n < 0:
             return self._source.read()
         parts: list[bytes] = []
@@ -87,6 +97,16 @@ class _FullReader:
         return b"".join(parts)
 
 
+def _refuse_matroska_file(path: str) -> None:
+    """InvalidInput with the remux advice for a Matroska/WebM file (an unreadable one is left to the demuxer)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(EBML_MAGIC))
+    except OSError:
+        return
+    refuse_matroska(head)
+
+
 class DecodedFrame(NamedTuple):
     """One output frame of the constant-rate timeline.
 
@@ -96,7 +116,8 @@ class DecodedFrame(NamedTuple):
         frame: the picture, yuv420p.
     """
 
-    index: int
+    # Shadows tuple.index (mypy objects): the field's name is public API, kept.
+    index: int  # type: ignore[assignment]
     source_index: int
     frame: av.VideoFrame
 
@@ -130,7 +151,7 @@ class VideoSource:
     a processor that draws into a frame never sees its own earlier drawing.
     """
 
-    def __init__(self, source: BinaryIO | Path | str, settings: Settings, *, keep_tail: bool = True) -> None:
+    def __init__(self, source: Readable | Path | str, settings: Settings, *, keep_tail: bool = True) -> None:
         """Prepare to read `source`.
 
         Args:
@@ -161,7 +182,7 @@ class VideoSource:
         self._ended = False
         self._closed = False
         # The first decoded frame, read by open() for its rotation, and the decoding it came from.
-        self._decoded: Iterator[av.VideoFrame] | None = None
+        self._decoded: Generator[av.VideoFrame, None, None] | None = None
         self._first: av.VideoFrame | None = None
         self._first_error: BaseException | None = None
         self._coded_size: tuple[int, int] = (0, 0)
@@ -183,6 +204,8 @@ class VideoSource:
         if self._info is not None:
             return self._info
         src = str(self._source) if isinstance(self._source, (Path, str)) else _FullReader(self._source)
+        if isinstance(src, str):
+            _refuse_matroska_file(src)
         try:
             # Forcing the MP4 demuxer: probing could take garbage for some other format. Metadata
             # is free text: undecodable bytes there must not fail the video.
@@ -190,9 +213,13 @@ class VideoSource:
         except LipsyncError:
             raise
         except EOFError as exc:
-            raise InvalidInput("video: the MP4 ended before its header (moov) was complete: the file is truncated") from exc
+            raise InvalidInput(
+                "video: the MP4 ended before its header (moov) was complete: the file is truncated"
+            ) from exc
         except PYAV_ERRORS as exc:
-            raise InvalidInput(f"video: the data is not a readable MP4 file or its header is corrupt ({reason(exc)})") from exc
+            raise InvalidInput(
+                f"video: the data is not a readable MP4 file or its header is corrupt ({reason(exc)})"
+            ) from exc
         try:
             info = self._inspect(self._container)
         except LipsyncError:
@@ -235,7 +262,7 @@ class VideoSource:
         width, height = (info.height, info.width) if self._turns % 2 else (info.width, info.height)
         return dataclasses.replace(info, width=width, height=height, rotation=rotation)
 
-    def _decode_all(self) -> Iterator[av.VideoFrame]:
+    def _decode_all(self) -> Generator[av.VideoFrame, None, None]:
         """Every decoded frame of the input in decode order, remembering packets for the tail."""
         assert self._container is not None and self._stream is not None
         for packet in self._container.demux(self._stream):
@@ -282,7 +309,8 @@ class VideoSource:
         duration_s = self._duration_s(stream, fps, frame_count, constant)
         if duration_s is not None and duration_s > s.max_duration_s + 1e-6:
             raise ResourceExhausted(
-                f"video: {duration_s:.1f} s is longer than the {s.max_duration_s:g} s limit; split it into shorter parts"
+                f"video: {duration_s:.1f} s is longer than the {s.max_duration_s:g} s limit; "
+                "split it into shorter parts"
             )
         # Only a header with a sample table states a duration: for a fragmented MP4 read from a pipe,
         # FFmpeg's figure is just the fragments its probing has read, and would reject the rest.
@@ -366,7 +394,7 @@ class VideoSource:
 
     # Decode ------------------------------------------------------------------------------------
 
-    def frames(self) -> Iterator[DecodedFrame]:
+    def frames(self) -> Generator[DecodedFrame, None, None]:
         """Decode the video in presentation order at the constant output rate.
 
         Each input frame is held until the next one is decoded (its timestamp decides how many
@@ -424,8 +452,8 @@ class VideoSource:
             # size than the header states; the encoder needs one size.
             raise InvalidInput(
                 f"video: frame {index} is {frame.width}x{frame.height} but the stream is {coded_w}x{coded_h}: "
-                "the H.264 data is corrupt, changes resolution mid-stream or has a cropping the decoder does not apply; "
-                "re-encode it at one frame size"
+                "the H.264 data is corrupt, changes resolution mid-stream or has a cropping the decoder does not "
+                "apply; re-encode it at one frame size"
             )
         pts = frame.pts
         time_base = frame.time_base
@@ -442,7 +470,8 @@ class VideoSource:
             raise InvalidInput(
                 f"video: frame {index} is stamped {float(offset):.3f} s after the first frame, not later than frame "
                 f"{index - 1} ({float(self._last_offset):.3f} s): timestamps repeat or go backwards (corrupt or "
-                f"badly muxed MP4); re-encode it, e.g. ffmpeg -i in.mp4 -vf fps={_rate_text(info.fps)} -c:v libx264 out.mp4"
+                f"badly muxed MP4); re-encode it, e.g. ffmpeg -i in.mp4 -vf fps={_rate_text(info.fps)} "
+                "-c:v libx264 out.mp4"
             )
         if self._end_limit is not None and offset > self._end_limit:
             raise InvalidInput(
@@ -462,7 +491,7 @@ class VideoSource:
         end = self._last_offset + (self._last_duration or 1 / info.fps)
         return max(first_slot(end, info.fps), first_slot(self._last_offset, info.fps) + 1)
 
-    def _fill(self, source: int, picture: av.VideoFrame, end_slot: int) -> Iterator[DecodedFrame]:
+    def _fill(self, source: int, picture: av.VideoFrame, end_slot: int) -> Generator[DecodedFrame, None, None]:
         """Yield `picture` for every output slot before `end_slot` not yet filled (none: it is dropped)."""
         count = end_slot - self._slots
         if count <= 0:
@@ -499,7 +528,8 @@ class VideoSource:
             return
         oldest = self._slot_sources[0]
         while len(self._gops) >= 2:
-            key_index = self._pts_index.get(self._gops[1].key_pts)  # type: ignore[arg-type]
+            key_pts = self._gops[1].key_pts
+            key_index = self._pts_index.get(key_pts) if key_pts is not None else None
             if key_index is None or key_index > oldest:
                 return
             self._gops.popleft()
@@ -513,7 +543,7 @@ class VideoSource:
         """First output index of the replayable tail (after the video ended)."""
         return self._slots - tail_length(self._slots, self.info.fps)
 
-    def tail_frames(self, indices: Iterable[int]) -> Iterator[DecodedFrame]:
+    def tail_frames(self, indices: Iterable[int]) -> Generator[DecodedFrame, None, None]:
         """Re-decode frames of the tail (the last 5 s) in any order, after `frames()` ended.
 
         Memory holds at most one GOP's worth of decoded tail frames. Every frame given out is a fresh
@@ -569,7 +599,8 @@ class VideoSource:
     def _redecode(self, gops: Iterable[_Gop], start: int) -> dict[int, av.VideoFrame]:
         assert self._stream is not None
         src = self._stream.codec_context
-        ctx = av.CodecContext.create(src.name, "r")
+        # The stub's overloads know the codec from a literal name only; this one is the video stream's own.
+        ctx = cast(av.VideoCodecContext, av.CodecContext.create(src.name, "r"))
         ctx.extradata = src.extradata
         ctx.thread_type = "AUTO"
         out: dict[int, av.VideoFrame] = {}

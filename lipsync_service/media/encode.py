@@ -5,13 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Any, Literal, NamedTuple, overload
 
 import av
 import numpy as np
 
 from lipsync_service.errors import InternalError, InvalidInput, LipsyncError
-from lipsync_service.job import DEFAULT_IDR_INTERVAL, AudioCodec, EncodingMode, VideoEncodingSpec
+from lipsync_service.job import (
+    DEFAULT_IDR_INTERVAL,
+    NV_DEFAULT_BITRATE,
+    NV_VBR_PEAK_FACTOR,
+    AudioCodec,
+    ControlRate,
+    CustomEncoding,
+    EncodingMode,
+    VideoEncodingSpec,
+)
 from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE
 from lipsync_service.media.types import VideoInfo
 
@@ -27,7 +36,13 @@ DEFAULT_PRESET = "veryfast"
 
 # Encoder, sample format it takes, and bitrate: enough for speech mixed with background music in mono
 # (the encoders' own defaults, 64 kbit/s Opus, are tuned for speech alone).
-_AUDIO_ENCODERS = {AudioCodec.OPUS: ("libopus", "flt", 96_000), AudioCodec.MP3: ("libmp3lame", "fltp", 128_000)}
+_AUDIO_ENCODERS: dict[AudioCodec, tuple[Literal["libopus", "libmp3lame"], str, int]] = {
+    AudioCodec.OPUS: ("libopus", "flt", 96_000), AudioCodec.MP3: ("libmp3lame", "fltp", 128_000)}
+# LAME's CBR/ABR presets scale the input by 0.95 below 320 kbit/s (the `scale` column of its abr_switch_map, headroom
+# against clipping), so 128 kbit/s MP3 decodes 5 % (0.45 dB) quieter than the speech we were given. FFmpeg exposes no
+# way to set LAME's scale; we hand it float samples, which LAME scales without clipping, so the inverse gain applied
+# before encoding gives back the input's level exactly. Opus has no such gain.
+_INPUT_GAIN: dict[AudioCodec, float] = {AudioCodec.MP3: 1 / 0.95}
 
 
 class X264Settings(NamedTuple):
@@ -66,14 +81,20 @@ def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264S
             VBV buffer, so no stretch of the stream runs far above the requested rate), an IDR every
             idr_interval frames, preset veryfast, profile high.
         custom (the fields of job.CustomEncoding; unset ones fall back as noted):
-            preset -> x264 preset (default veryfast); tune -> x264 tune; profile -> H.264 profile;
-            crf -> constant rate factor; qp -> constant quantizer (0 = lossless); bitrate_mbps -> average
-            bitrate (bit_rate); max_bitrate_mbps -> VBV maxrate with bufsize = the same (one second);
-            idr_interval -> IDR every N frames (default 8, as the lossy default); bframes -> maximum
-            consecutive B-frames. crf or qp take precedence over bitrate_mbps (x264 uses one rate-control
-            mode; with max_bitrate_mbps, crf becomes capped CRF).
-        Every mode: keyint == min-keyint, scenecut=0 and closed GOP, so keyframes fall exactly every
-        gop_size frames and each is an IDR.
+            preset -> x264 preset (default veryfast); tune -> x264 tune; profile -> H.264 profile (the NVIDIA
+            plugin's numbers 0/2/4/7 -> baseline/main/high/high444); crf -> constant rate factor; qp ->
+            constant quantizer (0 = lossless); bframes -> maximum consecutive B-frames.
+            Rate: the target is bitrate_mbps or NVIDIA's bitrate (bit/s), the peak max_bitrate_mbps or
+            NVIDIA's maxbitrate. crf or qp take precedence over a target (x264 uses one rate-control mode; with
+            a peak, crf becomes capped CRF). NVIDIA's control-rate picks the mode, as the plugin does:
+            1 (CBR; also the plugin's default when its `bitrate` is given without control-rate): average =
+            VBV maxrate = bufsize = target; 0 (VBR): average = target, maxrate = bufsize = the peak (at least
+            the target; 1.2 x target when no peak is given); 2 (constant QP): qp. A control-rate without a
+            target uses the plugin's default, 4 Mbit/s. Without control-rate: average = target (ABR) and,
+            given a peak, maxrate = bufsize = peak (a one-second VBV buffer).
+            IDR spacing: idr_interval or NVIDIA's idrinterval; NVIDIA's iframeinterval also bounds it (the
+            smaller wins): every GOP is closed, so each I-frame x264 writes here is an IDR frame. Default 8.
+            preset-id and tuning-info-id are NVENC-only hints with no x264 meaning (job.CustomEncoding).
 
     Args:
         encoding: the validated spec from the job config.
@@ -91,24 +112,46 @@ def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264S
         options = {"preset": DEFAULT_PRESET, "profile": "high", "maxrate": str(rate), "bufsize": str(rate),
                    "x264-params": _gop_params(gop)}
         return X264Settings(options, rate, gop)
-    custom = encoding.custom
-    gop = int(custom.idr_interval if custom.idr_interval is not None else DEFAULT_IDR_INTERVAL)
-    options = {"preset": custom.preset or DEFAULT_PRESET}
+    return _custom_options(encoding.custom)
+
+
+def _custom_options(custom: CustomEncoding) -> X264Settings:
+    idr = custom.idr_interval if custom.idr_interval is not None else custom.idrinterval
+    gops = [int(n) for n in (idr, custom.iframeinterval) if n is not None]
+    gop = min(gops) if gops else DEFAULT_IDR_INTERVAL
+    options = {"preset": (custom.preset or DEFAULT_PRESET).lower()}
     if custom.tune is not None:
-        options["tune"] = custom.tune
-    if custom.profile is not None:
-        options["profile"] = custom.profile
+        options["tune"] = custom.tune.lower()
+    if custom.x264_profile is not None:
+        options["profile"] = custom.x264_profile
     if custom.crf is not None:
         options["crf"] = f"{float(custom.crf):g}"
     if custom.qp is not None:
         options["qp"] = str(int(custom.qp))
-    bit_rate = None
+    target = peak = None
     if custom.bitrate_mbps is not None:
-        bit_rate = int(round(float(custom.bitrate_mbps) * 1_000_000))
+        target = int(round(float(custom.bitrate_mbps) * 1_000_000))
+    elif custom.bitrate is not None:
+        target = int(custom.bitrate)
     if custom.max_bitrate_mbps is not None:
-        maxrate = int(round(float(custom.max_bitrate_mbps) * 1_000_000))
-        options["maxrate"] = str(maxrate)
-        options["bufsize"] = str(maxrate)
+        peak = int(round(float(custom.max_bitrate_mbps) * 1_000_000))
+    elif custom.maxbitrate is not None:
+        peak = int(custom.maxbitrate)
+    mode = custom.control_rate
+    if mode is None and custom.bitrate is not None and custom.crf is None and custom.qp is None:
+        mode = ControlRate.CBR  # the plugin's default rate control
+    bit_rate = target
+    if mode == ControlRate.CBR:
+        bit_rate = target or NV_DEFAULT_BITRATE
+        peak = bit_rate
+    elif mode == ControlRate.VBR:
+        bit_rate = target or NV_DEFAULT_BITRATE
+        peak = max(peak if peak is not None else int(round(bit_rate * NV_VBR_PEAK_FACTOR)), bit_rate)
+    elif mode == ControlRate.CONSTANT_QP:
+        bit_rate = None  # validation: qp given, no rates
+    if peak is not None:
+        options["maxrate"] = str(peak)
+        options["bufsize"] = str(peak)
     options["x264-params"] = _gop_params(gop, None if custom.bframes is None else int(custom.bframes))
     return X264Settings(options, bit_rate, gop)
 
@@ -116,8 +159,8 @@ def encoder_options(encoding: VideoEncodingSpec, fps: Fraction | float) -> X264S
 class _SinkFile:
     """Write-only, non-seekable file-like for PyAV that forwards every write to the sink."""
 
-    def __init__(self, sink: Callable[[bytes], None]) -> None:
-        self.sink: Callable[[bytes], None] | None = sink
+    def __init__(self, sink: Callable[[bytes], object]) -> None:
+        self.sink: Callable[[bytes], object] | None = sink
         self.error: BaseException | None = None
         self.bytes_written = 0
 
@@ -140,7 +183,7 @@ class OutputWriter:
     `write_frame` and `write_audio` (audio up to each frame's end) so fragments carry both.
     """
 
-    def __init__(self, sink: Callable[[bytes], None], video: VideoInfo, encoding: VideoEncodingSpec,
+    def __init__(self, sink: Callable[[bytes], object], video: VideoInfo, encoding: VideoEncodingSpec,
                  audio_codec: AudioCodec, *, audio_rate: int = OUTPUT_SAMPLE_RATE, threads: int = 0) -> None:
         """Open the encoders and the muxer (nothing is written until the first packets).
 
@@ -211,6 +254,7 @@ class OutputWriter:
             # The codec was validated and the rate is ours (the pipeline's output rate): not the client's fault.
             raise InternalError(f"output audio: cannot encode {audio_codec.value} at {audio_rate} Hz ({exc})") from exc
         self._sample_fmt = sample_fmt
+        self._gain = _INPUT_GAIN.get(audio_codec, 1.0)
         self._frame_size = self._audio.codec_context.frame_size or 1024
         self._audio_time_base = Fraction(1, audio_rate)
 
@@ -270,6 +314,8 @@ class OutputWriter:
         self._pending_len = rest.size
 
     def _encode_audio(self, chunk: np.ndarray) -> None:
+        if self._gain != 1.0:
+            chunk = chunk * np.float32(self._gain)
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk).reshape(1, -1), format=self._sample_fmt,
                                            layout="mono")
         frame.sample_rate = self._audio_rate
@@ -280,7 +326,12 @@ class OutputWriter:
 
     # Common ----------------------------------------------------------------------------------
 
-    def _mux(self, stream: av.stream.Stream, frame: av.frame.Frame | None) -> None:
+    @overload
+    def _mux(self, stream: av.VideoStream, frame: av.VideoFrame | None) -> None: ...
+    @overload
+    def _mux(self, stream: av.AudioStream, frame: av.AudioFrame | None) -> None: ...
+
+    def _mux(self, stream: av.VideoStream | av.AudioStream, frame: Any) -> None:
         if self._closed:
             raise InternalError("output: write after close")
         try:

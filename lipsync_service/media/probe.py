@@ -15,6 +15,24 @@ _PADDING_BOXES = {b"free", b"skip", b"wide", b"uuid", b"pdin"}
 _HEADER = 8
 _LARGE_HEADER = 16
 
+# Matroska and WebM files start with the EBML header's ID.
+EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+MATROSKA_MESSAGE = (
+    "video: the data is Matroska/WebM (.mkv/.webm), not MP4: the service needs an MP4 (ISO BMFF) file. "
+    "Remux it without re-encoding: ffmpeg -i in.mkv -c copy out.mp4 (if its video is not H.264, re-encode "
+    "instead: ffmpeg -i in.webm -c:v libx264 -c:a aac out.mp4)"
+)
+
+
+def refuse_matroska(head: bytes) -> None:
+    """Raise InvalidInput with the remux advice when `head` (the first bytes of a video) is Matroska/WebM.
+
+    Raises:
+        InvalidInput: the data starts with the EBML magic bytes 1A 45 DF A3.
+    """
+    if head.startswith(EBML_MAGIC):
+        raise InvalidInput(MATROSKA_MESSAGE)
+
 
 def _box_header(head: bytes, pos: int) -> tuple[bytes, int, int] | None:
     """(type, total size or 0 for "to end of file", header length) of the box at pos, None if cut off."""
@@ -31,6 +49,7 @@ def _box_header(head: bytes, pos: int) -> tuple[bytes, int, int] | None:
 
 def _walk(head: bytes) -> tuple[Layout, int]:
     """Classification and, for need_more, how many bytes are needed in total to decide."""
+    refuse_matroska(head)
     first = _box_header(head, 0)
     if first is None:
         return "need_more", _HEADER if len(head) < _HEADER else _LARGE_HEADER
@@ -75,7 +94,8 @@ def classify_mp4(head: bytes) -> Layout:
         The layout.
 
     Raises:
-        InvalidInput: the data does not start with an ftyp box, or a box size is impossible.
+        InvalidInput: the data does not start with an ftyp box (Matroska/WebM is named, with how to remux it),
+            or a box size is impossible.
     """
     layout, _ = _walk(head)
     return layout

@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
 from lipsync_service.core.factory import ProcessorFactory
 from lipsync_service.errors import Unavailable
+from lipsync_service.inference.describe import describe_model
+from lipsync_service.inference.repository import ModelSelectionError
 from lipsync_service.server.admission import Admission
 from lipsync_service.server.http import HttpServer
 from lipsync_service.server.metrics import Metrics, default_metrics
@@ -108,7 +110,7 @@ class LipsyncServer:
         """Listen on both ports, warm up the processor, then report SERVING.
 
         Raises:
-            StartupError: TLS files, ports or the processor are not usable.
+            StartupError: TLS files, ports or the processor are not usable, or NIM_TAGS_SELECTOR matches no model.
         """
         s = self.settings
         credentials = server_credentials(s)
@@ -163,6 +165,10 @@ class LipsyncServer:
             # The backend may come up later (Triton starting beside us): stay up, not ready, and retry.
             log.warning("warm-up failed, retrying every %g s while NOT_SERVING: %s", WARMUP_RETRY_S, exc)
             self._warmup_retry = asyncio.create_task(self._retry_warm_up(), name="lipsync-warmup-retry")
+        except ModelSelectionError as exc:
+            # NIM_TAGS_SELECTOR names no model there is: a configuration error no retry mends.
+            await self.stop()
+            raise StartupError(str(exc)) from exc
         except Exception as exc:
             await self.stop()
             raise StartupError(f"warm-up failed: {exc}") from exc
@@ -179,7 +185,7 @@ class LipsyncServer:
         self._ready = True
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("ready: model %s", self.processors.model_info)
+        log.info("ready: %s", describe_model(self.settings, self.processors.model_spec))
 
     async def _retry_warm_up(self) -> None:
         while not self._draining:

@@ -122,8 +122,9 @@ class Intake:
             if self.speakers is None:
                 raise InvalidInput("speaker data arrived, but the config has is_speaker_info_provided false; "
                                    "set it to true to send per-frame speaker info")
-            for frame in frames_from_proto(data.per_frame_speaker_infos):
-                self.speakers.add(frame)
+            # Checked as a whole on arrival: values, duplicates, and frames past the video's frame count
+            # once its header has stated it (the job sets it), so a bad batch fails the call at once.
+            self.speakers.add_all(frames_from_proto(data.per_frame_speaker_infos))
 
     def _end_of_input(self) -> None:
         assert self.cfg is not None

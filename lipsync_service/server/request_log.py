@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -23,12 +23,14 @@ log = logging.getLogger("lipsync_service.server.session")
 def log_request_finished(metrics: Metrics, *, request_id: str, client_session_id: str, outcome: grpc.StatusCode,
                          message: str, started: float, admitted_at: float | None,
                          first_chunk_at: float | None, video_mode: VideoMode | None, input_bytes: dict[str, int],
-                         output_bytes: int, frames_reported: int, result: JobResult | None) -> None:
+                         output_bytes: int, frames_reported: int, result: JobResult | None,
+                         ignored_encoder_hints: dict[str, Any] | None = None) -> None:
     """Record the call's metrics and log its one `request_finished` JSON line.
 
     `started`, `admitted_at` and `first_chunk_at` are time.monotonic() readings (None: the call never got
     that far); `frames_reported` is what progress reports already added to frames_processed; `result` is
-    None unless the job finished.
+    None unless the job finished; `ignored_encoder_hints` are the custom encoding keys the config accepted that
+    mean nothing to x264 (NVIDIA's NVENC-only hints), key -> value.
     """
     elapsed = time.monotonic() - started
     metrics.streams_total.labels(code=outcome.name).inc()
@@ -58,5 +60,22 @@ def log_request_finished(metrics: Metrics, *, request_id: str, client_session_id
         "output_bytes": output_bytes,
         "frames": frames,
         "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
+        **_outcome_fields(result),
+        "ignored_encoder_hints": dict(ignored_encoder_hints or {}),
     }
     log.info("%s", json.dumps(record, sort_keys=True))
+
+
+def _outcome_fields(result: JobResult | None) -> dict[str, object]:
+    """What the job did with its frames and inputs (all None when it did not finish): frames without a face,
+    with a face not lip-synced, bypassed; which input was cut ("speech" or "video") and by how many seconds."""
+    if result is None:
+        return dict.fromkeys(("frames_without_face", "frames_not_lipsynced", "frames_bypassed", "cut", "cut_s"))
+    cut = result.cut
+    return {
+        "frames_without_face": result.frames_without_face,
+        "frames_not_lipsynced": result.frames_not_lipsynced,
+        "frames_bypassed": result.frames_bypassed,
+        "cut": cut.track if cut is not None else None,
+        "cut_s": round(cut.seconds, 3) if cut is not None and cut.seconds is not None else None,
+    }

@@ -15,6 +15,7 @@ from google.protobuf import empty_pb2
 from lipsync_service import FEATURE_NAME, __version__
 from lipsync_service._proto.nvidia.ai4m.common.v1 import common_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
+from lipsync_service.client.stream import CallSummary
 from lipsync_service.core.factory import ProcessorFactory
 from lipsync_service.errors import InputTimeout
 from lipsync_service.logs import request_id_var
@@ -85,7 +86,9 @@ class Session:
 
     # The response stream -------------------------------------------------------------------------
 
-    async def run(self, requests: AsyncIterator[lipsync_pb2.LipsyncRequest]) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
+    async def run(
+        self, requests: AsyncIterator[lipsync_pb2.LipsyncRequest]
+    ) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
         """The response stream of the call.
 
         Args:
@@ -125,6 +128,7 @@ class Session:
                 watchdog.writing()
                 yield response
                 watchdog.written()
+            self._send_summary()
         except BaseException as exc:
             self._record_failure(exc)
             raise
@@ -184,6 +188,20 @@ class Session:
                 pass
 
     # End of the call -----------------------------------------------------------------------------
+
+    def _send_summary(self) -> None:
+        """Put the job's frame counts, cut input and notices in the call's trailing metadata."""
+        result = self._result
+        if self.context is None or result is None:
+            return
+        cut = result.cut
+        summary = CallSummary(
+            frames=result.frames, frames_without_face=result.frames_without_face,
+            frames_not_lipsynced=result.frames_not_lipsynced, frames_bypassed=result.frames_bypassed,
+            speech_cut_s=cut.seconds if cut is not None and cut.track == "speech" else None,
+            video_cut_s=cut.seconds if cut is not None and cut.track == "video" else None,
+            notices=result.notices())
+        self.context.set_trailing_metadata(tuple(summary.to_metadata()))
 
     def _record_failure(self, exc: BaseException) -> None:
         stall = self._watchdog.stall if self._watchdog is not None else None
@@ -253,4 +271,5 @@ class Session:
             admitted_at=self._admitted_at, first_chunk_at=self._first_chunk_at, video_mode=intake.video.mode,
             input_bytes={"video": intake.video.bytes, "speech": intake.speech_bytes,
                          "background": intake.background_bytes},
-            output_bytes=self._output.total, frames_reported=self._job.frames_reported, result=self._result)
+            output_bytes=self._output.total, frames_reported=self._job.frames_reported, result=self._result,
+            ignored_encoder_hints=intake.cfg.video_encoding.custom.ignored_hints() if intake.cfg is not None else {})

@@ -29,8 +29,8 @@ class Spool:
             self._file: IO[bytes] = tempfile.NamedTemporaryFile(  # noqa: SIM115 - open until close()
                 dir=directory, prefix="lipsync-spool-", suffix=".mp4", delete=False)
         except OSError as exc:
-            raise ResourceExhausted(f"cannot create a spool file for the upload in {directory or tempfile.gettempdir()}: "
-                                    f"{exc.strerror or exc}") from exc
+            raise ResourceExhausted(f"cannot create a spool file for the upload in "
+                                    f"{directory or tempfile.gettempdir()}: {exc.strerror or exc}") from exc
         self.path = Path(self._file.name)
         self._removed = False
 

@@ -123,7 +123,8 @@ def test_cli_sends_config_then_speaker_batches_then_interleaved_chunks(recording
     assert [f.frame_id for f in all_frames] == list(range(5000))
     assert all_frames[3].bypass and not all_frames[4].bypass
     info = all_frames[0].speaker_infos[0]
-    assert (info.speaker_bbox.x, info.speaker_bbox.y, info.speaker_bbox.width, info.speaker_bbox.height) == (1, 2, 30, 40)
+    box = info.speaker_bbox
+    assert (box.x, box.y, box.width, box.height) == (1, 2, 30, 40)
     assert info.speaker_id == 7 and info.is_speaking and not all_frames[1].speaker_infos[0].is_speaking
 
     # Media: every byte, in order, in chunks of at most 64 KiB, video and audio interleaved.
@@ -368,3 +369,69 @@ def test_abandoning_the_response_iterator_cancels_the_call_and_frees_the_slot(re
         responses.close()
         assert wait_until(lambda: real_server.server.admission.active == 0, timeout=3), (
             "the server still holds the slot of an abandoned call")
+
+
+# What the server says at the end of a call: trailing metadata ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def neural_server():
+    from lipsync_service.settings import Settings
+    from tests.functional.helpers import running_server
+
+    settings = Settings()
+    if not any((settings.model_repository / settings.model_name).glob("*/model.onnx")):
+        pytest.skip("no generator model.onnx in the model repository")
+    with running_server(processor="neural", backend="onnxruntime", model_version="", debug_mode=False) as srv:
+        yield srv
+
+
+def test_cli_summary_counts_frames_without_a_face_and_names_the_flag_for_cut_speech(
+    neural_server, clip, tmp_path, capsys, caplog
+) -> None:
+    import logging
+
+    speech = synth.make_wav(tmp_path / "speech.wav", seconds=3.0)
+    output = tmp_path / "out.mp4"
+    with caplog.at_level(logging.INFO, logger="lipsync_service.server.session"):
+        code = cli.main(["--target", neural_server.target, "--video-input", str(clip["video"]),
+                         "--audio-input", str(speech), "--output", str(output)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"wrote {output} ({output.stat().st_size} bytes): 50 frames, 50 without a face\n" in err
+    assert "note: no face found in 50 of 50 frames: they are unchanged\n" in err
+    assert ("note: 1.00 s of speech cut: the speech is longer than the video; "
+            "pass --extend-video forward|reverse to keep it\n") in err
+    finished = [json.loads(r.getMessage()) for r in caplog.records if '"request_finished"' in r.getMessage()]
+    assert finished, "the server logged its request_finished line"
+    assert finished[-1]["frames_without_face"] == 50 and finished[-1]["frames_not_lipsynced"] == 0
+    assert finished[-1]["cut"] == "speech" and finished[-1]["cut_s"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_trailing_metadata_keys_on_the_wire(neural_server, clip, tmp_path) -> None:
+    speech = synth.make_wav(tmp_path / "speech.wav", seconds=1.0)
+    config = lipsync_pb2.LipsyncConfig(input_audio_codec=audio_pb2.AUDIO_CODEC_WAV)
+    with channels.create_channel(neural_server.target) as channel:
+        call = lipsync_pb2_grpc.LipSyncServiceStub(channel).Lipsync(
+            stream.build_requests(config, clip["video"], speech), timeout=60)
+        for _ in call:
+            pass
+        trailers = list(call.trailing_metadata())
+    keys = dict(trailers)
+    assert keys["lipsync-frames"] == "25" and keys["lipsync-frames-without-face"] == "25"
+    assert keys["lipsync-frames-not-lipsynced"] == "0" and keys["lipsync-frames-bypassed"] == "0"
+    assert keys["lipsync-video-cut-s"] == "1.000" and "lipsync-speech-cut-s" not in keys
+    notices = [value for key, value in trailers if key == "lipsync-notice"]
+    assert notices == [
+        "no face found in 25 of 25 frames: they are unchanged",
+        "1.00 s of video cut: the video is longer than the speech; pass --extend-audio silence to keep it",
+    ]
+
+
+def test_stream_api_hands_over_the_summary_and_claims_no_faces_for_a_passthrough_server(real_server, clip) -> None:
+    summaries: list[stream.CallSummary] = []
+    with channels.create_channel(real_server.target) as channel:
+        stream.collect(stream.lipsync(
+            lipsync_pb2_grpc.LipSyncServiceStub(channel),
+            lipsync_pb2.LipsyncConfig(input_audio_codec=audio_pb2.AUDIO_CODEC_WAV),
+            clip["video"], clip["audio"], on_summary=summaries.append, timeout=60))
+    assert summaries == [stream.CallSummary(frames=50, frames_bypassed=0)]

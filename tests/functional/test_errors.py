@@ -10,14 +10,29 @@ import time
 import grpc
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from tests import synth
-from tests.functional.helpers import (FUZZ_STATS, audio_msg, background_msg, chunks, config,  # noqa: F401
-                                      expect_error, open_fds,
-                                      requests, run_call, running_server, server, speaker_msg, spool_files,
-                                      video_msg, wait_until)
+from tests.functional.helpers import (
+    FUZZ_STATS,
+    audio_msg,
+    background_msg,
+    chunks,
+    config,
+    expect_error,
+    open_fds,
+    requests,
+    run_call,
+    running_server,
+    speaker_msg,
+    spool_files,
+    video_msg,
+    wait_until,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -37,7 +52,8 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     }
 
 
-def _frame(frame_id: int, x: float = 10, y: float = 10, w: float = 40, h: float = 40) -> lipsync_pb2.SpeakerInfoPerFrame:
+def _frame(frame_id: int, x: float = 10, y: float = 10, w: float = 40,
+           h: float = 40) -> lipsync_pb2.SpeakerInfoPerFrame:
     msg = lipsync_pb2.SpeakerInfoPerFrame(frame_id=frame_id)
     info = msg.speaker_infos.add()
     info.speaker_bbox.x, info.speaker_bbox.y, info.speaker_bbox.width, info.speaker_bbox.height = x, y, w, h
@@ -97,8 +113,8 @@ def test_audio_codec_mismatch(server, media):
 
 
 def test_unsupported_input_audio_codec(server, media):
-    msg = expect_error(server, requests(media["video"], media["audio"], config(input_audio_codec=audio_pb2.AUDIO_CODEC_OPUS)),
-                       INVALID)
+    cfg = config(input_audio_codec=audio_pb2.AUDIO_CODEC_OPUS)
+    msg = expect_error(server, requests(media["video"], media["audio"], cfg), INVALID)
     assert msg == "input_audio_codec AUDIO_CODEC_OPUS is not supported: use AUDIO_CODEC_WAV or AUDIO_CODEC_MP3"
 
 
@@ -136,8 +152,8 @@ def test_bitrate_zero(server, media):
 
 @pytest.mark.parametrize("volume", [-0.5, 1.5])
 def test_background_volume_out_of_range(server, media, volume):
-    cfg = config(background_audio_config={"is_background_audio_provided": True, "audio_codec": audio_pb2.AUDIO_CODEC_WAV,
-                                          "audio_volume": volume})
+    cfg = config(background_audio_config={"is_background_audio_provided": True,
+                                          "audio_codec": audio_pb2.AUDIO_CODEC_WAV, "audio_volume": volume})
     msg = expect_error(server, requests(media["video"], media["audio"], cfg, background=media["audio"]), INVALID)
     assert msg == f"background_audio_config.audio_volume must be between 0.0 and 1.0, got {volume:g}"
 
@@ -332,8 +348,6 @@ def test_client_disconnect_frees_everything(media, tmp_path, layout):
 
 # Fuzzing ---------------------------------------------------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings as hyp_settings, strategies as st  # noqa: E402
-
 # Statuses a hostile input may earn; INTERNAL would mean an error escaped translation at an edge.
 ACCEPTABLE = {grpc.StatusCode.OK, INVALID, EXHAUSTED}
 # Cases tried, by target and outcome; printed in the test session's summary (tests/functional/conftest.py).
@@ -402,3 +416,45 @@ def test_server_healthy_after_fuzzing(server, media):
     """Runs after the fuzz test in this module: the same server still serves a good call."""
     assert run_call(server, requests(media["video"], media["audio"], config())).video_chunks >= 1
     print(f"fuzz cases tried: {FUZZ_CASES}")
+
+
+# NVIDIA's encoder properties ------------------------------------------------------------------------
+
+def test_nvidia_encoder_properties_through_the_server(server, media, caplog):
+    """NVIDIA's client's keys, in every wrapper it packs them in, reach x264; its NVENC-only hints are accepted and
+    logged once, in the call's request_finished line."""
+    import json
+    import logging
+    import re
+
+    from google.protobuf import wrappers_pb2
+
+    caplog.set_level(logging.INFO, logger="lipsync_service.server.session")
+    cfg = config()
+    custom = cfg.config.output_video_encoding.custom_encoding.custom
+    custom["bitrate"].Pack(wrappers_pb2.Int32Value(value=5_000_000))
+    custom["maxbitrate"].Pack(wrappers_pb2.Int64Value(value=5_000_000))
+    custom["idrinterval"].Pack(wrappers_pb2.DoubleValue(value=30.0))
+    custom["profile"].Pack(wrappers_pb2.StringValue(value="High"))
+    custom["tuning-info-id"].Pack(wrappers_pb2.UInt32Value(value=4))
+    custom["preset-id"].Pack(wrappers_pb2.FloatValue(value=3.0))
+    result = run_call(server, requests(media["long_transactional"], media["long_audio"], cfg))
+    assert sorted(result.config.output_video_encoding.custom_encoding.custom) == sorted(custom)
+    sei = re.search(rb"x264 - core .*? - options: ([ -~]*)", result.video)
+    assert sei is not None
+    options = dict(item.split("=", 1) for item in sei.group(1).decode().split() if "=" in item)
+    assert (options["rc"], options["bitrate"], options["vbv_maxrate"], options["keyint"]) == ("cbr", "5000", "5000",
+                                                                                                "30")
+    assert synth.probe(result.video)["keyframes"] == [0, 30, 60, 90]
+    finished = [json.loads(r.getMessage()) for r in caplog.records if '"event": "request_finished"' in r.getMessage()]
+    assert [line["ignored_encoder_hints"] for line in finished] == [{"preset-id": 3, "tuning-info-id": 4}]
+
+
+def test_an_nvidia_property_we_do_not_support_is_an_unknown_key(server, media):
+    from google.protobuf import wrappers_pb2
+
+    cfg = config()
+    cfg.config.output_video_encoding.custom_encoding.custom["num-B-Frames"].Pack(wrappers_pb2.Int32Value(value=2))
+    msg = expect_error(server, requests(media["video"], media["audio"], cfg), INVALID)
+    assert msg.startswith("output_video_encoding.custom_encoding: unknown key 'num-B-Frames'; supported keys: ")
+    assert "control-rate" in msg and "idrinterval" in msg and "bitrate_mbps" in msg

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipsync_service.job import AudioCodec
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, ResourceExhausted
+from lipsync_service.job import AudioCodec
 from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, _Samples, mix
 from lipsync_service.media.pipe import ByteStream
 from tests import synth

@@ -218,11 +218,12 @@ def test_custom_qp_bitrate_and_bframes():
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"gop": 5}, ("output_video_encoding.custom_encoding: unknown key 'gop'; supported keys: bframes, bitrate_mbps, "
-                  "crf, idr_interval, max_bitrate_mbps, preset, profile, qp, tune")),
+    ({"gop": 5}, ("output_video_encoding.custom_encoding: unknown key 'gop'; supported keys: bframes, bitrate, "
+                  "bitrate_mbps, control-rate, crf, idr_interval, idrinterval, iframeinterval, max_bitrate_mbps, "
+                  "maxbitrate, preset, preset-id, profile, qp, tune, tuning-info-id")),
     ({"preset": "warp-speed"}, ("output_video_encoding.custom_encoding['preset']: 'warp-speed' is not one of fast, "
                                 "faster, medium, placebo, slow, slower, superfast, ultrafast, veryfast, veryslow")),
-    ({"crf": True}, "output_video_encoding.custom_encoding['crf']: expected int, got True"),
+    ({"crf": True}, "output_video_encoding.custom_encoding['crf']: expected number, got True"),
     ({"bframes": 17}, "output_video_encoding.custom_encoding['bframes']: must be between 0 and 16, got 17"),
     ({"max_bitrate_mbps": 0.0}, ("output_video_encoding.custom_encoding['max_bitrate_mbps']: must be between 0 "
                                  "(exclusive) and 1000, got 0.0")),
@@ -378,3 +379,170 @@ def test_options_x264_refuses_at_open_are_an_internal_error_naming_them(options)
     with pytest.raises(InternalError, match="cannot open the H.264 encoder with the options .*"
                                             + re.escape(repr(next(iter(options.values()))))):
         OutputWriter(lambda b: None, info(), custom(**options), AudioCodec.OPUS)
+
+
+# NVIDIA's encoder properties (what NVIDIA's client sends with --custom-encoding-params) ---------------------
+
+NVIDIA_EXAMPLE = {"bitrate": 5000000, "idrinterval": 30, "maxbitrate": 5000000, "tuning-info-id": 4}
+
+
+@pytest.mark.parametrize(("options", "x264", "bit_rate", "gop"), [
+    # NVIDIA's own example: no control-rate is the plugin's default, CBR: VBV max rate and buffer = bitrate.
+    (NVIDIA_EXAMPLE, {"maxrate": "5000000", "bufsize": "5000000"}, 5_000_000, 30),
+    ({"bitrate": 2_000_000, "control-rate": 1, "maxbitrate": 8_000_000}, {"maxrate": "2000000"}, 2_000_000, 8),
+    # VBR: the peak is maxbitrate, or 1.2 x bitrate (the plugin's default), never below the bitrate.
+    ({"bitrate": 2_000_000, "control-rate": 0, "maxbitrate": 3_000_000}, {"maxrate": "3000000"}, 2_000_000, 8),
+    ({"bitrate": 2_000_000, "control-rate": 0}, {"maxrate": "2400000", "bufsize": "2400000"}, 2_000_000, 8),
+    ({"bitrate": 2_000_000, "control-rate": 0, "maxbitrate": 1_000_000}, {"maxrate": "2000000"}, 2_000_000, 8),
+    ({"control-rate": 1}, {"maxrate": "4000000"}, 4_000_000, 8),  # the plugin's default bitrate
+    ({"control-rate": 2, "qp": 24}, {"qp": "24"}, None, 8),
+    ({"bitrate_mbps": 3, "control-rate": 1}, {"maxrate": "3000000"}, 3_000_000, 8),
+    # Every I-frame is an IDR here: the smaller of the two intervals is the GOP.
+    ({"idrinterval": 30, "iframeinterval": 10}, {}, None, 10),
+    ({"idr_interval": 6, "iframeinterval": 60}, {}, None, 6),
+    ({"iframeinterval": 12}, {}, None, 12),
+    ({"profile": 0}, {"profile": "baseline"}, None, 8),
+    ({"profile": 7, "qp": 0}, {"profile": "high444", "qp": "0"}, None, 8),
+    ({"profile": "High"}, {"profile": "high"}, None, 8),
+    ({"preset-id": 7, "tuning-info-id": 1}, {"preset": "veryfast"}, None, 8),  # NVENC-only: no x264 effect
+])
+def test_nvidia_properties_map_to_x264(options, x264, bit_rate, gop):
+    settings = encoder_options(config.from_proto(wire_custom(**options)).video_encoding, 25)
+    assert {k: settings.options.get(k) for k in x264} == x264
+    assert settings.bit_rate == bit_rate and settings.gop_size == gop
+    assert f"keyint={gop}:min-keyint={gop}" in settings.options["x264-params"]
+    if "qp" not in x264 and bit_rate is None:
+        assert "maxrate" not in settings.options and "qp" not in settings.options
+
+
+def test_nvidia_example_reaches_x264():
+    # The options x264 was opened with are in its SEI; the IDR frames are where the example asks.
+    data, _ = encode(noise_frames(75, 320, 240), config.from_proto(wire_custom(**NVIDIA_EXAMPLE)).video_encoding)
+    options = x264_options(data)
+    assert options["rc"] == "cbr" and options["bitrate"] == "5000"
+    assert options["vbv_maxrate"] == "5000" and options["vbv_bufsize"] == "5000" and options["keyint"] == "30"
+    assert synth.probe(data)["keyframes"] == [0, 30, 60]
+    mbps = 8 * sum(p.size for p in video_packets(data)) / 3 / 1e6
+    assert 3.5 <= mbps <= 6.0, mbps
+
+
+def test_nvidia_vbr_and_profile_reach_x264():
+    spec = config.from_proto(wire_custom(**{"bitrate": 1_000_000, "control-rate": 0, "iframeinterval": 5,
+                                              "profile": 0})).video_encoding
+    data, _ = encode(numbered_frames(20), spec)
+    options = x264_options(data)
+    assert options["rc"] == "abr" and options["bitrate"] == "1000" and options["vbv_maxrate"] == "1200"
+    assert options["cabac"] == "0" and synth.probe(data)["keyframes"] == [0, 5, 10, 15]
+    with av.open(io.BytesIO(data)) as container:
+        assert "Baseline" in container.streams.video[0].codec_context.profile
+
+
+def _packed(wrapper, value) -> lipsync_pb2.LipsyncConfig:
+    msg = lipsync_pb2.LipsyncConfig(input_audio_codec=audio_pb2.AUDIO_CODEC_WAV)
+    msg.output_video_encoding.custom_encoding.custom["idrinterval"].Pack(wrapper(value=value))
+    return msg
+
+
+@pytest.mark.parametrize("wrapper", [wrappers_pb2.Int32Value, wrappers_pb2.Int64Value, wrappers_pb2.UInt32Value,
+                                     wrappers_pb2.UInt64Value, wrappers_pb2.FloatValue, wrappers_pb2.DoubleValue])
+def test_every_number_wrapper_is_accepted_for_an_int_property(wrapper):
+    # NVIDIA's client packs an int as Int32Value or Int64Value by range and a float as FloatValue or DoubleValue;
+    # a whole float is taken as the int it is.
+    custom = config.from_proto(_packed(wrapper, 30)).video_encoding.custom
+    assert custom.idrinterval == 30 and isinstance(custom.idrinterval, int)
+
+
+@pytest.mark.parametrize(("wrapper", "value", "message"), [
+    (wrappers_pb2.FloatValue, 2.5, "expected int, got 2.5 (not a whole number)"),
+    (wrappers_pb2.DoubleValue, float("inf"), "expected int, got inf (not a whole number)"),
+    (wrappers_pb2.BoolValue, True, "expected int, got True"),
+    (wrappers_pb2.StringValue, "30", "expected int, got '30'"),
+    (wrappers_pb2.Int64Value, 5000, "must be between 1 and 1000, got 5000"),
+])
+def test_wrappers_of_the_wrong_kind_are_refused(wrapper, value, message):
+    with pytest.raises(InvalidInput, match=f"^output_video_encoding.custom_encoding\\['idrinterval'\\]: "
+                                           f"{re.escape(message)}$"):
+        config.from_proto(_packed(wrapper, value))
+
+
+def test_string_and_double_wrappers_where_the_key_takes_them():
+    msg = lipsync_pb2.LipsyncConfig(input_audio_codec=audio_pb2.AUDIO_CODEC_WAV)
+    custom_map = msg.output_video_encoding.custom_encoding.custom
+    custom_map["profile"].Pack(wrappers_pb2.StringValue(value="High444"))
+    custom_map["crf"].Pack(wrappers_pb2.DoubleValue(value=0.5))
+    custom = config.from_proto(msg).video_encoding.custom
+    assert custom.profile == "High444" and custom.x264_profile == "high444" and custom.crf == 0.5
+    custom_map["crf"].Pack(wrappers_pb2.BytesValue(value=b"0"))
+    with pytest.raises(InvalidInput, match=r"value type .*BytesValue.* is not supported; use a protobuf wrapper"):
+        config.from_proto(msg)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"bitrate": 5000000, "bitrate_mbps": 5}, "'bitrate_mbps' and 'bitrate' set the same thing; give one of them"),
+    ({"idrinterval": 30, "idr_interval": 8}, "'idr_interval' and 'idrinterval' set the same thing; give one of them"),
+    ({"control-rate": 2}, "control-rate 2 (constant QP) needs 'qp' (0 to 51)"),
+    ({"control-rate": 2, "qp": 20, "bitrate": 5000000}, "control-rate 2 (constant QP) takes no bitrate; drop bitrate"),
+    ({"control-rate": 0, "crf": 20}, ("control-rate 0 (VBR) is a bitrate mode; drop 'crf' or use control-rate 2 "
+                                      "(constant QP)")),
+    ({"control-rate": 3}, "['control-rate']: 3 is not one of 0, 1, 2"),
+    ({"profile": 1}, "['profile']: 1 is not one of 0, 2, 4, 7, baseline, high, high444, main"),
+    ({"profile": 2, "qp": 0}, "qp=0 (lossless) needs profile 'high444' (got 2); drop 'profile' or set it to 'high444'"),
+    ({"preset-id": 8}, "['preset-id']: must be between 1 and 7, got 8"),
+    ({"tuning-info-id": 0}, "['tuning-info-id']: must be between 1 and 4, got 0"),
+    ({"bitrate": 999}, "['bitrate']: must be between 1000 and 1000000000, got 999"),
+    ({"maxbitrate": 2_000_000_000}, "['maxbitrate']: must be between 1000 and 1000000000, got 2000000000"),
+    ({"num-B-Frames": 0}, "unknown key 'num-B-Frames'; supported keys: bframes, bitrate, bitrate_mbps, control-rate"),
+])
+def test_nvidia_properties_are_validated_before_the_echo(options, message):
+    with pytest.raises(InvalidInput, match=re.escape(message)):
+        config.from_proto(wire_custom(**options))
+
+
+def test_nvidia_properties_echo_by_their_names_and_hardware_hints_are_set_apart():
+    sent = wire_custom(**NVIDIA_EXAMPLE, **{"preset-id": 3, "control-rate": 1})
+    cfg = config.from_proto(sent)
+    assert cfg.video_encoding.custom.ignored_hints() == {"preset-id": 3, "tuning-info-id": 4}
+    echo = config.to_proto(cfg).output_video_encoding.custom_encoding.custom
+    assert sorted(echo) == sorted([*NVIDIA_EXAMPLE, "preset-id", "control-rate"])
+    unpacked = wrappers_pb2.Int64Value()
+    assert echo["control-rate"].Unpack(unpacked) and unpacked.value == 1
+
+
+def edit_list_media_time(data: bytes, handler: bytes) -> int | None:
+    """media_time of the (single) edit of the track whose hdlr is `handler` (b"soun", b"vide"); None: no edit list."""
+    import struct
+
+    def boxes(buf: bytes, start: int, end: int):
+        while start + 8 <= end:
+            size, kind = struct.unpack(">I4s", buf[start:start + 8])
+            yield kind, start + 8, start + size
+            start += size
+
+    moov = next(b for b in boxes(data, 0, len(data)) if b[0] == b"moov")
+    for kind, start, end in boxes(data, moov[1], moov[2]):
+        if kind != b"trak":
+            continue
+        children = {k: (s, e) for k, s, e in boxes(data, start, end)}
+        mdia = {k: (s, e) for k, s, e in boxes(data, *children[b"mdia"])}
+        if data[mdia[b"hdlr"][0] + 8:mdia[b"hdlr"][0] + 12] != handler:
+            continue
+        if b"edts" not in children:
+            return None
+        elst = {k: s for k, s, _ in boxes(data, *children[b"edts"])}[b"elst"]
+        version, count = data[elst], struct.unpack(">I", data[elst + 4:elst + 8])[0]
+        assert count == 1
+        if version:  # entries: segment_duration, media_time (64 bits each in version 1, else 32)
+            return struct.unpack(">q", data[elst + 16:elst + 24])[0]
+        return struct.unpack(">i", data[elst + 12:elst + 16])[0]
+    raise AssertionError(f"no {handler!r} track")
+
+
+@pytest.mark.parametrize(("codec", "priming"), [(AudioCodec.MP3, 1105), (AudioCodec.OPUS, 312)])
+def test_the_audio_edit_list_skips_the_encoder_priming(codec, priming):
+    # The encoders start with `priming` samples of delay (LAME: 576 encoder + 529 decoder samples; Opus: its
+    # pre-skip); the audio track's edit list starts the presentation after them, so a player that honours it
+    # plays the first input sample at 0. Fragmented output carries the edit list thanks to delay_moov.
+    data, _ = encode(numbered_frames(10), LOSSY, codec)
+    assert edit_list_media_time(data, b"soun") == priming
+    with av.open(io.BytesIO(data)) as container:
+        assert container.streams.audio[0].start_time == -priming  # FFmpeg reads it as the first sample's time

@@ -13,6 +13,8 @@ import av
 import numpy as np
 import pytest
 
+from lipsync_service.core.processor import FrameProcessor, PassThroughProcessor
+from lipsync_service.errors import Cancelled, InvalidInput
 from lipsync_service.job import (
     AudioCodec,
     BackgroundAudioSpec,
@@ -22,8 +24,6 @@ from lipsync_service.job import (
     JobConfig,
     VideoEncodingSpec,
 )
-from lipsync_service.errors import Cancelled, InvalidInput
-from lipsync_service.core.processor import FrameProcessor, PassThroughProcessor
 from lipsync_service.media.audio import AudioTrack
 from lipsync_service.media.demux import VideoSource
 from lipsync_service.media.pipe import ByteStream

@@ -59,7 +59,8 @@ def test_large_size_header_needs_sixteen_bytes():
     assert bytes_needed(head) == len(FTYP) + 16
 
 
-@pytest.mark.parametrize("data", [b"GARBAGE!" * 4, b"\x00\x00\x00\x18moov" + b"\0" * 16, b"RIFF\x24\x00\x00\x00WAVEfmt "])
+@pytest.mark.parametrize("data", [b"GARBAGE!" * 4, b"\x00\x00\x00\x18moov" + b"\0" * 16,
+                                  b"RIFF\x24\x00\x00\x00WAVEfmt "])
 def test_non_mp4_is_rejected(data):
     with pytest.raises(InvalidInput, match="not an MP4 file"):
         classify_mp4(data)
@@ -72,7 +73,8 @@ def test_impossible_box_size_is_rejected():
 
 def test_real_encoder_layouts(tmp_path):
     synth = pytest.importorskip("tests.synth")
-    for layout, expected in (("faststart", "streamable"), ("fragmented", "streamable"), ("transactional", "transactional")):
+    for layout, expected in (("faststart", "streamable"), ("fragmented", "streamable"),
+                             ("transactional", "transactional")):
         path = synth.make_video(tmp_path / f"{layout}.mp4", seconds=0.4, size=(64, 48), layout=layout)
         head = path.read_bytes()[:4096]
         assert classify_mp4(head) == expected, layout
