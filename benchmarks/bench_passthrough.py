@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _media  # noqa: E402
 from _baseline import plain_decode_encode  # noqa: E402
 
-from lipsync_service.job import JobConfig  # noqa: E402
 from lipsync_service.core.processor import PassThroughProcessor  # noqa: E402
+from lipsync_service.job import JobConfig  # noqa: E402
 from lipsync_service.pipeline import run_files  # noqa: E402
 from lipsync_service.settings import Settings  # noqa: E402
 

@@ -18,13 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _media  # noqa: E402
 from _baseline import plain_decode_encode  # noqa: E402
 
-from lipsync_service.job import JobConfig  # noqa: E402
 from lipsync_service.core.neural import build_neural_processor as build_processor  # noqa: E402
+from lipsync_service.job import JobConfig  # noqa: E402
 from lipsync_service.pipeline import run_files  # noqa: E402
 from lipsync_service.settings import Settings  # noqa: E402
 

@@ -22,6 +22,7 @@ def configure(level: str = "INFO") -> None:
         root.setLevel(level.upper())
         return
     handler = logging.StreamHandler(sys.stderr)
+    # Our marker on a stdlib handler (checked above), so a second configure() adds no second handler.
     handler._lipsync = True  # type: ignore[attr-defined]
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(logging.Formatter("[%(request_id)s] %(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -190,7 +190,6 @@ def prepare(folders: Iterable[Path], cache: Path = DEFAULT_CACHE, val_identities
         ValueError: no usable video, or a bad validation identity.
     """
     from lipsync_models.training.crop_track import crop_clip
-
     from lipsync_service.core.mel import melspectrogram, window_start
 
     cache = Path(cache)

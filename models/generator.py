@@ -1,10 +1,10 @@
 """Our own lip-sync generator: CNN face encoder, GRU audio encoder over mel sub-windows, skip-connected decoder.
 
-Same serving contract as the Wav2Lip checkpoints (docs/models-contract.md#generator-contract): face [B,6,S,S] in [0,1] (masked target,
-reference), mel [B,1,80,16], output [B,3,S,S] through a sigmoid. Temporal context comes from the 16-step mel
-window itself: it is cut into overlapping sub-windows which a GRU reads in order, so the serving contract stays
-a single [B,1,80,16] window. Only ops ONNX opset 17 and TensorRT support (Conv, BatchNorm, ReLU, Resize,
-GRU, Gemm, Concat, Mul/Add) are used.
+Same serving contract as the Wav2Lip checkpoints (docs/models-contract.md#generator-contract): face [B,6,S,S] in [0,1]
+(masked target, reference), mel [B,1,80,16], output [B,3,S,S] through a sigmoid. Temporal context comes from the
+16-step mel window itself: it is cut into overlapping sub-windows which a GRU reads in order, so the serving contract
+stays a single [B,1,80,16] window. Only ops ONNX opset 17 and TensorRT support (Conv, BatchNorm, ReLU, Resize, GRU,
+Gemm, Concat, Mul/Add) are used.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Wav2Lip-compatible networks: the generator, the SyncNet expert and the visual-quality discriminator.
 
-The module trees reproduce the public Wav2Lip checkpoint layout (docs/models-contract.md#wav2lip-layout) so that a user's own
-checkpoint file loads with strict key and shape checks. Written from the published layout; no code or
+The module trees reproduce the public Wav2Lip checkpoint layout (docs/models-contract.md#wav2lip-layout) so that a
+user's own checkpoint file loads with strict key and shape checks. Written from the published layout; no code or
 weights of the original project are included.
 """
 

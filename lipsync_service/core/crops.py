@@ -28,7 +28,8 @@ def plane_arrays(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, np.ndarr
         raise ValueError(f"expected a yuv420p frame, got {frame.format.name}")
     out = []
     for plane in frame.planes:
-        arr = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        # numpy 1.x's stub accepts only concrete buffer types; a PyAV plane exports the buffer protocol.
+        arr = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)  # type: ignore[call-overload]
         out.append(arr[:, : plane.width])
     return out[0], out[1], out[2]
 

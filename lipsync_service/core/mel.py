@@ -1,4 +1,5 @@
-"""Audio front end of the generator (docs/models-contract.md#mel-front-end): log-mel windows per video frame, computed as speech arrives."""
+"""Audio front end of the generator (docs/models-contract.md#mel-front-end): log-mel windows per video frame,
+computed as speech arrives."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ WINDOW_REACH_S = ((MEL_STEPS - 1) * HOP + N_FFT // 2) / MODEL_SAMPLE_RATE
 _PAD = N_FFT // 2
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     """Slaney mel scale: linear to 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
     f_sp = 200.0 / 3
@@ -164,7 +165,8 @@ class MelStream:
 
     def _compute(self, first: int, last: int, total: int | None) -> np.ndarray:
         """Mel frames [first, last) of the track; total is the track's frame count when known."""
-        n = None if total is None else int(round(self._audio.duration_s * MODEL_SAMPLE_RATE))
+        duration = self._audio.duration_s
+        n = None if total is None or duration is None else int(round(duration * MODEL_SAMPLE_RATE))
         lo = first * HOP - _PAD  # padded-signal sample range, in track coordinates
         hi = (last - 1) * HOP + _PAD
         needs_edge = lo < 0 or (n is not None and hi > n)

@@ -39,7 +39,7 @@ class FrameProcessor(ABC):
     def flush(self) -> list[FrameJob]:
         """Finish and return every frame still held."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a processor that holds nothing keeps this no-op
         """Release resources; called once, also after a failure."""
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import overload
 
 from lipsync_service.core.faces import Face
 from lipsync_service.core.tracking import Box, FaceTracker, Observation, TrackedFace, iou
@@ -16,6 +17,14 @@ LARGEST_HYSTERESIS = 1.2
 def needs_detection(speakers: FrameSpeakers | None) -> bool:
     """Whether this frame's faces come from the detector (no data, an empty list, or an all-zero box)."""
     return speakers is None or speakers.needs_detection
+
+
+@overload
+def observations(speakers: FrameSpeakers | None, detect: Callable[[], list[Face]],
+                 tracker: FaceTracker) -> list[Observation]: ...
+@overload
+def observations(speakers: FrameSpeakers | None, detect: Callable[[], list[Face]] | None,
+                 tracker: FaceTracker) -> list[Observation] | None: ...
 
 
 def observations(speakers: FrameSpeakers | None, detect: Callable[[], list[Face]] | None,

@@ -19,14 +19,19 @@ import math
 import subprocess
 import tempfile
 import wave
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lipsync_service.errors import InvalidInput, LipsyncError
 from lipsync_service.evaluation.fidelity import FidelityScores, measure_fidelity
 from lipsync_service.media.types import MODEL_SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from lipsync_service.settings import Settings
 
 # The landmark script and the script that builds its venv ship inside this package.
 LANDMARK_ENV = Path(__file__).resolve().parent / "landmark_env"
@@ -197,7 +202,7 @@ def psnr_outside(output: Path, original: Path, lower_face: list) -> float:
     return 10 * math.log10(255.0**2 / (se / count))
 
 
-def _frames(video: Path):
+def _frames(video: Path) -> Iterator[np.ndarray]:
     """The video's frames as RGB uint8 arrays, one at a time."""
     import av
 
@@ -229,7 +234,7 @@ def _fps(video: Path) -> float:
         return float(s.average_rate or s.guessed_rate)
 
 
-def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", settings=None,
+def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", settings: Settings | None = None,
              landmark_python: Path = DEFAULT_LANDMARK_PYTHON, reference_audio: Path | None = None) -> dict:
     """Lip-sync `video` to `audio` (video extended to the speech's length) and score it.
 
@@ -342,8 +347,9 @@ def format_table(scores: dict) -> str:
                  f"best lag within {lag_lo:+d}..{lag_hi:+d} [{lag_ok}]")
     fid = scores.get("fidelity")
     if fid:
+        missing = fid["output_face_missing"]
         lines.append(f"fidelity: output vs unchanged input ({fid['frames']} frames with a face"
-                     + (f", {fid['output_face_missing']} without one in the output" if fid["output_face_missing"] else "")
+                     + (f", {missing} without one in the output" if missing else "")
                      + ")")
         lines.append(f"  {'':52s} {'value':>9s}  target")
         silence = (f"{fid['silent_frames']} frames < {fid['silence_threshold_db']:.1f} dB"

@@ -88,7 +88,8 @@ def rest_mask(shape: tuple[int, ...], points: dict, lips: Box) -> np.ndarray:
     h, w = shape[:2]
     hull = cv2.convexHull(np.round(np.asarray(points["oval"], np.float64)).astype(np.int32))
     fill = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(fill, hull, 1)
+    # cv2's stub types a colour (Scalar) as a sequence; OpenCV takes a plain number too.
+    cv2.fillConvexPoly(fill, hull, 1)  # type: ignore[call-overload]
     mask = fill.astype(bool)
     top = min(h, max(0, round(float(points["nose"][1]))))
     bottom = min(h, max(0, round(float(points["chin"][1])) + 1))

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ MEL_STEPS = 16
 LIP_SHAPE_SIZE = 2
 # The config.pbtxt parameter (and ONNX metadata key) that states a model's contract.
 CONTRACT_PARAMETER = "lipsync_contract"
+# A face size: the number of pixels, or a name for it in text.
+_Size = TypeVar("_Size", bound=int | str)
 
 
 class OutputContract(str, Enum):
@@ -40,9 +43,10 @@ class OutputContract(str, Enum):
         """The output tensor name."""
         return OUTPUT_FACE if self is OutputContract.RGB_FACE else OUTPUT_LIP_SHAPE
 
-    def dims(self, face_size: int) -> dict[str, tuple[int, ...]]:
-        """Per-item dims (without the batch axis) of every tensor, inputs first; face_size is ignored for LIP_SHAPE."""
-        dims: dict[str, tuple[int, ...]] = {INPUT_MEL: (1, MEL_BINS, MEL_STEPS)}
+    def dims(self, face_size: _Size) -> dict[str, tuple[int | _Size, ...]]:
+        """Per-item dims (without the batch axis) of every tensor, inputs first; face_size is ignored for LIP_SHAPE
+        (a name such as "S" in place of the size gives the dims for display)."""
+        dims: dict[str, tuple[int | _Size, ...]] = {INPUT_MEL: (1, MEL_BINS, MEL_STEPS)}
         if self is OutputContract.RGB_FACE:
             dims = {INPUT_FACE: (6, face_size, face_size), **dims, OUTPUT_FACE: (3, face_size, face_size)}
         else:
@@ -52,7 +56,7 @@ class OutputContract(str, Enum):
     def signature(self, face_size: int | str = "S") -> str:
         """The tensors as text, e.g. "mel [B, 1, 80, 16] -> lip_shape [B, 2]"."""
         dims = {name: ", ".join(str(d) for d in shape)
-                for name, shape in self.dims(face_size).items()}  # type: ignore[arg-type]
+                for name, shape in self.dims(face_size).items()}
         inputs = " + ".join(f"{name} [B, {dims[name]}]" for name in self.inputs)
         return f"{inputs} -> {self.output} [B, {dims[self.output]}]"
 
@@ -99,9 +103,10 @@ def face_size_of(contract: OutputContract, dims: Mapping[str, Sequence]) -> int 
     size = 0
     if contract is OutputContract.RGB_FACE:
         face = list(dims.get(INPUT_FACE, ()))
-        size = face[-1] if len(face) == 3 else None
-        if not isinstance(size, int) or size <= 0:
+        last = face[-1] if len(face) == 3 else None
+        if not isinstance(last, int) or last <= 0:
             return None
+        size = last
     expected = contract.dims(size)
     return size if all(list(dims.get(name, ())) == list(shape) for name, shape in expected.items()) else None
 
@@ -135,7 +140,7 @@ class GeneratorBackend(ABC):
             InferenceError: the request failed.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: a backend that holds nothing keeps this no-op
         """Release sessions, channels and device memory."""
 
 

@@ -10,6 +10,8 @@ import os
 import re
 import threading
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -29,10 +31,11 @@ from lipsync_service.inference.repository import inspect_onnx
 _WORKSPACE_BYTES = 2 << 30
 
 
-def _need_tensorrt():  # -> (tensorrt module, pycuda.driver module)
-    """Import tensorrt and pycuda, or say what is missing."""
+def _need_tensorrt() -> tuple[ModuleType, ModuleType]:
+    """Import tensorrt and pycuda (the modules: tensorrt, pycuda.driver), or say what is missing."""
     try:
-        import tensorrt as trt
+        # tensorrt first: when both are missing, the message names it.
+        import tensorrt as trt  # isort: skip
         import pycuda.driver as cuda
     except ImportError as exc:
         raise InferenceUnavailable(
@@ -80,7 +83,7 @@ def engine_cache_path(cache_dir: Path, key: str) -> Path:
     return Path(cache_dir) / f"{key}.engine"
 
 
-def engine_contract(engine, trt) -> OutputContract:
+def engine_contract(engine: Any, trt: ModuleType) -> OutputContract:
     """The contract of a deserialized engine, from the names of its input and output tensors.
 
     Raises:

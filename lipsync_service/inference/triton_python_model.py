@@ -7,6 +7,7 @@ It serves either generator contract: the input and output names come from the mo
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -16,7 +17,7 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     """One ONNX Runtime session per model instance; requests batched by Triton run as one session call."""
 
-    def initialize(self, args):
+    def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = config.get("parameters", {})
         threads = int(params.get("ort_intra_op_threads", {}).get("string_value", "0") or 0)
@@ -30,7 +31,7 @@ class TritonPythonModel:
         path = Path(__file__).resolve().parent / "model.onnx"
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         try:
             parts = {
                 name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self.inputs
@@ -51,5 +52,5 @@ class TritonPythonModel:
             start = end
         return responses
 
-    def finalize(self):
+    def finalize(self) -> None:
         self.session = None

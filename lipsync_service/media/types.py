@@ -71,6 +71,16 @@ class FrameJob:
     meta: dict = field(default_factory=dict)
 
 
+class Readable(Protocol):
+    """A binary input read forward only: all the demuxers need of their source.
+
+    A ByteStream (streaming mode), an open file or a BytesIO. `read(n)` returns at most n bytes (all that is
+    left when n is negative), fewer when less has arrived, and b"" only at the end of the input.
+    """
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class SpeechAudio(Protocol):
     """The speech track at the model's rate (16 kHz mono float32), as it is decoded.
 

@@ -32,7 +32,8 @@ def stream_errors(handler: StreamHandler) -> StreamHandler:
     """
 
     @functools.wraps(handler)
-    async def wrapper(self: object, request_iterator: object, context: grpc.aio.ServicerContext):
+    async def wrapper(self: object, request_iterator: object,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
         try:
             async for response in handler(self, request_iterator, context):
                 yield response
@@ -62,9 +63,8 @@ class LipSyncServicer(lipsync_pb2_grpc.LipSyncServiceServicer):
 
     def _session_id(self, context: grpc.aio.ServicerContext) -> str:
         key = self.settings.session_id_metadata_key.lower()
-        for item in context.invocation_metadata() or ():
-            if item.key == key:
-                value = item.value
+        for name, value in context.invocation_metadata() or ():
+            if name == key:
                 return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         return ""
 

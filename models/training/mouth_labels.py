@@ -1,9 +1,9 @@
 """Mouth-opening labels for prepared training crops, measured with MediaPipe Face Mesh (eval venv only).
 
-Run inside the eval venv (`lipsync-service eval-env` creates it): `python mouth_labels.py CACHE_DIR OUT.npz`. Same landmark
-definition as the eval (inner-lip gap 13-14 over face height 10-152), applied to the 96x96 BGR crops of every
-clip in the cache; NaN where no face is found. The eval stays independent of the model: it measures the output
-video, and these labels only supervise training.
+Run inside the eval venv (`lipsync-service eval-env` creates it): `python mouth_labels.py CACHE_DIR OUT.npz`. Same
+landmark definition as the eval (inner-lip gap 13-14 over face height 10-152), applied to the 96x96 BGR crops of every
+clip in the cache; NaN where no face is found. The eval stays independent of the model: it measures the output video,
+and these labels only supervise training.
 """
 
 import json

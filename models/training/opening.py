@@ -1,9 +1,9 @@
 """Explicit mouth opening: speech -> per-clip-normalised opening (MLP), opening -> the renderer's mouth code.
 
 The audio model (a small ensemble of MLPs) regresses the Face Mesh opening of each training frame, z-scored
-per clip so identity cannot be learned (docs/models-contract.md#sync-measure) and shifted by the clip's audio-video offset so the
-mouth follows the sound it hears. A renderer trained on the true opening (opening_render.py) draws the lower
-face for it. The served graph is render(face, clamp(gain * z_pred, -3, 3)).
+per clip so identity cannot be learned (docs/models-contract.md#sync-measure) and shifted by the clip's audio-video
+offset so the mouth follows the sound it hears. A renderer trained on the true opening (opening_render.py) draws
+the lower face for it. The served graph is render(face, clamp(gain * z_pred, -3, 3)).
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ import math
 import os
 import sys
 import time
-import tomllib
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency of the train extra there)
+    import tomli as tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -442,9 +446,9 @@ class Trainer:
                     if isinstance(v, float):
                         running[k] = 0.9 * running.get(k, v) + 0.1 * v
                 record = {**result, "time": round(time.time(), 3)}
-                if self.step_count % c.val_every == 0 or self.step_count == c.total_steps:
-                    if self.step_count > c.expert_steps:
-                        record.update(self.validate())
+                val_due = self.step_count % c.val_every == 0 or self.step_count == c.total_steps
+                if val_due and self.step_count > c.expert_steps:
+                    record.update(self.validate())
                 log.write(json.dumps(record) + "\n")
                 if self.step_count % c.checkpoint_every == 0 or self.step_count == end:
                     log.flush()

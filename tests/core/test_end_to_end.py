@@ -8,10 +8,10 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_service.job import EncodingMode, JobConfig, VideoEncodingSpec
 from lipsync_service.core.crops import SquareBox
 from lipsync_service.core.faces import FaceDetector
 from lipsync_service.core.neural import build_neural_processor as build_processor
+from lipsync_service.job import EncodingMode, JobConfig, VideoEncodingSpec
 from lipsync_service.media.demux import yuv420p_planes
 from lipsync_service.pipeline import run_files
 from lipsync_service.settings import Settings

@@ -1,4 +1,5 @@
-"""The mel front end matches docs/models-contract.md#mel-front-end computed straight from the formulas, incrementally."""
+"""The mel front end matches docs/models-contract.md#mel-front-end computed straight from the formulas,
+incrementally."""
 
 from __future__ import annotations
 

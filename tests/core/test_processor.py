@@ -8,12 +8,13 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_service.job import JobConfig
 from lipsync_service.core.blend import write_support
 from lipsync_service.core.crops import plane_arrays
 from lipsync_service.core.faces import FaceDetector
-from lipsync_service.core.neural import NeuralProcessor, build_neural_processor as build_processor
+from lipsync_service.core.neural import NeuralProcessor
+from lipsync_service.core.neural import build_neural_processor as build_processor
 from lipsync_service.core.processor import drain
+from lipsync_service.job import JobConfig
 from lipsync_service.media.types import FrameJob, VideoInfo
 from lipsync_service.settings import Settings
 from lipsync_service.speakers import FrameSpeakers, SpeakerBox

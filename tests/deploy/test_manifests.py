@@ -81,11 +81,13 @@ def test_selectors_match_labels_and_named_ports_exist() -> None:
         labels = dep["spec"]["template"]["metadata"]["labels"]
         assert _matches(dep["spec"]["selector"]["matchLabels"], labels), dep["metadata"]["name"]
     for svc in (d for d in docs if d["kind"] == "Service"):
-        targets = [d for d in deployments if _matches(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
+        targets = [d for d in deployments
+                   if _matches(svc["spec"]["selector"], d["spec"]["template"]["metadata"]["labels"])]
         assert len(targets) == 1, f"Service {svc['metadata']['name']} selects {len(targets)} deployments"
         port_names = {p["name"] for c in targets[0]["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
         for port in svc["spec"]["ports"]:
-            assert port["targetPort"] in port_names, f"{svc['metadata']['name']}: no container port {port['targetPort']}"
+            assert port["targetPort"] in port_names, (
+                f"{svc['metadata']['name']}: no container port {port['targetPort']}")
     service = _one("Deployment", "lipsync-service")
     pdb = _one("PodDisruptionBudget", "lipsync-service")
     assert _matches(pdb["spec"]["selector"]["matchLabels"], service["spec"]["template"]["metadata"]["labels"])

@@ -17,8 +17,8 @@ import pytest
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
 from lipsync_service.client.stream import LipsyncResult, collect  # noqa: F401 - re-exported for the tests
-from lipsync_service.server.metrics import Metrics
 from lipsync_service.server.app import LipsyncServer
+from lipsync_service.server.metrics import Metrics
 from lipsync_service.settings import Settings
 
 CHUNK = 64 * 1024
@@ -86,13 +86,6 @@ def running_server(**overrides: Any) -> Iterator[ServerThread]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerThread]:
-    """One pass-through server shared by a test module."""
-    with running_server() as srv:
-        yield srv
 
 
 # Requests ----------------------------------------------------------------------------------------

@@ -16,8 +16,15 @@ from lipsync_service import __version__
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from tests import synth
-from tests.functional.helpers import (config, expect_error, requests, run_call, running_server, server,  # noqa: F401
-                                      video_msg, audio_msg)
+from tests.functional.helpers import (
+    audio_msg,
+    config,
+    expect_error,
+    requests,
+    run_call,
+    running_server,
+    video_msg,
+)
 
 SERVICE = "nvidia.ai4m.lipsync.v1.LipSyncService"
 
@@ -256,9 +263,9 @@ def test_serve_refuses_to_start_with_missing_tls_files(tmp_path):
 
 def test_not_ready_until_the_backend_answers(monkeypatch, clip):
     """Warm-up against an unreachable backend: the server stays up and NOT_SERVING, retries, then serves."""
-    from lipsync_service.errors import InferenceUnavailable
-    from lipsync_service.core.processor import PassThroughProcessor
     from lipsync_service.core.factory import ProcessorFactory
+    from lipsync_service.core.processor import PassThroughProcessor
+    from lipsync_service.errors import InferenceUnavailable
     from lipsync_service.server import app
     from tests.functional.helpers import ServerThread, server_settings, wait_until
 

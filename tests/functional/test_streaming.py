@@ -8,10 +8,18 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from tests import synth
-from tests.functional.helpers import (audio_msg, chunks, config, requests, run_call, running_server,  # noqa: F401
-                                      server, spool_files, video_msg, wait_until)
+from tests.functional.helpers import (
+    audio_msg,
+    chunks,
+    config,
+    requests,
+    run_call,
+    running_server,
+    spool_files,
+    video_msg,
+    wait_until,
+)
 
 
 def _noise_video(path: Path, frames: int) -> bytes:

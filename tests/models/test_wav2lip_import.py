@@ -11,7 +11,7 @@ from lipsync_models.wav2lip import QualityDiscriminator, SyncNet, Wav2Lip, count
 from lipsync_service.errors import InvalidInput  # noqa: E402
 
 
-def public_layout_state_dict(seed: int = 0) -> dict[str, "torch.Tensor"]:
+def public_layout_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors under the public checkpoint's key names and shapes (never real weights)."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
@@ -41,7 +41,7 @@ def test_generator_has_the_public_layout() -> None:
         assert key in keys
     assert model.state_dict()["face_decoder_blocks.1.0.conv_block.0.weight"].shape == (1024, 512, 3, 3)
     out = model.eval()(torch.rand(2, 6, 96, 96), torch.rand(2, 1, 80, 16))
-    assert out.shape == (2, 3, 96, 96) and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (2, 3, 96, 96) and out.min() >= 0 and out.max() <= 1
 
 
 def test_syncnet_and_discriminator_shapes() -> None:

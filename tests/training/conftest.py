@@ -45,7 +45,6 @@ def synthetic_clip(seed: int, frames: int, size: int, skin: tuple[int, int, int]
 def write_synthetic_cache(cache: Path, size: int = 96, frames: int = 90) -> Path:
     """Three identities (two train, one val) written with the dataset builder's own writer."""
     from lipsync_models.dataset import write_clip
-
     from lipsync_service.core.mel import melspectrogram, window_start
 
     for n, (ident, split, skin) in enumerate(

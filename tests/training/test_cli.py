@@ -51,7 +51,6 @@ def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, 
 
     from lipsync_models.dataset import write_clip
     from lipsync_models.training.warpnet import WarpGeneratorConfig, build_warp_generator
-
     from lipsync_service.core.mel import melspectrogram, window_start
     from lipsync_service.evaluation import write_wav
 
@@ -72,8 +71,8 @@ def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, 
         labels[f"clip_{ident}"] = np.concatenate((env[1:], [0.0])).astype(np.float32)
     np.savez(tmp_path / "labels.npz", **labels)
     cfg = WarpGeneratorConfig(face_size=96, width=8, audio_dim=16, code_dim=1)
-    torch.save({"kind": "warp_generator", "config": cfg.to_dict(), "state_dict": build_warp_generator(cfg).state_dict()},
-               tmp_path / "renderer.pt")
+    torch.save({"kind": "warp_generator", "config": cfg.to_dict(),
+                "state_dict": build_warp_generator(cfg).state_dict()}, tmp_path / "renderer.pt")
     out = tmp_path / "out"
     assert main(["train", "opening", str(cache), str(tmp_path / "labels.npz"), str(out), "--renderer",
                  str(tmp_path / "renderer.pt"), "--mlp-steps", "30", "--members", "2", "--gain", "2",

@@ -12,7 +12,6 @@ pytest.importorskip("onnx")
 
 from lipsync_models.training.export import export_trained, load_generator  # noqa: E402
 from lipsync_models.training.warpnet import WarpGeneratorConfig, build_warp_generator  # noqa: E402
-
 from lipsync_service.inference.base import INPUT_FACE, INPUT_MEL, OUTPUT_FACE  # noqa: E402
 
 

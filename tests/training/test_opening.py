@@ -12,7 +12,6 @@ pytest.importorskip("onnx")
 
 from lipsync_models.training import opening as op  # noqa: E402
 from lipsync_models.training.warpnet import WarpGeneratorConfig, build_warp_generator  # noqa: E402
-
 from lipsync_service.inference.base import INPUT_FACE, INPUT_MEL, OUTPUT_FACE  # noqa: E402
 
 
@@ -72,7 +71,8 @@ def test_served_graph_follows_the_opening_and_exports_with_parity(tmp_path: Path
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [INPUT_FACE, INPUT_MEL]
     assert [o.name for o in session.get_outputs()] == [OUTPUT_FACE]
-    served = op.build_served(renderer.eval(), op.load_opening(tmp_path / "opening.pt"), np.zeros(1, np.float32), np.ones(1, np.float32), 2.0)
+    served = op.build_served(renderer.eval(), op.load_opening(tmp_path / "opening.pt"), np.zeros(1, np.float32),
+                             np.ones(1, np.float32), 2.0)
     rng = np.random.default_rng(1)
     face = rng.random((3, 6, 96, 96), dtype=np.float32)
     mel = rng.normal(0, 1, (3, 1, 80, 16)).astype(np.float32)

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from lipsync_service.server.admission import Admission
 from lipsync_service.errors import ResourceExhausted, Unavailable
+from lipsync_service.server.admission import Admission
 
 
 def run(coro):

@@ -10,8 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_service.job import ExtendVideo
 from lipsync_service.errors import Cancelled, InvalidInput, ResourceExhausted
+from lipsync_service.job import ExtendVideo
 from lipsync_service.media.demux import VideoSource, yuv420p_planes
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.timeline import extension_source_index
@@ -98,18 +98,19 @@ def test_other_pixel_formats_are_converted_to_yuv420p(tmp_path):
 
 
 def test_garbage_is_not_an_mp4(tmp_path):
-    with pytest.raises(InvalidInput, match="not a readable MP4"):
-        with VideoSource(feed(b"this is not a video" * 500), SETTINGS) as src:
-            src.open()
+    with (
+        pytest.raises(InvalidInput, match="not a readable MP4"),
+        VideoSource(feed(b"this is not a video" * 500), SETTINGS) as src,
+    ):
+        src.open()
 
 
 def test_a_garbage_file_message_does_not_show_the_servers_path(tmp_path):
     # In transactional mode the upload is a spool file (/tmp/lipsync-spool-...): the client never chose that name.
     path = tmp_path / "lipsync-spool-x.mp4"
     path.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"garbage" * 300)
-    with pytest.raises(InvalidInput) as err:
-        with VideoSource(path, SETTINGS) as src:
-            src.open()
+    with pytest.raises(InvalidInput) as err, VideoSource(path, SETTINGS) as src:
+        src.open()
     assert str(err.value) == ("video: the data is not a readable MP4 file or its header is corrupt "
                               "(Invalid data found when processing input)")
 
@@ -123,10 +124,12 @@ def test_an_unknown_codec_tag_is_invalid_input(tmp_path, layout):
     data[tag] = 0
     path = tmp_path / "bad.mp4"
     path.write_bytes(bytes(data))
-    with pytest.raises(InvalidInput, match=r"^video: the MP4's video track is in a format this server cannot decode "
-                                           r"\(unknown or corrupt codec tag\): re-encode the video as H.264$"):
-        with VideoSource(path, SETTINGS) as src:
-            src.open()
+    with (
+        pytest.raises(InvalidInput, match=r"^video: the MP4's video track is in a format this server cannot decode "
+                                          r"\(unknown or corrupt codec tag\): re-encode the video as H.264$"),
+        VideoSource(path, SETTINGS) as src,
+    ):
+        src.open()
 
 
 def test_frames_of_another_size_than_the_header_are_invalid_input(tmp_path):
@@ -156,9 +159,8 @@ def test_frames_of_another_size_than_the_header_are_invalid_input(tmp_path):
 
 def test_truncated_header(tmp_path):
     data = synth.make_video(tmp_path / "v.mp4", seconds=1.0, size=(64, 64)).read_bytes()
-    with pytest.raises(InvalidInput, match="truncated"):
-        with VideoSource(feed(data[:300]), SETTINGS) as src:
-            src.open()
+    with pytest.raises(InvalidInput, match="truncated"), VideoSource(feed(data[:300]), SETTINGS) as src:
+        src.open()
 
 
 @pytest.mark.parametrize("layout", ["faststart", "fragmented"])
@@ -179,9 +181,11 @@ def test_truncated_mid_way_names_the_last_good_frame(tmp_path, layout):
 
 def test_mpeg4_video_is_rejected(tmp_path):
     path = synth.make_video(tmp_path / "v.mp4", seconds=0.4, size=(64, 64), codec="mpeg4")
-    with pytest.raises(InvalidInput, match="video codec mpeg4 is not supported: re-encode the video as H.264"):
-        with VideoSource(path, SETTINGS) as src:
-            src.open()
+    with (
+        pytest.raises(InvalidInput, match="video codec mpeg4 is not supported: re-encode the video as H.264"),
+        VideoSource(path, SETTINGS) as src,
+    ):
+        src.open()
 
 
 def cfr_reference(times: list[Fraction], end: Fraction, fps: Fraction) -> list[int]:
@@ -241,7 +245,8 @@ def test_a_missing_frame_is_filled_by_repeating_the_previous_one(tmp_path):
         assert (src.frames_decoded, src.frames_emitted, src.frames_repeated) == (149, 150, 1)
     assert [o.source_index for o in out] == [*range(100), 99, *range(100, 149)]
     # Pictures carry their pts: output frame k shows picture k, except the gap shows picture 99 again.
-    assert [synth.read_frame_number(o.frame.to_ndarray(format="gray")) for o in out] == [*range(100), 99, *range(101, 150)]
+    shown = [synth.read_frame_number(o.frame.to_ndarray(format="gray")) for o in out]
+    assert shown == [*range(100), 99, *range(101, 150)]
 
 
 def test_timestamps_that_go_backwards_are_rejected(tmp_path):
@@ -249,35 +254,40 @@ def test_timestamps_that_go_backwards_are_rejected(tmp_path):
     data = synth.make_video(tmp_path / "v.mp4", seconds=1.0, size=(64, 64)).read_bytes()
     path = tmp_path / "back.mp4"
     path.write_bytes(synth.backwards_timestamps(data))
-    with VideoSource(path, SETTINGS) as src:
-        with pytest.raises(InvalidInput, match=r"^video: frame 5 is stamped 0.120 s after the first frame, not later than "
-                                               r"frame 4 \(0.160 s\): timestamps repeat or go backwards .*"
-                                               r"ffmpeg -i in.mp4 -vf fps=25 -c:v libx264 out.mp4$"):
-            for _ in src.frames():
-                pass
+    with (
+        VideoSource(path, SETTINGS) as src,
+        pytest.raises(InvalidInput, match=r"^video: frame 5 is stamped 0.120 s after the first frame, not later than "
+                                          r"frame 4 \(0.160 s\): timestamps repeat or go backwards .*"
+                                          r"ffmpeg -i in.mp4 -vf fps=25 -c:v libx264 out.mp4$"),
+    ):
+        for _ in src.frames():
+            pass
 
 
 def test_odd_frame_size_is_rejected(tmp_path):
     path = synth.make_video(tmp_path / "v.mp4", seconds=0.4, size=(65, 64), pix_fmt="yuv444p")
-    with pytest.raises(InvalidInput, match=r"frame size 65x64 is odd"):
-        with VideoSource(path, SETTINGS) as src:
-            src.open()
+    with pytest.raises(InvalidInput, match=r"frame size 65x64 is odd"), VideoSource(path, SETTINGS) as src:
+        src.open()
 
 
 def test_frames_over_the_size_limit_are_rejected(tmp_path):
     path = synth.make_video(tmp_path / "v.mp4", seconds=0.2, size=(128, 64))
-    with pytest.raises(InvalidInput, match=r"frame size 128x64 is larger than supported"):
-        with VideoSource(path, Settings(max_frame_side=100)) as src:
-            src.open()
+    with (
+        pytest.raises(InvalidInput, match=r"frame size 128x64 is larger than supported"),
+        VideoSource(path, Settings(max_frame_side=100)) as src,
+    ):
+        src.open()
 
 
 @pytest.mark.parametrize("layout", ["faststart", "fragmented"])
 def test_video_over_the_duration_limit(tmp_path, layout):
     path = synth.make_video(tmp_path / "v.mp4", seconds=2.0, size=(64, 64), layout=layout)
-    with pytest.raises(ResourceExhausted, match=r"longer than the 1 s limit"):
-        with VideoSource(path, Settings(max_duration_s=1.0)) as src:
-            for _ in src.frames():
-                pass
+    with (
+        pytest.raises(ResourceExhausted, match=r"longer than the 1 s limit"),
+        VideoSource(path, Settings(max_duration_s=1.0)) as src,
+    ):
+        for _ in src.frames():
+            pass
 
 
 def test_mp4_without_video(tmp_path):
@@ -288,9 +298,8 @@ def test_mp4_without_video(tmp_path):
         frame.sample_rate = 48000
         for p in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(p)
-    with pytest.raises(InvalidInput, match="no video stream"):
-        with VideoSource(path, SETTINGS) as src:
-            src.open()
+    with pytest.raises(InvalidInput, match="no video stream"), VideoSource(path, SETTINGS) as src:
+        src.open()
 
 
 def test_an_aborted_stream_surfaces_as_cancelled(tmp_path):

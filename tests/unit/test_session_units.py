@@ -8,18 +8,16 @@ from pathlib import Path
 import pytest
 
 from lipsync_service import config as job_config
-from lipsync_service.core import factory as processors
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service.cli import main as cli_main
 from lipsync_service.client.flags import add_job_flags, job_config_from_args
-from lipsync_service.errors import InvalidInput
-from lipsync_service.job import (AudioCodec, BackgroundAudioSpec, CustomEncoding, EncodingMode, ExtendAudio,
-                                 ExtendVideo)
+from lipsync_service.core import factory as processors
 from lipsync_service.core.processor import PassThroughProcessor
+from lipsync_service.errors import InvalidInput
+from lipsync_service.job import AudioCodec, BackgroundAudioSpec, CustomEncoding, EncodingMode, ExtendAudio, ExtendVideo
 from lipsync_service.server.app import StartupError, server_credentials
 from lipsync_service.settings import Settings
 from tests import synth
-
 
 # Processor factory ---------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Mouth opening, lower-face box and the landmarks the fidelity measures need, per frame, measured with
 MediaPipe Face Mesh (the independent yardstick).
 
-Runs inside the eval venv (`lipsync-service eval-env` creates it), not the service's: `python landmarks.py VIDEO OUT.json`.
+Runs inside the eval venv (`lipsync-service eval-env` creates it), not the service's:
+`python landmarks.py VIDEO OUT.json`.
 Per frame (null where no face is found):
   opening     the inner-lip gap (landmarks 13, 14) divided by the face height (10 to 152);
   lower_face  the box of the lower face (the face oval below the nose bridge, landmark 6, down to the chin)
