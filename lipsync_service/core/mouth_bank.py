@@ -3,7 +3,7 @@ re-shaped mouth opens wider than the source frame's.
 
 Stretching a closed mouth open only stretches the line where the lips meet; the video itself usually holds
 this person's open mouth, sharp and in the same light. Interiors are stored in a canonical frame (mouth
-corners on a fixed line) binned by how open they are, and the sharpest per bin is kept.
+corners on a fixed line) binned by how open they are, one per bin, as sharp as this face's typical open mouth.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ BIN_SIZE = 0.04
 MAX_BINS = 16
 # A source interior is worth storing from this gap-over-width up (a visibly open mouth).
 MIN_STORED_GAP = 0.10
+# Target openings up to this gap-over-width get no interior at all (a slit); from MIN_STORED_GAP on, fully.
+SLIT_GAP = 0.05
 # The stored interior is blended in as the target opens wider than the source: weight 0 at
 # FILL_START x the source gap, 1 at FILL_FULL x.
 FILL_START, FILL_FULL = 1.2, 2.0
@@ -66,6 +68,8 @@ class MouthBank:
     def __init__(self) -> None:
         self._bins: dict[int, _Interior] = {}
         self._last: int | None = None
+        self._sharpness_sum = 0.0
+        self._offered = 0
 
     def __len__(self) -> int:
         return len(self._bins)
@@ -95,8 +99,13 @@ class MouthBank:
         cv2.fillPoly(hole, [np.round(inner).astype(np.int32)], 1)  # type: ignore[call-overload]
         lap = cv2.Laplacian(grey, cv2.CV_64F)[hole > 0]
         sharpness = float(lap.var()) if lap.size > 8 else 0.0
+        # Keep the interior whose sharpness is closest to this face's typical open mouth: the sharpest one
+        # (no motion blur at all) would make the re-shaped mouth crisper than the video around it.
+        self._sharpness_sum += sharpness
+        self._offered += 1
+        typical = self._sharpness_sum / self._offered
         held = self._bins.get(key)
-        if held is None or sharpness > held.sharpness:
+        if held is None or abs(sharpness - typical) < abs(held.sharpness - typical):
             self._bins[key] = _Interior(patch=patch, inner=inner, gap=gap, sharpness=sharpness,
                                         triangles=delaunay(inner))
 
@@ -131,9 +140,12 @@ class MouthBank:
             return False
         ratio = target_gap_px / max(source_gap_px, 0.5)
         weight = float(np.clip((ratio - FILL_START) / (FILL_FULL - FILL_START), 0.0, 1.0))
+        # A slit stays the stretched seam of the lips: an interior squeezed into it is a speckled line of teeth.
+        gap = _gap_over_width(polygon, corners)
+        weight *= float(np.clip((gap - SLIT_GAP) / (MIN_STORED_GAP - SLIT_GAP), 0.0, 1.0))
         if weight <= 0.0:
             return False
-        interior = self._choose(_gap_over_width(polygon, corners))
+        interior = self._choose(gap)
         if interior is None:
             return False
         h, w = edit.patch.shape[:2]

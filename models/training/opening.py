@@ -141,24 +141,40 @@ def predict(net, x: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(x[:, None])).numpy()
 
 
-def save_opening(net, path: Path, hidden: int, dropout: float) -> None:
-    """Write an ensemble with the sizes needed to rebuild it."""
+def save_ensemble(net, path: Path, kind: str, hidden: int, dropout: float) -> None:
+    """Write an MLP ensemble with the sizes needed to rebuild it, tagged with its kind."""
     import torch
 
-    torch.save({"kind": "opening_ensemble", "members": len(net.members), "hidden": hidden, "dropout": dropout,
+    torch.save({"kind": kind, "members": len(net.members), "hidden": hidden, "dropout": dropout,
                 "state_dict": net.state_dict()}, path)
 
 
-def load_opening(path: Path):
-    """The ensemble written by save_opening (eval mode)."""
+def load_ensemble(path: Path, kind: str, build, what: str):
+    """The ensemble of `kind` written by save_ensemble, rebuilt with build(members, hidden, dropout) (eval mode).
+
+    `what` names it in the error ("an opening ensemble").
+
+    Raises:
+        ValueError: the file holds something else.
+    """
     import torch
 
     saved = torch.load(path, map_location="cpu")
-    if not isinstance(saved, dict) or saved.get("kind") != "opening_ensemble":
-        raise ValueError(f"{path} is not an opening ensemble written by save_opening")
-    net = build_opening_ensemble(saved["members"], saved["hidden"], saved["dropout"])
+    if not isinstance(saved, dict) or saved.get("kind") != kind:
+        raise ValueError(f"{path} is not {what} written by this training code")
+    net = build(saved["members"], saved["hidden"], saved["dropout"])
     net.load_state_dict(saved["state_dict"])
     return net.eval()
+
+
+def save_opening(net, path: Path, hidden: int, dropout: float) -> None:
+    """Write an opening ensemble (see save_ensemble)."""
+    save_ensemble(net, path, "opening_ensemble", hidden, dropout)
+
+
+def load_opening(path: Path):
+    """The opening ensemble written by save_opening (eval mode)."""
+    return load_ensemble(path, "opening_ensemble", build_opening_ensemble, "an opening ensemble")
 
 
 def build_served(generator, opening_net, mean_code: np.ndarray, direction: np.ndarray, gain: float):

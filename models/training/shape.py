@@ -114,23 +114,17 @@ def train_shape_net(x: np.ndarray, y: np.ndarray, steps: int = 3000, batch: int 
 
 
 def save_shape(net, path: Path, hidden: int, dropout: float) -> None:
-    """Write an ensemble with the sizes needed to rebuild it."""
-    import torch
+    """Write a lip-shape ensemble (see opening.save_ensemble)."""
+    from lipsync_models.training.opening import save_ensemble
 
-    torch.save({"kind": "shape_ensemble", "members": len(net.members), "hidden": hidden, "dropout": dropout,
-                "state_dict": net.state_dict()}, path)
+    save_ensemble(net, path, "shape_ensemble", hidden, dropout)
 
 
 def load_shape(path: Path):
-    """The ensemble written by save_shape (eval mode)."""
-    import torch
+    """The lip-shape ensemble written by save_shape (eval mode)."""
+    from lipsync_models.training.opening import load_ensemble
 
-    saved = torch.load(path, map_location="cpu")
-    if not isinstance(saved, dict) or saved.get("kind") != "shape_ensemble":
-        raise ValueError(f"{path} is not a lip-shape ensemble written by save_shape")
-    net = build_shape_ensemble(saved["members"], saved["hidden"], saved["dropout"])
-    net.load_state_dict(saved["state_dict"])
-    return net.eval()
+    return load_ensemble(path, "shape_ensemble", build_shape_ensemble, "a lip-shape ensemble")
 
 
 def load_shape_labels(path: Path) -> dict[str, np.ndarray]:
