@@ -179,7 +179,7 @@ class LipTracker:
         """
         track = self._tracks[track_id]
         mean, std = track.stats.mean_std()
-        opening = float(mean[0] + shape_z[0] * std[0])
+        opening = track.stats.opening_for(float(shape_z[0]))
         width = float(mean[1] + shape_z[1] * std[1])
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width)

@@ -10,6 +10,7 @@ inner-lip gap (Face Mesh points 13-14) over the face height (10-152), width the 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import cv2
@@ -41,6 +42,8 @@ MARGIN_OF_WIDTH = 0.22
 MIN_MARGIN_PX = 4.0
 # Zero-displacement anchors around the region that pin the warp at its edge.
 RING_ANCHORS = 28
+# Largest vertical blur (pixels) used to anti-alias a mouth interior squeezed shut.
+MAX_CLOSING_BLUR = 3.0
 # Triangulation topology is taken with the mouth at least this open (fraction of the mouth width).
 TRIANGULATION_GAP = 0.12
 
@@ -58,9 +61,15 @@ class SpeakerStats:
     PRIOR_OPENING = (0.035, 0.025)
     PRIOR_WIDTH_STD = 0.015
     PRIOR_FRAMES = 25.0
+    # From this many frames on, the opening is mapped through the speaker's own distribution (quantiles of the
+    # last QUANTILE_WINDOW frames) rather than mean + z * std: a talking mouth is closed in many frames and
+    # wide open in few, and a symmetric map would hold it half open far more often than the person does.
+    QUANTILE_FRAMES = 50
+    QUANTILE_WINDOW = 3000
     count: int = 0
     _sum: np.ndarray = field(default_factory=lambda: np.zeros(2))
     _sq: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    _openings: deque[float] = field(default_factory=deque)
 
     def observe(self, opening: float, width: float) -> None:
         """Add one frame's measured ratios."""
@@ -68,6 +77,18 @@ class SpeakerStats:
         self._sum += v
         self._sq += v * v
         self.count += 1
+        self._openings.append(float(opening))
+        if len(self._openings) > self.QUANTILE_WINDOW:
+            self._openings.popleft()
+
+    def opening_for(self, z: float) -> float:
+        """The opening ratio at z of this speaker's own spread: the quantile Phi(z) of the openings seen, or
+        mean + z * std (with the prior) until enough frames were seen."""
+        if self.count >= self.QUANTILE_FRAMES:
+            q = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+            return float(np.quantile(np.fromiter(self._openings, np.float64), q))
+        mean, std = self.mean_std()
+        return float(mean[0] + z * std[0])
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) of (opening, width), each blended with its prior by the number of frames seen."""
@@ -331,9 +352,39 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
     src = np.vstack([_uncrossed(source)[idx], ring])
     dst = np.vstack([np.array([target[i] for i in idx]), ring])
     map_x, map_y = piecewise_affine_map(src, dst, _triangles(dst, idx), x0, y0, x1 - x0, y1 - y0)
-    patch = cv2.remap(bgr, map_x - ox, map_y - oy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    # Bilinear, not cubic: a cubic kernel's overshoot crisps the lips beyond the video's own sharpness.
+    patch = cv2.remap(bgr, map_x - ox, map_y - oy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    _antialias_closing(patch, bgr, map_x - ox, map_y - oy, source, target, (x0, y0))
     alpha = region_alpha(hull, margin, x0, y0, x1 - x0, y1 - y0)
     return MouthEdit(x=x0, y=y0, patch=patch, alpha=alpha, target=target)
+
+
+def _antialias_closing(patch: np.ndarray, bgr: np.ndarray, map_x: np.ndarray, map_y: np.ndarray,
+                       source: np.ndarray, target: dict[int, np.ndarray], corner: tuple[int, int]) -> None:
+    """Where the warp squeezes an open mouth shut, sample the squeezed interior from a blurred source.
+
+    Squeezing the teeth and the dark of the mouth k times into a narrower gap without a low-pass filter
+    aliases them into a hard speckled line, crisper than any real lip seam; the blur is the usual
+    anti-aliasing sigma for a k-fold downscale, applied along the mouth's vertical only.
+    """
+    face = FaceFrame.of(source)
+    src_gap = float((source[LOWER_MID, :2] - source[UPPER_MID, :2]) @ face.down)
+    tgt_gap = float((target[LOWER_MID] - target[UPPER_MID]) @ face.down)
+    k = src_gap / max(tgt_gap, 0.5)
+    if src_gap < 2.0 or k < 1.25:
+        return
+    sigma = min(0.5 * math.sqrt(k * k - 1.0), MAX_CLOSING_BLUR)
+    soft = cv2.remap(cv2.GaussianBlur(bgr, (0, 0), sigmaX=0.3, sigmaY=sigma), map_x, map_y, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+    # The squeezed band: the target opening widened by the source gap's reach on either side.
+    inner = np.zeros(patch.shape[:2], np.uint8)
+    shifted: np.ndarray = inner_polygon(target) - np.asarray(corner, np.float64)
+    poly = np.rint(shifted).astype(np.int32)
+    cv2.fillPoly(inner, [poly], (1,))
+    reach = max(1, int(round(src_gap / 2)))
+    band = cv2.dilate(inner, np.ones((2 * reach + 1, 3), np.uint8)).astype(np.float32)
+    weight = cv2.GaussianBlur(band, (0, 0), 1.0)[..., None]
+    patch[...] = np.clip(patch + weight * (soft.astype(np.float32) - patch) + 0.5, 0, 255).astype(np.uint8)
 
 
 def inner_polygon(target: dict[int, np.ndarray]) -> np.ndarray:

@@ -158,7 +158,7 @@ class MouthBank:
         # Backward map from the target opening to the stored one, triangle by triangle through their inner-lip
         # points (triangulated where the stored mouth is open, so no triangle is degenerate there).
         map_x, map_y = piecewise_affine_map(interior.inner, local, interior.triangles, x0, y0, x1 - x0, y1 - y0)
-        painted = cv2.remap(interior.patch, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+        painted = cv2.remap(interior.patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         hole = np.zeros((y1 - y0, x1 - x0), np.float32)
         # cv2's stub types a colour (Scalar) as a sequence; OpenCV takes a plain number too.
         cv2.fillPoly(hole, [np.round(local - [x0, y0]).astype(np.int32)], 1.0)  # type: ignore[call-overload]
