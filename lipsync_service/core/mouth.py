@@ -32,6 +32,9 @@ EYE_LEFT, EYE_RIGHT = 33, 263
 
 # Share of an opening change taken by the lower lip (the jaw drops) and the upper lip (it lifts a little).
 LOWER_SHARE = 0.85
+# Smallest spread (std of the opening over face height) a speaker's mouth is re-shaped with: below it the
+# source's mouth is nearly still and its own spread would leave the new mouth nearly still too.
+MIN_OPENING_SPREAD = 0.012
 # Shape of the opening along the mouth: gap = target * cos(u * pi / 2) ** power, u from -1 (corner) to 1.
 GAP_PROFILE_POWER = 0.7
 # Mouth corners follow an opening change this much (they drop slightly with the jaw).
@@ -84,11 +87,13 @@ class SpeakerStats:
     def opening_for(self, z: float) -> float:
         """The opening ratio at z of this speaker's own spread: the quantile Phi(z) of the openings seen, or
         mean + z * std (with the prior) until enough frames were seen."""
-        if self.count >= self.QUANTILE_FRAMES:
+        mean, std = self.mean_std()
+        if self.count >= self.QUANTILE_FRAMES and std[0] >= MIN_OPENING_SPREAD:
             q = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
             return float(np.quantile(np.fromiter(self._openings, np.float64), q))
-        mean, std = self.mean_std()
-        return float(mean[0] + z * std[0])
+        # A mouth that barely moves in the source (a silent or still face) has no spread of its own to borrow:
+        # it articulates with a typical talking spread instead.
+        return float(mean[0] + z * max(float(std[0]), MIN_OPENING_SPREAD))
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) of (opening, width), each blended with its prior by the number of frames seen."""
