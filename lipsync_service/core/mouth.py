@@ -276,22 +276,26 @@ def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, triangles: np.ndarray
     shift = 4
     affine = np.zeros((len(triangles) + 1, 2, 3), np.float64)
     affine[0] = [[1, 0, 0], [0, 1, 0]]
-    for t, tri in enumerate(triangles, start=1):
-        d, s_ = dst[tri], src[tri]
-        m = np.hstack([d, np.ones((3, 1))])
-        det_dst = np.linalg.det(m)
-        if abs(det_dst) < 1e-6:
-            continue  # a degenerate (closed) triangle covers no pixel
-        det_src = np.linalg.det(np.hstack([s_, np.ones((3, 1))]))
-        if det_src * det_dst <= 0:
-            # The source triangle is flipped (the mesh crossed its own points there): an affine map would
-            # mirror the texture and cut a seam into the lips; its vertices' mean shift does not.
-            shift_xy = (s_ - d).mean(axis=0)
-            affine[t] = [[1, 0, shift_xy[0]], [0, 1, shift_xy[1]]]
-        else:
-            affine[t] = np.linalg.solve(m, s_).T
-        pts = np.round((d - [x0, y0]) * (1 << shift)).astype(np.int32)
-        cv2.fillConvexPoly(ids, pts, (t,), lineType=cv2.LINE_8, shift=shift)
+    if len(triangles):
+        d, s_ = dst[triangles], src[triangles]  # [T, 3, 2]
+        ones = np.ones(d.shape[:2] + (1,))
+        m_dst, m_src = np.concatenate([d, ones], axis=2), np.concatenate([s_, ones], axis=2)
+        det_dst, det_src = np.linalg.det(m_dst), np.linalg.det(m_src)
+        # Degenerate (closed) target triangles cover no pixel; solve only the others, all at once.
+        live = np.abs(det_dst) >= 1e-6
+        solved = np.zeros((len(triangles), 3, 2))
+        solved[live] = np.linalg.solve(m_dst[live], s_[live])
+        affine[1:] = solved.transpose(0, 2, 1)
+        # A flipped source triangle (the mesh crossed its own points there) would mirror the texture and cut
+        # a seam into the lips: it moves by its vertices' mean shift instead.
+        flipped = live & (det_src * det_dst <= 0)
+        mean_shift = (s_ - d).mean(axis=1)
+        affine[1:][flipped] = 0.0
+        affine[1:][flipped, 0, 0] = affine[1:][flipped, 1, 1] = 1.0
+        affine[1:][flipped, :, 2] = mean_shift[flipped]
+        corners = np.round((d - [x0, y0]) * (1 << shift)).astype(np.int32)
+        for t in np.nonzero(live)[0]:
+            cv2.fillConvexPoly(ids, corners[t], (int(t) + 1,), lineType=cv2.LINE_8, shift=shift)
     py, px = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
     a = affine[ids]
     map_x = a[..., 0, 0] * px + a[..., 0, 1] * py + a[..., 0, 2]
