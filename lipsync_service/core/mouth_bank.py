@@ -31,6 +31,11 @@ SLIT_GAP = 0.05
 # The stored interior is blended in as the target opens wider than the source: weight 0 at
 # FILL_START x the source gap, 1 at FILL_FULL x.
 FILL_START, FILL_FULL = 1.2, 2.0
+# A stored interior's darker quarter must be darker than this fraction of the lips around it: a mouth has
+# dark gaps between and around the teeth; a misread mesh or lips pressed together do not.
+MAX_INTERIOR_BRIGHTNESS = 0.8
+# A cavity painted before the face has shown an open mouth: its seam's darkest tenth, darkened this much.
+CAVITY_DARKEN = 0.6
 # Feather of the interior's edge inside the inner lip line, pixels.
 FEATHER_PX = 2.0
 
@@ -97,8 +102,12 @@ class MouthBank:
         hole = np.zeros(grey.shape, np.uint8)
         # cv2's stub types a colour (Scalar) as a sequence; OpenCV takes a plain number too.
         cv2.fillPoly(hole, [np.round(inner).astype(np.int32)], 1)  # type: ignore[call-overload]
+        lips = cv2.dilate(hole, np.ones((9, 9), np.uint8)) - hole
+        if hole.sum() < 8 or (float(np.percentile(grey[hole > 0], 25))
+                              > MAX_INTERIOR_BRIGHTNESS * float(grey[lips > 0].mean())):
+            return  # not the inside of a mouth (a misread mesh, or lips pressed together in a smile)
         lap = cv2.Laplacian(grey, cv2.CV_64F)[hole > 0]
-        sharpness = float(lap.var()) if lap.size > 8 else 0.0
+        sharpness = float(lap.var())
         # Keep the interior whose sharpness is closest to this face's typical open mouth: the sharpest one
         # (no motion blur at all) would make the re-shaped mouth crisper than the video around it.
         self._sharpness_sum += sharpness
@@ -146,8 +155,6 @@ class MouthBank:
         if weight <= 0.0:
             return False
         interior = self._choose(gap)
-        if interior is None:
-            return False
         h, w = edit.patch.shape[:2]
         local = polygon - [edit.x, edit.y]
         x0, y0 = np.floor(local.min(0)).astype(int) - 2
@@ -155,16 +162,32 @@ class MouthBank:
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         if x1 - x0 < 3 or y1 - y0 < 3:
             return False
-        # Backward map from the target opening to the stored one, triangle by triangle through their inner-lip
-        # points (triangulated where the stored mouth is open, so no triangle is degenerate there).
-        map_x, map_y = piecewise_affine_map(interior.inner, local, interior.triangles, x0, y0, x1 - x0, y1 - y0)
-        painted = cv2.remap(interior.patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         hole = np.zeros((y1 - y0, x1 - x0), np.float32)
         # cv2's stub types a colour (Scalar) as a sequence; OpenCV takes a plain number too.
         cv2.fillPoly(hole, [np.round(local - [x0, y0]).astype(np.int32)], 1.0)  # type: ignore[call-overload]
         dist = cv2.distanceTransform((hole > 0).astype(np.uint8), cv2.DIST_L2, 3)
+        if interior is not None:
+            # Backward map from the target opening to the stored one, triangle by triangle through their
+            # inner-lip points (triangulated where the stored mouth is open, so none is degenerate there).
+            map_x, map_y = piecewise_affine_map(interior.inner, local, interior.triangles, x0, y0, x1 - x0,
+                                                y1 - y0)
+            painted = cv2.remap(interior.patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        else:
+            # This face has not opened its mouth yet: a shaded cavity in the darkest colour of its own lip
+            # seam, rather than the seam stretched into streaks.
+            painted = _cavity(edit.patch[y0:y1, x0:x1], hole > 0, dist)
         a = np.clip(dist / FEATHER_PX, 0.0, 1.0) * weight
         region = edit.patch[y0:y1, x0:x1].astype(np.float32)
         mixed = region + a[..., None] * (painted.astype(np.float32) - region)
         edit.patch[y0:y1, x0:x1] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
         return True
+
+
+def _cavity(region: np.ndarray, inside: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """A mouth opening shaded from the darkest tenth of its own (stretched seam) pixels, darker towards the middle."""
+    if not inside.any():
+        return region
+    dark = np.percentile(region[inside].reshape(-1, 3).astype(np.float32), 10, axis=0) * CAVITY_DARKEN
+    depth = np.clip(dist / max(float(dist.max()), 1.0), 0.0, 1.0)[..., None]
+    shade = dark * (1.0 - 0.4 * depth)
+    return np.clip(shade + 0.5, 0, 255).astype(np.uint8) * np.ones_like(region)

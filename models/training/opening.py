@@ -49,20 +49,25 @@ def build_opening_net(hidden: int = 128, dropout: float = 0.3):
     return OpeningNet()
 
 
-def build_opening_ensemble(members: int = 4, hidden: int = 128, dropout: float = 0.3):
-    """The mean of `members` opening MLPs (independently seeded): [B, 1, 80, 16] -> [B]."""
+def build_mean_ensemble(make_member, members: int):
+    """The mean of `members` networks made by make_member() (each independently initialised)."""
     import torch
     from torch import nn
 
-    class OpeningEnsemble(nn.Module):
+    class MeanEnsemble(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.members = nn.ModuleList(build_opening_net(hidden, dropout) for _ in range(members))
+            self.members = nn.ModuleList(make_member() for _ in range(members))
 
         def forward(self, mel):
             return torch.stack([m(mel) for m in self.members]).mean(0)
 
-    return OpeningEnsemble()
+    return MeanEnsemble()
+
+
+def build_opening_ensemble(members: int = 4, hidden: int = 128, dropout: float = 0.3):
+    """The mean of `members` opening MLPs (independently seeded): [B, 1, 80, 16] -> [B]."""
+    return build_mean_ensemble(lambda: build_opening_net(hidden, dropout), members)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -36,18 +36,46 @@ def gather(cache: Path, labels: dict[str, np.ndarray], split: str, max_offset: i
         max_offset: largest audio-video offset searched per clip (0: no shift).
     """
     from lipsync_models.training import opening as op
+
+    return gather_aligned(cache, labels, split, max_offset, op.zscore_labels, "mouth_labels.py")
+
+
+def gather_aligned(cache: Path, labels: dict[str, np.ndarray], split: str, max_offset: int, zscore,
+                   labeller: str):
+    """Per clip of a split: (name, offset, mel windows, z-scored labels), the labels shifted by the clip's offset.
+
+    Labels are [N] openings or [N, C] columns whose first is the opening; the offset is searched on the opening
+    against the clip's own loudness and applies to every column; frames with a missing value are left out.
+
+    Args:
+        cache: the prepared cache.
+        labels: clip name -> raw labels per frame.
+        split: "train" or "val".
+        max_offset: largest audio-video offset searched per clip (0: no shift).
+        zscore: per-clip normalisation of one clip's labels.
+        labeller: the script that writes the labels (named in errors).
+
+    Raises:
+        ValueError: a clip has no labels, or labels of another length than the cache.
+    """
+    from lipsync_models.training import opening as op
     from lipsync_models.training.data import load_clips, load_index
 
     entries = {e["name"]: e for e in load_index(cache)["clips"]}
     out = []
     for clip in load_clips(cache, split):
         if clip.name not in labels:
-            raise ValueError(f"no mouth labels for {clip.name}: run mouth_labels.py on this cache again")
-        z = op.zscore_labels(labels[clip.name])
+            raise ValueError(f"no labels for {clip.name}: run {labeller} on this cache again")
+        z = zscore(labels[clip.name])
+        if len(z) != len(clip.valid):
+            raise ValueError(f"labels of {clip.name} have {len(z)} frames, the cache {len(clip.valid)}: "
+                             f"run {labeller} on this cache again")
+        opening = z if z.ndim == 1 else z[:, 0]
+        finite = np.isfinite(z) if z.ndim == 1 else np.isfinite(z).all(axis=1)
         offset = 0
         if max_offset:
-            offset = op.clip_offset(z, clip_envelope(entries[clip.name], len(z)), max_offset)
-        frames, label_frames = op.aligned_frames(np.isfinite(z) & clip.valid, offset)
+            offset = op.clip_offset(opening, clip_envelope(entries[clip.name], len(z)), max_offset)
+        frames, label_frames = op.aligned_frames(finite & clip.valid, offset)
         out.append((clip.name, offset, op.mel_windows(clip)[frames], z[label_frames]))
     return out
 

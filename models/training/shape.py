@@ -65,18 +65,9 @@ def build_shape_net(hidden: int = 128, dropout: float = 0.3, outputs: int = len(
 
 def build_shape_ensemble(members: int = 4, hidden: int = 128, dropout: float = 0.3):
     """The mean of `members` shape MLPs (independently seeded): [B, 1, 80, 16] -> [B, 2]."""
-    import torch
-    from torch import nn
+    from lipsync_models.training.opening import build_mean_ensemble
 
-    class ShapeEnsemble(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.members = nn.ModuleList(build_shape_net(hidden, dropout) for _ in range(members))
-
-        def forward(self, mel):
-            return torch.stack([m(mel) for m in self.members]).mean(0)
-
-    return ShapeEnsemble()
+    return build_mean_ensemble(lambda: build_shape_net(hidden, dropout), members)
 
 
 def train_shape_net(x: np.ndarray, y: np.ndarray, steps: int = 3000, batch: int = 256, lr: float = 1e-3,

@@ -29,24 +29,9 @@ def gather_shape(cache: Path, labels: dict[str, np.ndarray], split: str, max_off
         max_offset: largest audio-video offset searched per clip (0: no shift).
     """
     from lipsync_models.training import shape as sh
-    from lipsync_models.training.data import load_clips, load_index
-    from lipsync_models.training.opening_run import clip_envelope
+    from lipsync_models.training.opening_run import gather_aligned
 
-    entries = {e["name"]: e for e in load_index(cache)["clips"]}
-    out = []
-    for clip in load_clips(cache, split):
-        if clip.name not in labels:
-            raise ValueError(f"no lip-shape labels for {clip.name}: run shape_labels.py on this cache again")
-        z = sh.zscore_shape(labels[clip.name])
-        if len(z) != len(clip.valid):
-            raise ValueError(f"labels of {clip.name} have {len(z)} frames, the cache {len(clip.valid)}: "
-                             "run shape_labels.py on this cache again")
-        offset = 0
-        if max_offset:
-            offset = sh.clip_offset(z[:, 0], clip_envelope(entries[clip.name], len(z)), max_offset)
-        frames, label_frames = sh.aligned_frames(np.isfinite(z).all(axis=1) & clip.valid, offset)
-        out.append((clip.name, offset, sh.mel_windows(clip)[frames], z[label_frames]))
-    return out
+    return gather_aligned(cache, labels, split, max_offset, sh.zscore_shape, "shape_labels.py")
 
 
 def report_clip(name: str, pred: np.ndarray, true: np.ndarray, gains: np.ndarray) -> dict:

@@ -93,4 +93,4 @@ def test_train_opening_aligns_labels_and_exports_a_served_model(tmp_path: Path, 
     np.savez(tmp_path / "few.npz", clip_a=labels["clip_a"])
     assert main(["train", "opening", str(cache), str(tmp_path / "few.npz"), str(out), "--renderer",
                  str(out / "renderer.pt"), "--mlp-steps", "5"]) == 1
-    assert "no mouth labels for clip_b" in capsys.readouterr().err
+    assert "no labels for clip_b: run mouth_labels.py" in capsys.readouterr().err
