@@ -117,10 +117,21 @@ def train_opening_net(x: np.ndarray, y: np.ndarray, steps: int = 3000, batch: in
     Returns:
         the trained ensemble (eval mode).
     """
+    return fit_ensemble(build_opening_ensemble(members, hidden, dropout), x, y, steps, batch, lr, weight_decay,
+                        seed, level_jitter)
+
+
+def fit_ensemble(ensemble, x: np.ndarray, y: np.ndarray, steps: int, batch: int, lr: float, weight_decay: float,
+                 seed: int, level_jitter: float):
+    """Train each member of a mean ensemble on windows x [N, 80, 16] and targets y (MSE, Adam, its own seed),
+    every sampled window shifted by a random level offset of up to +-level_jitter.
+
+    Returns:
+        the ensemble (eval mode).
+    """
     import torch
 
-    ensemble = build_opening_ensemble(members, hidden, dropout)
-    xt = torch.from_numpy(x[:, None])
+    xt = torch.from_numpy(np.ascontiguousarray(x[:, None], np.float32))
     yt = torch.from_numpy(y.astype(np.float32))
     for i, net in enumerate(ensemble.members):
         torch.manual_seed(seed + i)

@@ -81,27 +81,12 @@ def train_shape_net(x: np.ndarray, y: np.ndarray, steps: int = 3000, batch: int 
     Returns:
         the trained ensemble (eval mode).
     """
-    import torch
-
     if y.ndim != 2 or len(y) != len(x):
         raise ValueError(f"targets must be [N, 2] for {len(x)} windows, got {y.shape}")
-    ensemble = build_shape_ensemble(members, hidden, dropout)
-    xt = torch.from_numpy(np.ascontiguousarray(x[:, None], np.float32))
-    yt = torch.from_numpy(y.astype(np.float32))
-    for i, net in enumerate(ensemble.members):
-        torch.manual_seed(seed + i)
-        rng = np.random.default_rng(seed + i)
-        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-        for _ in range(steps):
-            idx = torch.from_numpy(rng.integers(0, len(x), batch))
-            xb = xt[idx]
-            if level_jitter:
-                xb = xb + torch.empty(len(idx), 1, 1, 1).uniform_(-level_jitter, level_jitter)
-            loss = torch.nn.functional.mse_loss(net(xb), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return ensemble.eval()
+    from lipsync_models.training.opening import fit_ensemble
+
+    return fit_ensemble(build_shape_ensemble(members, hidden, dropout), x, y, steps, batch, lr, weight_decay, seed,
+                        level_jitter)
 
 
 def save_shape(net, path: Path, hidden: int, dropout: float) -> None:
