@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -27,6 +28,7 @@ from lipsync_service.media.audio import OUTPUT_SAMPLE_RATE, AudioTrack, mix
 from lipsync_service.media.av_errors import PYAV_ERRORS
 from lipsync_service.media.demux import VideoSource
 from lipsync_service.media.encode import OutputWriter
+from lipsync_service.media.encode_thread import EncodeThread
 from lipsync_service.media.timeline import audio_frames, extension_source_index, output_frame_count
 from lipsync_service.media.types import FrameJob, Readable, VideoInfo
 from lipsync_service.settings import Settings
@@ -36,7 +38,9 @@ log = logging.getLogger(__name__)
 
 # How often blocking waits wake up to look at the cancel event.
 _POLL_S = 0.1
-STAGES = ("decode", "process", "encode", "wait_input")
+# encode: the encode thread's busy time (it overlaps the other stages); encode_wait: the job thread blocked
+# while the encode thread's queue was full.
+STAGES = ("decode", "process", "encode", "encode_wait", "wait_input")
 # Seconds of speech decoded per step while measuring how much of it runs past the video's end.
 _MEASURE_STEP_S = 10.0
 
@@ -200,6 +204,9 @@ class Job:
         self._cancel = cancel
         self._progress = progress
         self._timer = _Timer()
+        # The encode thread's own stage times (merged into the result): one dict per thread.
+        self._encode_timer = _Timer()
+        self._encoder: EncodeThread | None = None
         # Output frames handed to the processor (or bypassing it) but not yet written, in order.
         self._in_flight: deque[int] = deque()
         self._ready: dict[int, FrameJob] = {}
@@ -287,14 +294,16 @@ class Job:
             self._processor.configure(self._cfg)
             self._processor.start(info, inputs.speech.model)
             self._writer = OutputWriter(self._sink, info, self._cfg.video_encoding, self._cfg.output_audio_codec)
+            self._encoder = EncodeThread(self._cancel, name=f"{threading.current_thread().name}-encode")
             written = self._run_frames(video, info)
-            with self._timer("encode"):
+            with self._encode_timer("encode"):
                 self._writer.close()
             if self._video_frames is not None and self._cfg.extend_video is ExtendVideo.UNSPECIFIED:
                 self._cut = self._speech_cut(written, Fraction(info.fps))
             tally = self._tally
+            stages = {k: v + self._encode_timer.seconds.get(k, 0.0) for k, v in self._timer.seconds.items()}
             result = JobResult(frames=written, duration_s=float(written / info.fps), video=info,
-                               stage_seconds=dict(self._timer.seconds),
+                               stage_seconds=stages,
                                frames_without_face=tally.without_face if tally.reported else None,
                                frames_not_lipsynced=tally.not_lipsynced if tally.reported else None,
                                frames_bypassed=tally.bypassed, cut=self._cut)
@@ -310,6 +319,8 @@ class Job:
             self._abort_writer()
             raise
         finally:
+            if self._encoder is not None:
+                self._encoder.stop()
             try:
                 self._processor.close()
             except Exception:  # noqa: BLE001 - cleanup must not mask the job's own error
@@ -354,7 +365,9 @@ class Job:
             raise InternalError(
                 f"frame processor did not return output frames {list(self._in_flight)[:5]}... after flush"
             )
-        assert self._writer is not None
+        assert self._writer is not None and self._encoder is not None
+        with self._timer("encode_wait"):
+            self._encoder.drain()
         if self._writer.frames_written == 0:
             raise InvalidInput(
                 "the output would have no frames: the speech audio is empty or the video has no frames"
@@ -411,20 +424,27 @@ class Job:
         self._emit()
 
     def _emit(self) -> None:
-        writer = self._writer
-        assert writer is not None and self._info is not None
+        encoder = self._encoder
+        assert encoder is not None
         while self._in_flight and self._in_flight[0] in self._ready:
             index = self._in_flight.popleft()
             job = self._ready.pop(index)
             if self._bypass_overlay is not None:
                 with self._timer("process"):
                     self._bypass_overlay(job)
-            with self._timer("encode"):
-                writer.write_frame(job.frame, index)
-            self._tally.add(job)
-            self._write_audio_until(index + 1)
-            if self._progress is not None:
-                self._progress(writer.frames_written)
+            with self._timer("encode_wait"):
+                encoder.submit(functools.partial(self._write, job, index))
+
+    def _write(self, job: FrameJob, index: int) -> None:
+        """Encode one output frame and the audio up to its end (on the encode thread)."""
+        writer = self._writer
+        assert writer is not None
+        with self._encode_timer("encode"):
+            writer.write_frame(job.frame, index)
+        self._tally.add(job)
+        self._write_audio_until(index + 1)
+        if self._progress is not None:
+            self._progress(writer.frames_written)
 
     # Audio -------------------------------------------------------------------------------------
 
@@ -439,9 +459,9 @@ class Job:
         samples = self._inputs.speech.read_output(self._audio_written, count)
         background = self._inputs.background
         if background is not None and self._cfg.background is not None:
-            self._wait_audio(background, end / OUTPUT_SAMPLE_RATE)
+            self._wait_audio(background, end / OUTPUT_SAMPLE_RATE, self._encode_timer)
             samples = mix(samples, background.read_output(self._audio_written, count), self._cfg.background.volume)
-        with self._timer("encode"):
+        with self._encode_timer("encode"):
             self._writer.write_audio(samples)
         self._audio_written = end
 
@@ -467,8 +487,8 @@ class Job:
             return None
         return Cut("speech", duration - end_s)
 
-    def _wait_audio(self, track: AudioTrack, end_s: float) -> None:
-        with self._timer("wait_input"):
+    def _wait_audio(self, track: AudioTrack, end_s: float, timer: _Timer | None = None) -> None:
+        with (timer or self._timer)("wait_input"):
             while True:
                 self._check_cancel()
                 try:
@@ -516,6 +536,9 @@ class Job:
             raise Cancelled("the job was cancelled")
 
     def _abort_writer(self) -> None:
+        # The encode thread must be off the container before it is aborted.
+        if self._encoder is not None and not self._encoder.stop():
+            return
         if self._writer is not None:
             self._writer.abort()
 
