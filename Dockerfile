@@ -22,6 +22,7 @@ WORKDIR /app
 COPY triton_repo/ /app/triton_repo/
 # Settings defaults (lipsync_service/settings.py documents every variable).
 ENV PYTHONUNBUFFERED=1 \
+    OPENBLAS_NUM_THREADS=1 \
     HOME=/tmp \
     NIM_HOST=0.0.0.0 \
     NIM_HTTP_API_PORT=8000 \
