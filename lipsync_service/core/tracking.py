@@ -65,7 +65,7 @@ class TrackingParams:
                        detect_every=1, hold=max(2, round(2 * scale)), max_age=max(5, round(10 * scale)))
         sigma = 3.0 * scale
         return cls(sigma=sigma, radius=math.ceil(2 * sigma), dead_zone=0.025, dead_zone_size=0.05,
-                   detect_every=max(1, round(2 * scale)), hold=max(4, round(5 * scale)),
+                   detect_every=max(1, round(3 * scale)), hold=max(4, round(5 * scale)),
                    max_age=max(10, round(25 * scale)))
 
 
