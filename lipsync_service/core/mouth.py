@@ -246,19 +246,21 @@ def delaunay(ref: np.ndarray) -> np.ndarray:
     x1, y1 = ref.max(0) + 2
     subdiv = cv2.Subdiv2D((int(math.floor(x0)), int(math.floor(y0)),
                            int(math.ceil(x1 - x0)) + 2, int(math.ceil(y1 - y0)) + 2))
-    lookup: dict[tuple[float, float], int] = {}
-    for k, (x, y) in enumerate(ref):
-        key = (round(float(x), 3), round(float(y), 3))
-        if key in lookup:
-            continue  # coincident points: the first stands for both
-        lookup[key] = k
-        subdiv.insert((float(x), float(y)))
-    out = []
-    for tri in subdiv.getTriangleList():
-        ks = [lookup.get((round(float(tri[j]), 3), round(float(tri[j + 1]), 3))) for j in (0, 2, 4)]
-        if all(k is not None for k in ks):
-            out.append(ks)
-    return np.array(out, np.int32).reshape(-1, 3)
+    # Points within 1/1000 px of an earlier one are left out: the earlier one stands for them.
+    _, first = np.unique(np.round(ref.astype(np.float64), 3), axis=0, return_index=True)
+    first = np.sort(first)
+    points = np.ascontiguousarray(ref[first], np.float32)
+    subdiv.insert([(float(x), float(y)) for x, y in points])
+    # Subdiv2D keeps its vertices as float32, so a corner is found by the exact bits of its (x, y) pair.
+    # (Matching rounded decimals instead drops every triangle at a point whose float32 value rounds the other
+    # way, which left holes in the warp.) Corners that are none of our points are Subdiv2D's outer helpers.
+    keys = points.view(np.int64)[:, 0]
+    order = np.argsort(keys)
+    corners = np.ascontiguousarray(subdiv.getTriangleList(), np.float32).reshape(-1, 2).view(np.int64)[:, 0]
+    at = np.clip(np.searchsorted(keys, corners, sorter=order), 0, len(keys) - 1)
+    found = keys[order[at]] == corners
+    tris = first[order[at]].reshape(-1, 3)
+    return tris[found.reshape(-1, 3).all(axis=1)].astype(np.int32)
 
 
 def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, triangles: np.ndarray, x0: int, y0: int, w: int,

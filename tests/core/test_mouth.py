@@ -17,6 +17,7 @@ from lipsync_service.core.mouth import (
     MARGIN_OF_WIDTH,
     FaceFrame,
     SpeakerStats,
+    delaunay,
     lip_ratios,
     mouth_region,
     target_lips,
@@ -87,6 +88,30 @@ def test_the_warp_writes_only_near_the_lips(mesh):
     assert min(far) >= -margin - 1.5, "a weight beyond the dilated lip region"
     mouth_width = np.linalg.norm(points[61, :2] - points[291, :2])
     assert margin == pytest.approx(max(4.0, MARGIN_OF_WIDTH * mouth_width))
+
+
+@pytest.mark.parametrize("offset", [0.0, 600.0, 1234.5678])
+def test_triangulation_keeps_every_triangle_of_the_points(offset):
+    # Every point, wherever float32 rounding puts it, keeps its triangles: a lost triangle is a hole in the
+    # warp (its pixels would not move with the lips). Reference: OpenCV's own triangle list, less the
+    # triangles at its three helper vertices far outside the points.
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        pts = rng.uniform(0, 300, (int(rng.integers(4, 70)), 2)) + offset
+        (x0, y0), (x1, y1) = pts.min(0) - 2, pts.max(0) + 2  # the rectangle delaunay() gives OpenCV
+        subdiv = cv2.Subdiv2D((int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1 - x0)) + 2,
+                               int(np.ceil(y1 - y0)) + 2))
+        subdiv.insert([(float(x), float(y)) for x, y in pts])
+        corners = subdiv.getTriangleList().reshape(-1, 3, 2)
+        inside = (corners >= [x0, y0]) & (corners <= [x1, y1])
+        real = int(inside.all(axis=(1, 2)).sum())
+        tris = delaunay(pts)
+        assert len(tris) == real
+        assert len({tuple(sorted(t)) for t in tris.tolist()}) == len(tris)
+    # Coincident points share one vertex; the duplicate index never appears.
+    pts = np.array([[0, 0], [10, 0], [0, 10], [10, 10], [0, 0]], np.float64) + offset
+    tris = delaunay(pts)
+    assert len(tris) == 2 and 4 not in tris
 
 
 def test_speaker_stats_start_at_the_prior_and_learn_the_speaker():
