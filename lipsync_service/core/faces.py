@@ -19,7 +19,8 @@ talking_1/2/3.mp4 135/135, 125/125, 125/125 frames with a face (100 %), 11-16 ms
 OpenCV's Haar cascade, on the same scaled frames under the same load, also found the face in every frame
 of these clips but took 62-100 ms per frame (vs 23-42 ms for MTCNN) and gives no landmarks.
 The processor searches the whole frame once a second and otherwise only a square around each tracked
-face (scaled to 128 px), about 4-7 ms per detection, and at head_movement_speed 0 only every second frame.
+face (scaled to 128 px, O-Net on its 2 best windows), about 4-7 ms per detection, and at head_movement_speed 0
+only every third frame (at 25 frames/s; the cadence scales with the frame rate).
 """
 
 from __future__ import annotations
