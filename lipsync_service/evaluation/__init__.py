@@ -10,6 +10,10 @@ Fidelity and stability (`evaluation.fidelity`), output vs the unchanged input at
 written losslessly, the input extended the same way), on the landmark model's points: lip sharpness,
 sharpness and PSNR of the rest of the lower face, lip motion between frames (all frames, and in silence),
 and PSNR outside the lower face.
+
+Closures (`evaluation.closures`): how often the mouth is closed at the speech's short dips (stop closures,
+p/b/m among them) against how often it is closed during loud speech anywhere, for the output, the unchanged
+video and the real footage with its own speech.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lipsync_service.errors import InvalidInput, LipsyncError
+from lipsync_service.evaluation.closures import closed_level, closure_score
 from lipsync_service.evaluation.fidelity import FidelityScores, measure_fidelity
 from lipsync_service.media.types import MODEL_SAMPLE_RATE
 
@@ -285,6 +290,8 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
     marks_base = measure_landmarks(baseline, landmark_python)
     frames = len(marks_out["opening"])
     envelope = loudness_envelope(speech, fps, frames)
+    # One threshold for "closed" from the unchanged face, so all three rows judge the same lips alike.
+    level = closed_level(marks_base["opening"])
     scores: dict = {
         "video": str(video), "audio": str(audio), "frames": frames, "fps": fps,
         "duration_s": frames / fps, "model": processor.model_info,
@@ -292,6 +299,8 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
         "baseline": asdict(sync_score(marks_base["opening"], envelope)),
         "psnr_outside_lower_face_db": psnr_outside(output, baseline, marks_base["lower_face"]),
         "fidelity": asdict(fidelity_scores(output, baseline, marks_out, marks_base, envelope)),
+        "closures": {"model_output": asdict(closure_score(marks_out["opening"], envelope, level)),
+                     "baseline": asdict(closure_score(marks_base["opening"], envelope, level))},
         "targets": TARGETS,
     }
     own = None
@@ -305,7 +314,9 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
     if own is not None and len(own):
         marks_in = measure_landmarks(video, landmark_python)
         n = len(marks_in["opening"])
-        scores["reference"] = asdict(sync_score(marks_in["opening"], loudness_envelope(own, _fps(video), n)))
+        own_envelope = loudness_envelope(own, _fps(video), n)
+        scores["reference"] = asdict(sync_score(marks_in["opening"], own_envelope))
+        scores["closures"]["reference"] = asdict(closure_score(marks_in["opening"], own_envelope, level))
     (out_dir / "scores.json").write_text(json.dumps(scores, indent=2))
     return scores
 
@@ -372,4 +383,16 @@ def format_table(scores: dict) -> str:
     else:
         lines.append(f"PSNR outside the lower face: {_num(scores['psnr_outside_lower_face_db'], unit=' dB')} "
                      f"over {scores['duration_s']:.1f} s")
+    closures = scores.get("closures")
+    if closures:
+        first = next(iter(closures.values()))
+        lines.append(f"closures: mouth closed (opening <= {first['closed_level']:.3f}) at short dips of the speech "
+                     "(stops: p b m, also t d k) vs in loud speech anywhere")
+        lines.append(f"  {'':38s} {'dips':>5s} {'at dips':>8s} {'anywhere':>8s} {'lift':>5s}")
+        names = {"model_output": "lip-synced output", "baseline": "baseline (unchanged video)",
+                 "reference": "reference (real footage, own speech)"}
+        for key, c in closures.items():
+            at, anywhere = c["closed_at_dips"], c["closed_in_speech"]
+            lift = at / anywhere if at is not None and anywhere else None
+            lines.append(f"  {names[key]:38s} {c['dips']:5d} {_num(at):>8s} {_num(anywhere):>8s} {_num(lift):>5s}")
     return "\n".join(lines)

@@ -125,3 +125,16 @@ def test_format_table_shows_every_measure_with_its_target_and_verdict() -> None:
     bad = ev.format_table(_scores(0.4, 30.0, 0.2, 3))
     assert bad.count("MISS") == 4  # lip sharpness, rest PSNR, r lag 0, best lag
     assert "n/a" in ev.format_table(_scores(None, 40.0, 0.5, 0))  # no face: no lip measure
+
+
+def test_format_table_shows_closures_with_their_lift() -> None:
+    scores = _scores(1.0, 40.0, 0.5, 0)
+    closure = {"dips": 40, "closed_at_dips": 0.6, "closed_in_speech": 0.2, "closed_level": 0.021}
+    scores["closures"] = {"model_output": closure,
+                          "baseline": {**closure, "closed_at_dips": 0.25, "closed_in_speech": 0.25}}
+    table = ev.format_table(scores)
+    assert "opening <= 0.021" in table
+    out = next(line for line in table.splitlines() if line.strip().startswith("lip-synced output") and "0.60" in line)
+    assert out.split()[-4:] == ["40", "0.60", "0.20", "3.00"]
+    base = next(line for line in table.splitlines() if "baseline" in line and "0.25" in line)
+    assert base.split()[-1] == "1.00"
