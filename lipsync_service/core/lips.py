@@ -178,9 +178,7 @@ class LipTracker:
             frame_size: (width, height) of the frame.
         """
         track = self._tracks[track_id]
-        mean, std = track.stats.mean_std()
-        opening = track.stats.opening_for(float(shape_z[0]))
-        width = float(mean[1] + shape_z[1] * std[1])
+        opening, width = track.stats.shape_for(float(shape_z[0]), float(shape_z[1]))
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width)
         edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size)

@@ -84,16 +84,20 @@ class SpeakerStats:
         if len(self._openings) > self.QUANTILE_WINDOW:
             self._openings.popleft()
 
-    def opening_for(self, z: float) -> float:
-        """The opening ratio at z of this speaker's own spread: the quantile Phi(z) of the openings seen, or
-        mean + z * std (with the prior) until enough frames were seen."""
+    def shape_for(self, z_opening: float, z_width: float) -> tuple[float, float]:
+        """The (opening, width) ratios at these z of the speaker's own spread.
+
+        The opening is the quantile Phi(z) of the openings seen, or mean + z * std (with the prior) until enough
+        frames were seen; the width is mean + z * std.
+        """
         mean, std = self.mean_std()
+        width = float(mean[1] + z_width * std[1])
         if self.count >= self.QUANTILE_FRAMES and std[0] >= MIN_OPENING_SPREAD:
-            q = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
-            return float(np.quantile(np.fromiter(self._openings, np.float64), q))
+            q = 0.5 * (1.0 + math.erf(z_opening / math.sqrt(2.0)))
+            return float(np.quantile(np.fromiter(self._openings, np.float64), q)), width
         # A mouth that barely moves in the source (a silent or still face) has no spread of its own to borrow:
         # it articulates with a typical talking spread instead.
-        return float(mean[0] + z * max(float(std[0]), MIN_OPENING_SPREAD))
+        return float(mean[0] + z_opening * max(float(std[0]), MIN_OPENING_SPREAD)), width
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) of (opening, width), each blended with its prior by the number of frames seen."""
