@@ -32,7 +32,7 @@ import numpy as np
 
 from lipsync_service.errors import InvalidInput, LipsyncError
 from lipsync_service.evaluation.closures import closed_level, closure_score
-from lipsync_service.evaluation.fidelity import FidelityScores, measure_fidelity
+from lipsync_service.evaluation.fidelity import FidelityMeter, FidelityScores, measure_fidelity
 from lipsync_service.media.types import MODEL_SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -179,6 +179,30 @@ def measure_landmarks(video: Path, python: Path = DEFAULT_LANDMARK_PYTHON) -> di
         return json.loads(out.read_text())
 
 
+class _OutsidePsnr:
+    """PSNR over the pixels outside per-frame lower-face boxes, pooled over frames, one frame pair at a time."""
+
+    def __init__(self) -> None:
+        self.se = 0.0
+        self.count = 0
+
+    def add(self, output: np.ndarray, original: np.ndarray, box: list | None) -> None:
+        x = output.astype(np.int32)
+        y = original.astype(np.int32)
+        keep = np.ones(x.shape[:2], bool)
+        if box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            keep[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = False
+        d = (x - y)[keep]
+        self.se += float((d * d).sum())
+        self.count += d.size
+
+    def db(self) -> float:
+        if self.count == 0 or self.se == 0:
+            return math.inf
+        return 10 * math.log10(255.0**2 / (self.se / self.count))
+
+
 def psnr_outside(output: Path, original: Path, lower_face: list) -> float:
     """PSNR (dB) over all pixels outside the lower-face boxes, pooled over frames (inf when identical).
 
@@ -187,24 +211,10 @@ def psnr_outside(output: Path, original: Path, lower_face: list) -> float:
         original: the unchanged video, same frames and size.
         lower_face: per-frame [x0, y0, x1, y1] from the original (None: the whole frame is compared).
     """
-    import av
-
-    se, count = 0.0, 0
-    with av.open(str(output)) as a, av.open(str(original)) as b:
-        for k, (fa, fb) in enumerate(zip(a.decode(a.streams.video[0]), b.decode(b.streams.video[0]))):
-            x = fa.to_ndarray(format="rgb24").astype(np.int32)
-            y = fb.to_ndarray(format="rgb24").astype(np.int32)
-            keep = np.ones(x.shape[:2], bool)
-            box = lower_face[k] if k < len(lower_face) else None
-            if box is not None:
-                x0, y0, x1, y1 = (int(round(v)) for v in box)
-                keep[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = False
-            d = (x - y)[keep]
-            se += float((d * d).sum())
-            count += d.size
-    if count == 0 or se == 0:
-        return math.inf
-    return 10 * math.log10(255.0**2 / (se / count))
+    meter = _OutsidePsnr()
+    for k, (x, y) in enumerate(zip(_frames(output), _frames(original))):
+        meter.add(x, y, lower_face[k] if k < len(lower_face) else None)
+    return meter.db()
 
 
 def _frames(video: Path) -> Iterator[np.ndarray]:
@@ -214,6 +224,23 @@ def _frames(video: Path) -> Iterator[np.ndarray]:
     with av.open(str(video)) as c:
         for frame in c.decode(c.streams.video[0]):
             yield frame.to_ndarray(format="rgb24")
+
+
+def compare_videos(output: Path, original: Path, marks_out: dict, marks_in: dict,
+                   envelope: np.ndarray | None) -> tuple[float, FidelityScores]:
+    """`psnr_outside` on the original's lower-face boxes and `fidelity_scores`, from one decode of each video.
+
+    Returns:
+        (PSNR outside the lower face in dB, the fidelity scores).
+    """
+    outside = _OutsidePsnr()
+    meter = FidelityMeter()
+    boxes, points_in, points_out = marks_in["lower_face"], marks_in["points"], marks_out["points"]
+    for k, (x, y) in enumerate(zip(_frames(output), _frames(original))):
+        outside.add(x, y, boxes[k] if k < len(boxes) else None)
+        if k < len(points_in):
+            meter.add(x, y, points_out[k] if k < len(points_out) else None, points_in[k])
+    return outside.db(), meter.scores(envelope)
 
 
 def fidelity_scores(output: Path, original: Path, marks_out: dict, marks_in: dict,
@@ -292,13 +319,14 @@ def evaluate(video: Path, audio: Path, out_dir: Path, extend: str = "forward", s
     envelope = loudness_envelope(speech, fps, frames)
     # One threshold for "closed" from the unchanged face, so all three rows judge the same lips alike.
     level = closed_level(marks_base["opening"])
+    outside_db, fidelity = compare_videos(output, baseline, marks_out, marks_base, envelope)
     scores: dict = {
         "video": str(video), "audio": str(audio), "frames": frames, "fps": fps,
         "duration_s": frames / fps, "model": processor.model_info,
         "model_output": asdict(sync_score(marks_out["opening"], envelope)),
         "baseline": asdict(sync_score(marks_base["opening"], envelope)),
-        "psnr_outside_lower_face_db": psnr_outside(output, baseline, marks_base["lower_face"]),
-        "fidelity": asdict(fidelity_scores(output, baseline, marks_out, marks_base, envelope)),
+        "psnr_outside_lower_face_db": outside_db,
+        "fidelity": asdict(fidelity),
         "closures": {"model_output": asdict(closure_score(marks_out["opening"], envelope, level)),
                      "baseline": asdict(closure_score(marks_base["opening"], envelope, level))},
         "targets": TARGETS,

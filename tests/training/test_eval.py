@@ -72,6 +72,10 @@ def test_psnr_outside_ignores_the_lower_face_only(tmp_path: Path) -> None:
     _write_video(tmp_path / "c.mp4", outside)
     psnr = ev.psnr_outside(tmp_path / "c.mp4", tmp_path / "a.mp4", boxes)
     assert 25 < psnr < 60
+    # The eval's single pass over both videos gives the same PSNR (no face points: no fidelity frames).
+    marks = {"lower_face": boxes, "points": [None] * 3}
+    outside, fid = ev.compare_videos(tmp_path / "c.mp4", tmp_path / "a.mp4", marks, marks, None)
+    assert outside == psnr and fid.frames == 0
 
 
 def test_landmarks_measure_mouth_opening_on_real_footage(media) -> None:
@@ -98,6 +102,7 @@ def test_landmarks_measure_mouth_opening_on_real_footage(media) -> None:
     fid = ev.fidelity_scores(video, video, marks, marks, env)
     assert fid.frames == len(opening) and fid.lip_sharpness == fid.rest_sharpness == fid.lip_motion == 1.0
     assert fid.rest_psnr_db == math.inf
+    assert ev.compare_videos(video, video, marks, marks, env) == (math.inf, fid)
     scores = {"frames": 75, "duration_s": 3.0, "psnr_outside_lower_face_db": math.inf,
               "model_output": asdict(ev.sync_score(marks["opening"], env)), "baseline": asdict(ev.sync_score(
                   marks["opening"], env)), "fidelity": asdict(fid), "targets": ev.TARGETS}
