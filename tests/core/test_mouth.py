@@ -218,6 +218,31 @@ def test_unreadable_faces_pass_through_without_error():
 
 
 
+class _FaceEverywhere:
+    """A detector that reports one face in every frame, where the picture holds none (test stand-in)."""
+
+    def detect_frame(self, frame, rois=None):
+        from lipsync_service.core.faces import Face
+
+        eyes_mouth = np.array([[130, 95], [190, 95], [160, 125], [135, 150], [185, 150]], np.float32)
+        return [Face(box=(110.0, 60.0, 210.0, 180.0), score=0.99, landmarks=eyes_mouth)]
+
+
+def test_a_face_the_landmark_model_cannot_read_leaves_every_frame_as_it_was(tmp_path):
+    """The stream runs to the end, every frame comes out bit for bit as it went in (lossless), and the job
+    reports the frames as not lip-synced rather than failing."""
+    video = synth.make_video(tmp_path / "in.mp4", seconds=1.0, size=(320, 240))
+    audio = synth.make_wav(tmp_path / "speech.wav", seconds=1.0)
+    out = tmp_path / "out.mp4"
+    cfg = JobConfig(video_encoding=VideoEncodingSpec(mode=EncodingMode.LOSSLESS))
+    processor = NeuralProcessor(ShapeBackend(), detector_factory=_FaceEverywhere)
+    result = pipeline.run_files(cfg, Settings(), processor, video, audio, out)
+    inputs, outputs = _decode_planes(video), _decode_planes(out)
+    assert result.frames == len(inputs) == len(outputs) == 25
+    assert all(np.array_equal(a, b) for a, b in zip(inputs, outputs))
+    assert result.frames_without_face == 0 and result.frames_not_lipsynced == 25
+
+
 def test_a_face_that_never_opened_its_mouth_gets_a_dark_cavity_not_streaks(mesh):
     """No stored interior yet: the opening is a shaded cavity in the seam's darkest colour, not stretched lip."""
     bgr, points = mesh
