@@ -208,12 +208,17 @@ class Session:
         if stall is not None:
             self.outcome = status_for(stall)
             self.error_message = str(stall)
-        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)) or self._client_cancelled():
+            # A cancelled call also ends the request stream, and the reader may report that as a truncated
+            # upload before the cancellation reaches this task: the client's cancel is the cause either way.
             self.outcome = grpc.StatusCode.CANCELLED
             self.error_message = "the client cancelled the call or went away"
         else:
             self.outcome = status_for(exc)
             self.error_message = str(exc)
+
+    def _client_cancelled(self) -> bool:
+        return self.context is not None and self.context.cancelled()
 
     async def _cleanup(self) -> None:
         """Stop everything this call started; safe to run after success, failure or cancellation."""

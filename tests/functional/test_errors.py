@@ -343,7 +343,9 @@ def test_client_disconnect_frees_everything(media, tmp_path, layout):
         assert wait_until(lambda: threading.active_count() <= threads, timeout=5), threading.enumerate()
         assert wait_until(lambda: _server_tasks(srv) <= tasks, timeout=5)
         assert wait_until(lambda: open_fds() <= fds, timeout=5)
-        assert srv.metrics.registry.get_sample_value("lipsync_streams_total", {"code": "CANCELLED"}) == 1
+        finished = {s.labels["code"]: s.value for m in srv.metrics.registry.collect() if m.name == "lipsync_streams"
+                    for s in m.samples if s.name == "lipsync_streams_total"}
+        assert finished.get("CANCELLED") == 1, finished
 
 
 # Fuzzing ---------------------------------------------------------------------------------------------
