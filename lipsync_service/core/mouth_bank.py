@@ -171,7 +171,8 @@ class MouthBank:
             # inner-lip points (triangulated where the stored mouth is open, so none is degenerate there).
             map_x, map_y = piecewise_affine_map(interior.inner, local, interior.triangles, x0, y0, x1 - x0,
                                                 y1 - y0)
-            painted = cv2.remap(interior.patch, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            # Bicubic, as the lip warp samples (core/mouth.py): teeth and lips resampled alike.
+            painted = cv2.remap(interior.patch, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         else:
             # This face has not opened its mouth yet: a shaded cavity in the darkest colour of its own lip
             # seam, rather than the seam stretched into streaks.
