@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib
 import sys
 from pathlib import Path
 
@@ -112,30 +113,25 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _opening(args: argparse.Namespace) -> int:
-    try:
-        import torch  # noqa: F401
-
-        from lipsync_models.training.opening_run import run
-    except ImportError as exc:
-        return fail("train opening", needs_extra("train", exc))
-    try:
-        print(run(args))
-    except (ValueError, OSError) as exc:
-        return fail("train opening", exc)
-    return 0
+    return _run_module("train opening", "lipsync_models.training.opening_run", args)
 
 
 def _shape(args: argparse.Namespace) -> int:
+    return _run_module("train shape", "lipsync_models.training.shape_run", args)
+
+
+def _run_module(command: str, module: str, args: argparse.Namespace) -> int:
+    """Run a training module's `run(args)` (it needs torch) and print what it wrote."""
     try:
         import torch  # noqa: F401
 
-        from lipsync_models.training.shape_run import run
+        run = importlib.import_module(module).run
     except ImportError as exc:
-        return fail("train shape", needs_extra("train", exc))
+        return fail(command, needs_extra("train", exc))
     try:
         print(run(args))
     except (ValueError, OSError) as exc:
-        return fail("train shape", exc)
+        return fail(command, exc)
     return 0
 
 

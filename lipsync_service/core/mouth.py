@@ -370,8 +370,10 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
     # Bicubic: bilinear sampling at sub-pixel offsets low-passes every re-shaped lip (lip sharpness 0.55-0.84 of
     # the input on the eval clips once no triangle was left unwarped); bicubic keeps 0.79-1.11, with no halo
     # at 3x zoom.
-    patch = cv2.remap(bgr, map_x - ox, map_y - oy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
-    _antialias_closing(patch, bgr, map_x - ox, map_y - oy, source, target, (x0, y0))
+    map_x -= ox
+    map_y -= oy
+    patch = cv2.remap(bgr, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    _antialias_closing(patch, bgr, map_x, map_y, source, target, (x0, y0))
     alpha = region_alpha(hull, margin, x0, y0, x1 - x0, y1 - y0)
     return MouthEdit(x=x0, y=y0, patch=patch, alpha=alpha, target=target)
 
