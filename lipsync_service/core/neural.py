@@ -262,7 +262,7 @@ class NeuralProcessor(FrameProcessor):
         mouth region (the fixed lower-face ellipse when the lips could not be read)."""
         if self._shape_model:
             assert item.lips is not None
-            edit = self._lips.reshape(item.face.track_id, item.lips, generated, (frame.width, frame.height))
+            edit = LipTracker.reshape(item.lips, generated, (frame.width, frame.height))
             return None if edit is None else paste_patch(frame, edit.x, edit.y, edit.patch, edit.alpha)
         assert item.region is not None
         alpha = None
