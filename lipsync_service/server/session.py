@@ -200,7 +200,7 @@ class Session:
             frames_not_lipsynced=result.frames_not_lipsynced, frames_bypassed=result.frames_bypassed,
             speech_cut_s=cut.seconds if cut is not None and cut.track == "speech" else None,
             video_cut_s=cut.seconds if cut is not None and cut.track == "video" else None,
-            notices=result.notices())
+            notices=result.notices(), shots=result.shots, redrawn=[r.describe() for r in result.redrawn])
         self.context.set_trailing_metadata(tuple(summary.to_metadata()))
 
     def _record_failure(self, exc: BaseException) -> None:
