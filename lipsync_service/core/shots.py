@@ -10,7 +10,7 @@ cut is a frame where both jump: above fixed floors and well above the recent lev
 or a moving hand does not start a shot. A gradual transition is a run of frames whose content drifts steadily
 until the frame a little later is as different from the one before the run as after a cut; frames inside it are
 marked, and the shot after it starts where the drift ends. A frame with almost no detail (a fade's black or
-white) is a transition frame itself.
+white, an empty wall) is a transition frame itself.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ HISTORY = 25
 GRADUAL_SPAN = 30
 GRADUAL_HIST = 0.35
 GRADUAL_STEP = 0.01
-# A frame whose luma spread (std, grey levels) is under this holds nothing to track (black, white, flat).
-BLANK_STD = 6.0
+# A frame whose thumbnail spans fewer grey levels than this holds nothing to track (black, white, flat). The range,
+# not the spread: a small face on a plain wall is a few thumbnail pixels, yet far from the wall's grey.
+BLANK_RANGE = 16.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def signature(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, bool]:
     joint = ((us.astype(np.int32) * UV_BINS) >> 8) * UV_BINS + ((vs.astype(np.int32) * UV_BINS) >> 8)
     huv = np.bincount(joint.ravel(), minlength=UV_BINS * UV_BINS).astype(np.float32)
     hist = np.concatenate([hy / max(hy.sum(), 1.0), huv / max(huv.sum(), 1.0)]) / 2
-    return thumb, hist, float(thumb.std()) < BLANK_STD
+    return thumb, hist, float(thumb.max() - thumb.min()) < BLANK_RANGE
 
 
 class ShotDetector:
