@@ -36,6 +36,8 @@ CUT_FLOOR = 0.05
 CUT_RATIO = 5.0
 # Frames of ordinary change the recent level is the median of.
 HISTORY = 25
+# Cuts this close together are one transition (a dissolve changes every frame by a cut's worth of histogram).
+RUN_GAP = 2
 # Gradual transition: over at most GRADUAL_SPAN frames, the histogram distance from the frame before the run grows
 # past GRADUAL_HIST while every step stays under a cut and above GRADUAL_STEP (a steady drift, not a still scene).
 GRADUAL_SPAN = 30
@@ -97,6 +99,9 @@ class ShotDetector:
         self._anchor: _Signature | None = None
         self._drift_start = 0
         self._in_transition = False
+        # The latest hard cut, and the first frame of the run of cuts it belongs to.
+        self._last_cut: int | None = None
+        self._run_start = 0
         self.cuts = 0
         self.transitions = 0
 
@@ -118,6 +123,12 @@ class ShotDetector:
         change = pixel + colour
         level = float(np.median(self._recent)) if self._recent else 0.0
         if change > CUT_FLOOR and change > CUT_RATIO * level and not (blank and prev.blank):
+            if self._last_cut is not None and index - self._last_cut <= RUN_GAP:
+                # Jumps in consecutive frames: a dissolve or a flash, not shots of a frame or two. Its frames are
+                # mixtures; the shot after it starts where the jumps end (tracks restart at every jump).
+                start, self._last_cut = self._run_start, index
+                return ShotFrame(self._shot, cut=True, transition=True, marked_from=start)
+            self._run_start = self._last_cut = index
             return self._start(index, cut=True, transition=blank)
         if blank:
             # Black or white: part of a fade; the shot after it starts at the first frame with content.
@@ -147,14 +158,14 @@ class ShotDetector:
             self._anchor = None
             self.transitions += 1
             self._shot += 1
-            self._recent.clear()
             return ShotFrame(self._shot, cut=True, transition=False, marked_from=start)
         return ShotFrame(self._shot)
 
     def _start(self, index: int, *, cut: bool, transition: bool = False) -> ShotFrame:
+        # The recent level of change is kept: it describes the footage, and right after a cut an empty history would
+        # make any motion a cut.
         self._shot += 1
         self._anchor = None
-        self._recent.clear()
         if cut:
             self.cuts += 1
         return ShotFrame(self._shot, cut=True, transition=transition)
