@@ -122,16 +122,19 @@ class ShotDetector:
         colour = 0.5 * float(np.abs(hist - prev.hist).sum())
         change = pixel + colour
         level = float(np.median(self._recent)) if self._recent else 0.0
-        if change > CUT_FLOOR and change > CUT_RATIO * level and not (blank and prev.blank):
+        jump = change > CUT_FLOOR and change > CUT_RATIO * level
+        if jump and not blank:
             if self._last_cut is not None and index - self._last_cut <= RUN_GAP:
                 # Jumps in consecutive frames: a dissolve or a flash, not shots of a frame or two. Its frames are
                 # mixtures; the shot after it starts where the jumps end (tracks restart at every jump).
                 start, self._last_cut = self._run_start, index
                 return ShotFrame(self._shot, cut=True, transition=True, marked_from=start)
             self._run_start = self._last_cut = index
-            return self._start(index, cut=True, transition=blank)
+            self._in_transition = False
+            return self._start(index, cut=True)
         if blank:
-            # Black or white: part of a fade; the shot after it starts at the first frame with content.
+            # Black, white or an empty wall (a fade, or the person stepped out): the shot after it starts at the first
+            # frame with content again, whether it comes back at once or fades in.
             self._anchor = None
             self._in_transition = True
             return ShotFrame(self._shot, transition=True)
@@ -161,11 +164,11 @@ class ShotDetector:
             return ShotFrame(self._shot, cut=True, transition=False, marked_from=start)
         return ShotFrame(self._shot)
 
-    def _start(self, index: int, *, cut: bool, transition: bool = False) -> ShotFrame:
+    def _start(self, index: int, *, cut: bool) -> ShotFrame:
         # The recent level of change is kept: it describes the footage, and right after a cut an empty history would
         # make any motion a cut.
         self._shot += 1
         self._anchor = None
         if cut:
             self.cuts += 1
-        return ShotFrame(self._shot, cut=True, transition=transition)
+        return ShotFrame(self._shot, cut=True)
