@@ -11,7 +11,17 @@ TARGETS: dict[str, list[float | None]] = {
     "rest_psnr_db": [35.0, None],
     "sync_r_lag0": [0.35, None],
     "sync_best_lag": [-1, 1],
+    # Per clip, from the viseme goals (the average goal for the bilabial contrast is 0.75).
+    "bilabial_contrast": [0.65, None],
+    "closure_rate": [0.65, None],
+    "rounding_contrast": [0.70, None],
+    "jaw_coupling": [0.5, None],
 }
+ROW_NAMES = {"model_output": "lip-synced output", "baseline": "baseline (unchanged video)",
+             "reference": "reference (real footage, own speech)"}
+# The viseme columns: scores.json key, header, width.
+VISEME_COLUMNS = [("bilabial_contrast", "p/b/m", 7), ("closure_rate", "closed", 7),
+                  ("labiodental_contrast", "f/v", 7), ("rounding_contrast", "round", 7), ("jaw_coupling", "jaw r", 7)]
 
 
 
@@ -83,10 +93,58 @@ def format_table(scores: dict) -> str:
         lines.append(f"closures: mouth closed (opening <= {first['closed_level']:.3f}) at short dips of the speech "
                      "(stops: p b m, also t d k) vs in loud speech anywhere")
         lines.append(f"  {'':38s} {'dips':>5s} {'at dips':>8s} {'anywhere':>8s} {'lift':>5s}")
-        names = {"model_output": "lip-synced output", "baseline": "baseline (unchanged video)",
-                 "reference": "reference (real footage, own speech)"}
         for key, c in closures.items():
             at, anywhere = c["closed_at_dips"], c["closed_in_speech"]
             lift = at / anywhere if at is not None and anywhere else None
-            lines.append(f"  {names[key]:38s} {c['dips']:5d} {_num(at):>8s} {_num(anywhere):>8s} {_num(lift):>5s}")
+            lines.append(f"  {ROW_NAMES[key]:38s} {c['dips']:5d} {_num(at):>8s} {_num(anywhere):>8s} {_num(lift):>5s}")
+    if scores.get("visemes"):
+        lines.extend(_viseme_lines(scores, targets))
     return "\n".join(lines)
+
+
+def _phones_text(name: str, summary: dict | None) -> str:
+    if summary is None:
+        return f"  {name}: not aligned"
+    how = "aligned to the transcript" if summary["source"] == "transcript" else "recognised, then aligned"
+    facts = [how, f"{summary['words']} words, {summary['phones']} phones"]
+    if summary["words_fit"] is not None:
+        facts.append(f"{summary['words_fit']:.0%} of words fit")
+    if summary["posterior"] is not None:
+        facts.append(f"posterior {summary['posterior']:.2f}")
+    if summary["left_out"]:
+        facts.append(f"{len(summary['left_out'])} words not in the dictionary left out")
+    text = f"  {name}: " + ", ".join(facts)
+    return text + (f" -- {summary['problem']}" if summary["problem"] else "")
+
+
+def _viseme_lines(scores: dict, targets: dict) -> list[str]:
+    """The viseme section: how each alignment went, the measures per row, the targets, what was not measured."""
+    lines = ["visemes: mouth shapes at the speech's phones (AUC: 0.5 chance, 1 perfect; opening and lower-lip "
+             "drop: smallest within +-1 frame)"]
+    phones = scores.get("phones", {})
+    for key, name in (("speech", "speech"), ("reference_speech", "own speech of the video")):
+        if key in phones:
+            lines.append(_phones_text(name, phones[key]))
+    header = " ".join(f"{title:>{width}s}" for _, title, width in VISEME_COLUMNS)
+    lines.append(f"  {'':38s} {header}")
+    for row, v in scores["visemes"].items():
+        cells = " ".join(f"{_num(v[key]):>{width}s}" for key, _, width in VISEME_COLUMNS)
+        lines.append(f"  {ROW_NAMES[row]:38s} {cells}")
+    out = scores["visemes"].get("model_output")
+    if out is not None:
+        target_cells: list[str] = []
+        verdicts: list[str] = []
+        for key, _, width in VISEME_COLUMNS:
+            low, high = targets.get(key, [None, None])
+            target_cells.append(f"{'-' if low is None and high is None else _target_text(low, high):>{width}s}")
+            if low is not None or high is not None:
+                verdicts.append(f"{key.split('_')[0]} {_within(out[key], low, high)}")
+        lines.append(f"  {'target (output)':38s} {' '.join(target_cells)}  [{', '.join(verdicts)}]")
+    missing = [(ROW_NAMES[row], v["not_measured"]) for row, v in scores["visemes"].items() if v["not_measured"]]
+    for name, reasons in missing:
+        if len(set(reasons.values())) == 1 and len(reasons) == len(VISEME_COLUMNS):
+            lines.append(f"  not measured, {name}: {next(iter(reasons.values()))}")
+        else:
+            for measure, why in reasons.items():
+                lines.append(f"  not measured, {name}, {measure.replace('_', ' ')}: {why}")
+    return lines
