@@ -16,7 +16,8 @@ counting one half; 0.5 is chance, 1 a perfect split):
 
 * bilabial contrast: AUC of the opening, t d n s z l th dh over p b m. Lips close 40-120 ms before a plosive's
   release and a lip-sync model may lead or lag by a frame, so both sets are scored by the smallest opening
-  within +-`TOLERANCE` frames of each frame (the same window on both sides keeps chance at 0.5);
+  within +-`TOLERANCE` frames of each frame (the same window on both sides keeps chance at 0.5; the price is
+  that a t/d/n frame within two frames of a p/b/m closure shares it);
 * closure rate: share of p/b/m phones whose smallest opening, over the phone's frames and `TOLERANCE` frames
   either side, falls below the 20th percentile of the openings during speech (any phone but silence);
 * labiodental contrast: AUC of the lower-lip drop, other consonants over f v (other: every consonant but
