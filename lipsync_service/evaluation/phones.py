@@ -167,7 +167,7 @@ def read_transcript(value: str) -> str:
     return value
 
 
-_DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def transcript_words(text: str, in_dictionary: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
@@ -183,7 +183,7 @@ def transcript_words(text: str, in_dictionary: Iterable[str] | None = None) -> t
         (the words to align, the words left out because the dictionary lacks them).
     """
     tokens = re.findall(r"[a-z0-9]+(?:['-][a-z0-9]+)*", text.lower())
-    words = [_DIGITS[int(t)] if t.isdigit() and len(t) == 1 else t for t in tokens]
+    words = [DIGIT_WORDS[int(t)] if t.isdigit() and len(t) == 1 else t for t in tokens]
     if in_dictionary is None:
         return words, []
     known = set(in_dictionary)

@@ -17,7 +17,7 @@ RATE = 16000
 # GRID's grammar: command colour preposition letter digit adverb, one letter each in the file name.
 _GRID = [dict(b="bin", l="lay", p="place", s="set"), dict(b="blue", g="green", r="red", w="white"),
          dict(a="at", b="by", i="in", w="with"), None,
-         {**{str(d): w for d, w in enumerate("zero one two three four five six seven eight nine".split())}, "z": "zero"},
+         {**{str(d): w for d, w in enumerate(ph.DIGIT_WORDS)}, "z": "zero"},
          dict(a="again", n="now", p="please", s="soon")]
 
 
