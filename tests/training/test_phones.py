@@ -11,21 +11,9 @@ import pytest
 from lipsync_service.errors import Unavailable
 from lipsync_service.evaluation import load_speech
 from lipsync_service.evaluation import phones as ph
+from tests.training.grid import grid_transcript
 
 RATE = 16000
-
-# GRID's grammar: command colour preposition letter digit adverb, one letter each in the file name.
-_GRID = [dict(b="bin", l="lay", p="place", s="set"), dict(b="blue", g="green", r="red", w="white"),
-         dict(a="at", b="by", i="in", w="with"), None,
-         {**{str(d): w for d, w in enumerate(ph.DIGIT_WORDS)}, "z": "zero"},
-         dict(a="again", n="now", p="please", s="soon")]
-
-
-def grid_transcript(name: str) -> str:
-    """The sentence a GRID clip's name spells: bbaf2n -> "bin blue at f two now"."""
-    code = Path(name).stem.split("_")[-1]
-    return " ".join(c if table is None else table[c] for c, table in zip(code, _GRID))
-
 
 def _needs_pocketsphinx() -> None:
     try:

@@ -177,3 +177,45 @@ def test_too_few_frames_or_no_face_leave_a_measure_unmeasured_with_the_reason() 
     s = vm.viseme_scores(old, phones_at(labels), FPS)
     assert s.bilabial_contrast == 1.0 and s.rounding_contrast is None
     assert vm.unmeasured("no phones").not_measured == dict.fromkeys(vm.MEASURES, "no phones")
+
+
+@pytest.mark.slow  # MediaPipe over 11 short clips in the eval venv
+def test_real_grid_speakers_with_their_transcripts_make_the_shapes_and_shifted_phones_do_not(media) -> None:
+    """Every measure on real footage whose words are known: the 11 GRID clips, landmarks and phones joined end
+    to end (825 frames, 10 speakers)."""
+    from dataclasses import replace
+
+    from lipsync_service.errors import Unavailable
+    from lipsync_service.evaluation import DEFAULT_LANDMARK_PYTHON, load_speech, measure_landmarks
+    from lipsync_service.evaluation import phones as ph
+    from tests.training.grid import grid_transcript
+
+    if not DEFAULT_LANDMARK_PYTHON.exists():
+        pytest.skip(f"eval venv not found at {DEFAULT_LANDMARK_PYTHON}: run `lipsync-service eval-env`")
+    try:
+        ph._pocketsphinx()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    clips = ["bbaf2n", "brbk7n", "id2_swwp2s", "lbax4n", "lbbc2a", "lrwp9a", "lwbsza", "pwij3p", "sbia1a", "sbwe5n",
+             "swiz3n"]
+    joined: dict = {"opening": [], "points": []}
+    phones: list[Phone] = []
+    start = 0.0
+    for clip in clips:
+        video = media(f"train/lipnet_grid_{clip}.mpg")
+        m = measure_landmarks(video)
+        a = ph.align(load_speech(video), grid_transcript(video.name))
+        assert a.problem is None, (clip, a.problem)
+        joined["opening"] += m["opening"]
+        joined["points"] += m["points"]
+        phones += [replace(p, start=p.start + start, end=p.end + start) for p in a.phones]
+        start += len(m["opening"]) / FPS
+    s = vm.viseme_scores(joined, phones, FPS)
+    assert s.not_measured == {}
+    assert s.bilabial_contrast > 0.75 and s.closure_rate > 0.7 and s.labiodental_contrast > 0.7
+    assert s.rounding_contrast > 0.65 and s.jaw_coupling > 0.5
+    # The same faces against phones half a second off: chance.
+    late = vm.viseme_scores(joined, [replace(p, start=p.start + 0.5, end=p.end + 0.5) for p in phones], FPS)
+    for value in (late.bilabial_contrast, late.labiodental_contrast, late.rounding_contrast):
+        assert value is not None and abs(value - 0.5) < 0.15
+    assert late.closure_rate is not None and late.closure_rate < 0.5
