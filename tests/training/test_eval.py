@@ -96,6 +96,7 @@ def test_landmarks_measure_mouth_opening_on_real_footage(media) -> None:
         if pts is None:
             continue
         assert len(pts["lips"]) == 20 and len(pts["oval"]) == 36 and len(pts["nose"]) == len(pts["chin"]) == 2
+        assert len(pts["eyes"]) == 2 and pts["eyes"][0][0] < pts["bridge"][0] < pts["eyes"][1][0]  # the viseme unit
         assert pts["oval"][0][1] < pts["nose"][1] < pts["chin"][1]  # forehead above the nose tip above the chin
         assert all(round(v, 1) == v for xy in pts["lips"] + pts["oval"] for v in xy)
     # The video against itself: every fidelity measure at its identity value, on the real landmarks.
