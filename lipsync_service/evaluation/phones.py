@@ -298,9 +298,9 @@ def align(speech: np.ndarray, transcript: str | None = None, rate: int = MODEL_S
             return PhoneAlignment(source, "", problem="no words recognised (music, noise or no speech?)")
     else:
         words, _ = transcript_words(transcript)
-        known = _dictionary_lookup(_decoder(lm=None), words)
-        left_out = [w for w in words if w not in set(known)]
-        words = known
+        known = set(_dictionary_lookup(_decoder(lm=None), words))
+        left_out = [w for w in words if w not in known]
+        words = [w for w in words if w in known]
         if not words:
             return PhoneAlignment(source, "", left_out=left_out,
                                   problem="the transcript has no word in the pronouncing dictionary")
