@@ -49,6 +49,26 @@ RING_ANCHORS = 28
 MAX_CLOSING_BLUR = 3.0
 # Triangulation topology is taken with the mouth at least this open (fraction of the mouth width).
 TRIANGULATION_GAP = 0.12
+# Articulations beyond opening and width (target_lips): a closure presses each lip's outer edge this share of its
+# thickness towards the lip line; a tuck closes the gap this much from below, rolls the lower lip in (its outer
+# edge rises this share of its thickness) and lifts the upper lip's edge a little; rounding narrows the mouth,
+# rounds its opening (a smaller profile power is fuller towards the corners) and pushes the lips out.
+CLOSURE_PRESS = 0.2
+TUCK_CLOSE = 0.85
+TUCK_ROLL = 0.4
+TUCK_LIFT = 0.1
+ROUND_NARROW = 0.15
+ROUND_PROFILE_POWER = 0.35
+ROUND_PUSH = 0.12
+# The jaw line from one jaw angle round the chin to the other (Face Mesh oval points 288 ... 152 ... 58), and the
+# chin's position in it. The chin moves JAW_SHARE of the lower lip's vertical change; a person opening the mouth
+# drops the jaw, so a wide opening inside a fixed chin looks wrong.
+JAW_LINE = (288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58)
+JAW_CHIN = 7
+JAW_SHARE = 0.7
+# The zero-displacement ring lies at least this many times the jaw's move beyond the jaw line (the neck and collar
+# take the stretch over a band, not a seam).
+JAW_RING = 2.5
 
 
 @dataclass
@@ -151,49 +171,81 @@ def lip_ratios(points: np.ndarray) -> tuple[float, float]:
     return opening, width
 
 
-def target_lips(points: np.ndarray, opening: float, width: float) -> dict[int, np.ndarray]:
-    """Where the lip points go for a target shape.
+def target_lips(points: np.ndarray, opening: float, width: float, *, closure: float = 0.0, tuck: float = 0.0,
+                rounding: float = 0.0) -> dict[int, np.ndarray]:
+    """Where the lip points (and, when the mouth opens or closes, the jaw line) go for a target shape.
 
     The lips move as units: each column of the inner lips opens to the target gap shaped by a rounded
     profile (full at the centre, closing towards the corners: the source's own column gaps are landmark
     noise as much as shape, and scaling them amplifies that into a wavy lip line), the lower lip taking
     LOWER_SHARE of the change; outer points follow their column; the width scales every lip point about
-    the mouth centre along the eye line.
+    the mouth centre along the eye line. Three articulations come on top (docs/models-contract.md#lip-shape):
+
+    - closure (p, b, m): the lips meet and press: the gap closes and each lip's outer edge moves
+      CLOSURE_PRESS of its thickness towards the lip line (pressed lips look thinner);
+    - tuck (f, v): the lower lip rises to the upper teeth and rolls in: the gap nearly closes from below and the
+      lower lip's outer edge rises TUCK_ROLL of its thickness; the upper lip lifts a little;
+    - rounding (oo, w): the mouth narrows by ROUND_NARROW of its width, its opening becomes rounder across the
+      columns, and the lips push out (thicker by ROUND_PUSH of their thickness).
+
+    The jaw follows the lower lip: the chin moves JAW_SHARE of the lower lip's vertical change, the jaw line less
+    towards its angles (docs/behaviour.md#jaw).
 
     Args:
         points: the face mesh [468, 2+] in frame pixels the target is built on (smoothed over time, so the
             drawn lips do not jitter).
         opening: target inner-lip gap over face height.
         width: target corner distance over face width.
+        closure, tuck, rounding: strengths in [0, 1].
 
     Returns:
-        Landmark index -> target position (x, y) in frame pixels, for every lip point.
+        Landmark index -> target position (x, y) in frame pixels, for every lip point, and for the jaw line's points
+        when the jaw moves by at least half a pixel.
     """
     p = points[:, :2].astype(np.float64)
     face = FaceFrame.of(points)
+    closure, tuck, rounding = (min(max(float(v), 0.0), 1.0) for v in (closure, tuck, rounding))
     centre = (p[OUTER_CORNERS[0]] + p[OUTER_CORNERS[1]]) / 2
     half = max(float((p[OUTER_CORNERS[1]] - p[OUTER_CORNERS[0]]) @ face.right) / 2, 1.0)
     source_gap = float((p[LOWER_MID] - p[UPPER_MID]) @ face.down)
-    target_gap = max(opening, 0.0) * face.height
-    d_half = (max(width, 0.0) * face.width) / 2 - half
+    target_gap = max(opening, 0.0) * face.height * (1.0 - closure) * (1.0 - TUCK_CLOSE * tuck)
+    d_half = (max(width, 0.0) * face.width) / 2 * (1.0 - ROUND_NARROW * rounding) - half
+    power = GAP_PROFILE_POWER + (ROUND_PROFILE_POWER - GAP_PROFILE_POWER) * rounding
+    # The lower lip's share of the change: a tuck lifts mostly the lower lip.
+    lower_share = LOWER_SHARE + (1.0 - LOWER_SHARE) * tuck * 0.5
 
     out: dict[int, np.ndarray] = {}
+    centre_drop = 0.0
     for up_in, low_in, up_out, low_out in zip(INNER_UPPER, INNER_LOWER, OUTER_UPPER, OUTER_LOWER):
         u = float((p[low_in] + p[up_in] - 2 * centre) @ face.right) / (2 * half)
         # Not clamped: where the mesh has the lips crossed, the change uncrosses them (every column ends at
         # exactly its target gap, so the target lip line never folds).
         gap = float((p[low_in] - p[up_in]) @ face.down)
-        change = target_gap * math.cos(min(abs(u), 1.0) * math.pi / 2) ** GAP_PROFILE_POWER - gap
+        change = target_gap * math.cos(min(abs(u), 1.0) * math.pi / 2) ** power - gap
         sideways = face.right * (u * d_half)
-        lower = face.down * (LOWER_SHARE * change) + sideways
-        upper = -face.down * ((1 - LOWER_SHARE) * change) + sideways
-        out[low_in], out[low_out] = p[low_in] + lower, p[low_out] + lower
-        out[up_in], out[up_out] = p[up_in] + upper, p[up_out] + upper
-    drop = face.down * (CORNER_DROP * LOWER_SHARE * (target_gap - max(source_gap, 0.0)))
+        lower = face.down * (lower_share * change) + sideways
+        upper = -face.down * ((1 - lower_share) * change) + sideways
+        # Lip thicknesses of this column (outer edge to inner line), for pressing, rolling and pushing.
+        thick_up = max(float((p[up_in] - p[up_out]) @ face.down), 0.0)
+        thick_low = max(float((p[low_out] - p[low_in]) @ face.down), 0.0)
+        grow = ROUND_PUSH * rounding
+        out_up = upper - face.down * (thick_up * (grow - CLOSURE_PRESS * closure - TUCK_LIFT * tuck))
+        out_low = lower + face.down * (thick_low * (grow - CLOSURE_PRESS * closure - TUCK_ROLL * tuck))
+        out[low_in], out[low_out] = p[low_in] + lower, p[low_out] + out_low
+        out[up_in], out[up_out] = p[up_in] + upper, p[up_out] + out_up
+        if low_in == LOWER_MID:
+            centre_drop = lower_share * change
+    drop = face.down * (CORNER_DROP * lower_share * (target_gap - max(source_gap, 0.0)))
     for outer, inner in zip(OUTER_CORNERS, INNER_CORNERS):
         side = 1.0 if float((p[outer] - centre) @ face.right) > 0 else -1.0
         move = face.right * (side * d_half) + drop
         out[outer], out[inner] = p[outer] + move, p[inner] + move
+    jaw = JAW_SHARE * centre_drop
+    if abs(jaw) >= 0.5:
+        for k, landmark in enumerate(JAW_LINE):
+            # Full at the chin, nothing at the jaw's angles (the ends of JAW_LINE).
+            t = abs(k - JAW_CHIN) / JAW_CHIN
+            out[landmark] = p[landmark] + face.down * (jaw * math.cos(t * math.pi / 2) ** 2)
     return out
 
 
@@ -310,13 +362,20 @@ def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, triangles: np.ndarray
 
 
 def mouth_region(source: np.ndarray, target: dict[int, np.ndarray]) -> tuple[np.ndarray, float]:
-    """The polygon the edit may touch before dilation (hull of the source and target outer lips) and the
-    dilation margin in pixels."""
+    """The polygon the edit may touch before dilation (hull of the source and target outer lips, and of the jaw line
+    when it moves) and the dilation margin in pixels."""
     src = source[list(OUTER_LIPS), :2].astype(np.float64)
     dst = np.array([target[i] for i in OUTER_LIPS])
-    hull = cv2.convexHull(np.vstack([src, dst]).astype(np.float32))[:, 0].astype(np.float64)
+    parts = [src, dst]
     mouth_width = float(np.linalg.norm(src[0] - src[OUTER_LIPS.index(OUTER_CORNERS[1])]))
-    return hull, max(MIN_MARGIN_PX, MARGIN_OF_WIDTH * mouth_width)
+    margin = max(MIN_MARGIN_PX, MARGIN_OF_WIDTH * mouth_width)
+    if JAW_LINE[JAW_CHIN] in target:
+        jaw = list(JAW_LINE)
+        parts += [source[jaw, :2].astype(np.float64), np.array([target[i] for i in jaw])]
+        move = float(np.linalg.norm(target[JAW_LINE[JAW_CHIN]] - source[JAW_LINE[JAW_CHIN], :2]))
+        margin = max(margin, JAW_RING * move)
+    hull = cv2.convexHull(np.vstack(parts).astype(np.float32))[:, 0].astype(np.float64)
+    return hull, margin
 
 
 def _ring(hull: np.ndarray, margin: float) -> np.ndarray:
