@@ -55,6 +55,9 @@ class Case:
     # Per frame, a mask of occluder pixels (True where something covers the mouth).
     occluder: list[np.ndarray | None] | None = None
     note: str = ""
+    # The frame shown in the picture strip (--strip), and a face box to show when no face is re-drawn there.
+    strip_frame: int | None = None
+    strip_box: tuple[float, float, float, float] | None = None
 
 
 def _tile_of(clip: F.Clip) -> list[tuple[int, int, int, int] | None]:
@@ -67,7 +70,8 @@ def two_people(talker: F.Clip, other: F.Clip, heights: tuple[int, int], size: tu
     return F.side_by_side(people, list(heights), size, talker=0 if talker_first else 1)
 
 
-def covered(clip: F.Clip, frames: range, kind: str, rng: np.random.Generator) -> tuple[F.Clip, list]:
+def covered(clip: F.Clip, frames: range, kind: str,
+            rng: np.random.Generator) -> tuple[F.Clip, list, tuple[float, float, float, float] | None]:
     """The clip with a flat skin-coloured patch, or a hand-like shape, over the mouth in `frames`."""
     from lipsync_service.core.faces import FaceDetector
     from lipsync_service.core.landmarks import FaceLandmarker
@@ -108,7 +112,7 @@ def covered(clip: F.Clip, frames: range, kind: str, rng: np.random.Generator) ->
         img[mask > 0] = shade
         out.append(img)
         masks.append(mask > 0)
-    return dataclasses.replace(clip, frames=out), masks
+    return dataclasses.replace(clip, frames=out), masks, box
 
 
 def dark(clip: F.Clip, gain: float, rng: np.random.Generator) -> F.Clip:
@@ -166,7 +170,7 @@ def build_cases(held_dir: Path | None, seed: int = 7) -> list[Case]:
     t3 = F.load(shared("talking_3.mp4"), seconds=5)
     static = F.load(shared("face_static_720p_streamable.mp4"), seconds=5)
     cases = [
-        Case("cut: two people", F.cut([t1, t3], (512, 512)), long_speech),
+        Case("cut: two people", F.cut([t1, t3], (512, 512)), long_speech, strip_frame=len(t1.frames) + 20),
         Case("dissolve: two people", dissolve(t1, t3, (512, 512), 12), long_speech),
         Case("fade through black", fade_through_black(t3, t1, (512, 512), 8), long_speech),
     ]
@@ -174,17 +178,17 @@ def build_cases(held_dir: Path | None, seed: int = 7) -> list[Case]:
     for i in range(40, 70):
         leave.frames[i] = np.ascontiguousarray(np.broadcast_to(
             leave.frames[i][:8, :8].mean(axis=(0, 1)).astype(np.uint8), leave.frames[i].shape))
-    cases.append(Case("face leaves and returns", leave, long_speech))
+    cases.append(Case("face leaves and returns", leave, long_speech, strip_frame=90))
     for kind in ("patch", "hand"):
-        clip, masks = covered(t3, range(40, 65), kind, rng)
-        cases.append(Case(f"mouth covered: {kind}", clip, long_speech, occluder=masks))
-    cases.append(Case("low light (x0.3, noise)", dark(t3, 0.3, rng), long_speech))
+        clip, masks, box = covered(t3, range(40, 65), kind, rng)
+        cases.append(Case(f"mouth covered: {kind}", clip, long_speech, occluder=masks, strip_frame=52, strip_box=box))
+    cases.append(Case("low light (x0.3, noise)", dark(t3, 0.3, rng), long_speech, strip_frame=60))
     source_face = 338.0  # talking_3's detector box height at 590 px
     for px in (60, 80, 120):
         cases.append(Case(f"wide shot: {px} px face in 1080p", wide_shot(t3, px, (1920, 1080), source_face),
-                          long_speech))
+                          long_speech, strip_frame=60 if px == 60 else None))
     cases.append(Case("4K close-up", wide_shot(dataclasses.replace(t3, frames=t3.frames[:50]), 1500, (3840, 2160),
-                                               source_face), long_speech))
+                                               source_face), long_speech, strip_frame=30))
     tuned = two_people(t1, static, (240, 340), (1024, 384))
     cases.append(Case("two people, smaller talks (tuned ids)", tuned, long_speech, talker_tiles=_tile_of(tuned)))
     if held_dir is not None:
@@ -199,7 +203,7 @@ def held_out_cases(held_dir: Path, speech: np.ndarray) -> list[Case]:
     portrait = cv2.imread(str(shared("portrait.png")))
     still_portrait = F.still(F.Clip(frames=[portrait[:, 398:1422]], audio=None), talker.seconds())
     still_mover = F.still(mover, talker.seconds())
-    out = [Case("turned head (25-38 deg yaw)", turned, speech, held_out=True)]
+    out = [Case("turned head (25-38 deg yaw)", turned, speech, held_out=True, strip_frame=100)]
     for name, clip in [
         ("two people, smaller talks, listener still", two_people(talker, still_portrait, (250, 360), (1024, 400))),
         ("two people, larger talks, listener still", two_people(talker, still_portrait, (360, 250), (1024, 400))),
@@ -209,7 +213,8 @@ def held_out_cases(held_dir: Path, speech: np.ndarray) -> list[Case]:
         ("turn-taking in one shot", turn_taking(talker, F.load(shared("talking_3.mp4"), seconds=5), (300, 300),
                                                 (1024, 360))),
     ]:
-        out.append(Case(name, clip, speech, held_out=True, talker_tiles=_tile_of(clip)))
+        out.append(Case(name, clip, speech, held_out=True, talker_tiles=_tile_of(clip),
+                        strip_frame=60 if name.startswith(("two people, smaller talks, listener", "three")) else None))
         if "listener still" in name and "smaller" in name:
             out.append(Case(name + ", no soundtrack", clip, speech, held_out=True, with_soundtrack=False,
                             talker_tiles=_tile_of(clip)))
@@ -281,7 +286,58 @@ def run_case(case: Case, work: Path) -> dict:
         row["talker_chosen"] = round(hits / max(1, result.frames), 3)
     if case.occluder is not None:
         row["occluder_max_change"] = _occluder_change(video, out, case.occluder)
+    if case.strip_frame is not None:
+        row["_tile"] = _strip_tile(case, video, out, processor.decided)
     return row
+
+
+def _strip_tile(case: Case, video: Path, out: Path, decided: dict[int, list]) -> np.ndarray | None:
+    """Input beside output around the mouth of the face re-drawn in the case's strip frame, zoomed 3x."""
+    import av
+
+    k = case.strip_frame
+    assert k is not None
+    drawn = decided.get(k, [])
+    box = drawn[0][2] if drawn else case.strip_box
+    if box is None:
+        return None
+    pictures = []
+    for path in (video, out):
+        with av.open(str(path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i == k:
+                    pictures.append(frame.to_ndarray(format="bgr24"))
+                    break
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    cx, cy = (x1 + x2) / 2, y1 + 0.78 * h
+    half = 0.42 * max(w, h)
+    crops = []
+    for pic in pictures:
+        x0, y0 = int(max(0, cx - half)), int(max(0, cy - 0.6 * half))
+        crop = pic[y0 : int(cy + 0.6 * half), x0 : int(cx + half)]
+        crops.append(cv2.resize(crop, (240, int(240 * crop.shape[0] / max(1, crop.shape[1]))),
+                                interpolation=cv2.INTER_NEAREST if crop.shape[1] < 240 else cv2.INTER_AREA))
+    tile = np.hstack(crops)
+    label = np.full((22, tile.shape[1], 3), 255, np.uint8)
+    why = drawn[0][1] if drawn else "left as it was"
+    cv2.putText(label, f"{case.name}: frame {k}, {why}"[:70], (4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return np.vstack([label, tile])
+
+
+def write_strip(rows: list[dict], path: Path) -> None:
+    """The tiles of every case, input left and output right, one under the other."""
+    tiles = [r.pop("_tile") for r in rows if r.get("_tile") is not None]
+    if not tiles:
+        return
+    width = max(t.shape[1] for t in tiles)
+    padded = [np.pad(t, ((0, 4), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in tiles]
+    cv2.imwrite(str(path), np.vstack(padded))
+
+
+def _no_tile(case: Case, work: Path) -> dict:
+    return run_case(dataclasses.replace(case, strip_frame=None), work)
 
 
 def _inside(box: tuple[float, float, float, float], tile: tuple[int, int, int, int]) -> bool:
@@ -358,6 +414,7 @@ def main() -> None:
     parser.add_argument("--server", action="store_true", help="also run every clip through a real server")
     parser.add_argument("--only", help="run only the clips whose name contains this")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "footage")
+    parser.add_argument("--strip", type=Path, help="write a picture strip of the cases (input | output, zoomed)")
     args = parser.parse_args()
     cases = build_cases(args.held_out)
     if args.only:
@@ -369,9 +426,9 @@ def main() -> None:
         for k, case in enumerate(cases):
             d = work / str(k)
             d.mkdir()
-            row = run_case(case, d)
+            row = run_case(case, d) if args.strip else _no_tile(case, d)
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "_tile"}), flush=True)
         if args.server:
             served = through_server(cases, work)
             for row in rows:
@@ -379,6 +436,10 @@ def main() -> None:
             print("server:", json.dumps(served, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.strip:
+        write_strip(rows, args.strip)
+    for row in rows:
+        row.pop("_tile", None)
     (args.out / "footage.json").write_text(json.dumps(rows, indent=1))
     _table(rows)
 
