@@ -217,7 +217,7 @@ class LipTracker:
         closure, tuck, rounding = (float(v) for v in (list(shape_z[2:5]) + [0.0, 0.0, 0.0])[:3])
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width, closure=closure, tuck=tuck, rounding=rounding)
-        edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size)
+        edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size, seal=closure)
         if edit is None:
             return None
         face = FaceFrame.of(lips.raw)

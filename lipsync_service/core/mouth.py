@@ -54,6 +54,9 @@ TRIANGULATION_GAP = 0.12
 # edge rises this share of its thickness) and lifts the upper lip's edge a little; rounding narrows the mouth,
 # rounds its opening (a smaller profile power is fuller towards the corners) and pushes the lips out.
 CLOSURE_PRESS = 0.2
+# Pressed lips meet in a line this much darker than the lips and this wide (share of the mouth width) (_seal).
+SEAM_DARKEN = 0.35
+SEAM_WIDTH = 0.012
 TUCK_CLOSE = 0.85
 TUCK_ROLL = 0.4
 TUCK_LIFT = 0.1
@@ -398,7 +401,7 @@ def region_alpha(hull: np.ndarray, margin: float, x0: int, y0: int, w: int, h: i
 
 
 def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, target: dict[int, np.ndarray],
-               frame_size: tuple[int, int]) -> MouthEdit | None:
+               frame_size: tuple[int, int], seal: float = 0.0) -> MouthEdit | None:
     """Move the source's own pixels so its lips take the target positions.
 
     Args:
@@ -408,6 +411,8 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
         source: the face mesh [468, 2+] in frame pixels as read in this frame (where the lips' pixels are).
         target: target lip positions from `target_lips`.
         frame_size: (width, height) of the frame: the edit stays inside it.
+        seal: how strongly the lips are pressed shut (a closure's strength): the seam between them is then drawn as
+            a lip line, not as the squeezed teeth of an open source mouth.
 
     Returns:
         The edit, or None when the region falls outside the frame or the image.
@@ -433,6 +438,8 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
     map_y -= oy
     patch = cv2.remap(bgr, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     _antialias_closing(patch, bgr, map_x, map_y, source, target, (x0, y0))
+    if seal > 0:
+        _seal(patch, bgr, map_x, map_y, source, target, origin, (x0, y0), seal)
     alpha = region_alpha(hull, margin, x0, y0, x1 - x0, y1 - y0)
     return MouthEdit(x=x0, y=y0, patch=patch, alpha=alpha, target=target)
 
@@ -463,6 +470,42 @@ def _antialias_closing(patch: np.ndarray, bgr: np.ndarray, map_x: np.ndarray, ma
     band = cv2.dilate(inner, np.ones((2 * reach + 1, 3), np.uint8)).astype(np.float32)
     weight = cv2.GaussianBlur(band, (0, 0), 1.0)[..., None]
     patch[...] = np.clip(patch + weight * (soft.astype(np.float32) - patch) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _seal(patch: np.ndarray, bgr: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, source: np.ndarray,
+          target: dict[int, np.ndarray], origin: tuple[int, int], corner: tuple[int, int], strength: float) -> None:
+    """Draw pressed lips' seam: what the warp squeezed in from inside the source's open mouth (teeth, the dark of
+    the mouth, the shadowed inner edge of the lips) is filled from the lips around it, and a thin line a little
+    darker than the lips is drawn where they meet: a closed mouth shows a lip line, never a line of teeth."""
+    interior = np.zeros(bgr.shape[:2], np.uint8)
+    poly = np.rint(source[list(INNER_LIPS), :2] - np.asarray(origin, np.float64)).astype(np.int32)
+    cv2.fillPoly(interior, [poly], (1,))
+    if not interior.any():
+        return
+    grown = np.asarray(cv2.dilate(interior, np.ones((5, 5), np.uint8)), np.uint8)
+    # Where each patch pixel sampled from: inside the (grown) source opening or not.
+    from_inside = np.asarray(cv2.remap(grown.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0,)), np.float32)
+    band = (from_inside > 0.1).astype(np.uint8)
+    if not band.any():
+        return
+    filled = cv2.inpaint(patch, band, 3, cv2.INPAINT_TELEA)
+    weight = strength * np.clip(2.0 * cv2.GaussianBlur(from_inside, (0, 0), 0.7), 0.0, 1.0)[..., None]
+    mixed = patch + weight * (filled.astype(np.float32) - patch)
+    # The line where the lips meet, along the target's inner lip line, in the lips' own colour darkened.
+    lips = np.zeros(bgr.shape[:2], np.uint8)
+    cv2.fillPoly(lips, [np.rint(source[list(OUTER_LIPS), :2] - np.asarray(origin, np.float64)).astype(np.int32)], (1,))
+    lip_pixels = (lips > 0) & (grown == 0)
+    if int(lip_pixels.sum()) >= 8:
+        colour = np.median(bgr[lip_pixels].reshape(-1, 3).astype(np.float32), axis=0) * (1.0 - SEAM_DARKEN)
+        ends = (INNER_CORNERS[0],) + INNER_UPPER + (INNER_CORNERS[1],)
+        line: np.ndarray = np.array([target[i] for i in ends]) - np.asarray(corner, np.float64)
+        width = float(np.linalg.norm(target[OUTER_CORNERS[1]] - target[OUTER_CORNERS[0]]))
+        mask = np.zeros(patch.shape[:2], np.float32)
+        cv2.polylines(mask, [np.rint(line * 4).astype(np.int32)], False, (1.0,), max(1, round(SEAM_WIDTH * width)),
+                      cv2.LINE_AA, shift=2)
+        mixed += (strength * mask)[..., None] * (colour[None, None, :] - mixed)
+    patch[...] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
 
 
 def inner_polygon(target: dict[int, np.ndarray]) -> np.ndarray:
