@@ -335,33 +335,46 @@ def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, triangles: np.ndarray
     """
     ids = np.zeros((h, w), np.int32)
     shift = 4
-    affine = np.zeros((len(triangles) + 1, 2, 3), np.float64)
-    affine[0] = [[1, 0, 0], [0, 1, 0]]
+    # Row t + 1: the affine map of triangle t as (a, b, c, d, e, f): x' = a x + b y + c, y' = d x + e y + f, in the
+    # box's own coordinates (x - x0, y - y0) so float32 keeps sub-pixel precision; row 0: the identity.
+    coeffs = np.zeros((len(triangles) + 1, 6), np.float64)
+    coeffs[:, 0] = coeffs[:, 4] = 1.0
     if len(triangles):
-        d, s_ = dst[triangles], src[triangles]  # [T, 3, 2]
-        ones = np.ones(d.shape[:2] + (1,))
-        m_dst, m_src = np.concatenate([d, ones], axis=2), np.concatenate([s_, ones], axis=2)
-        det_dst, det_src = np.linalg.det(m_dst), np.linalg.det(m_src)
-        # Degenerate (closed) target triangles cover no pixel; solve only the others, all at once.
+        d = dst[triangles].astype(np.float64) - [x0, y0]  # [T, 3, 2]
+        s_ = src[triangles].astype(np.float64) - [x0, y0]
+        det_dst, det_src = _cross(d), _cross(s_)
+        # Degenerate (closed) target triangles cover no pixel.
         live = np.abs(det_dst) >= 1e-6
-        solved = np.zeros((len(triangles), 3, 2))
-        solved[live] = np.linalg.solve(m_dst[live], s_[live])
-        affine[1:] = solved.transpose(0, 2, 1)
+        inv = np.where(live, 1.0 / np.where(live, det_dst, 1.0), 0.0)
+        # The inverse of [[x0 x1 x2], [y0 y1 y2], [1 1 1]] by cofactors, for every triangle at once.
+        (x_0, y_0), (x_1, y_1), (x_2, y_2) = (d[:, k].T for k in range(3))
+        cof = np.stack([y_1 - y_2, y_2 - y_0, y_0 - y_1, x_2 - x_1, x_0 - x_2, x_1 - x_0,
+                        x_1 * y_2 - x_2 * y_1, x_2 * y_0 - x_0 * y_2, x_0 * y_1 - x_1 * y_0], axis=1).reshape(-1, 3, 3)
+        # Source coordinates at the three corners, times the inverse: a, b, c (x') and d, e, f (y').
+        for row, axis in ((0, 0), (3, 1)):
+            coeffs[1:, row : row + 3] = np.einsum("tk,tjk->tj", s_[:, :, axis], cof) * inv[:, None]
         # A flipped source triangle (the mesh crossed its own points there) would mirror the texture and cut
         # a seam into the lips: it moves by its vertices' mean shift instead.
         flipped = live & (det_src * det_dst <= 0)
-        mean_shift = (s_ - d).mean(axis=1)
-        affine[1:][flipped] = 0.0
-        affine[1:][flipped, 0, 0] = affine[1:][flipped, 1, 1] = 1.0
-        affine[1:][flipped, :, 2] = mean_shift[flipped]
-        corners = np.round((d - [x0, y0]) * (1 << shift)).astype(np.int32)
+        shift_xy = (s_ - d).mean(axis=1)
+        coeffs[1:][flipped] = np.stack([np.ones(int(flipped.sum())), np.zeros(int(flipped.sum())),
+                                        shift_xy[flipped, 0], np.zeros(int(flipped.sum())),
+                                        np.ones(int(flipped.sum())), shift_xy[flipped, 1]], axis=1)
+        corners = np.round(d * (1 << shift)).astype(np.int32)
         for t in np.nonzero(live)[0]:
             cv2.fillConvexPoly(ids, corners[t], (int(t) + 1,), lineType=cv2.LINE_8, shift=shift)
-    py, px = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
-    a = affine[ids]
-    map_x = a[..., 0, 0] * px + a[..., 0, 1] * py + a[..., 0, 2]
-    map_y = a[..., 1, 0] * px + a[..., 1, 1] * py + a[..., 1, 2]
-    return map_x.astype(np.float32), map_y.astype(np.float32)
+    table = coeffs.astype(np.float32)
+    lx = np.arange(w, dtype=np.float32)[None, :]
+    ly = np.arange(h, dtype=np.float32)[:, None]
+    map_x = table[ids, 0] * lx + table[ids, 1] * ly + (table[ids, 2] + np.float32(x0))
+    map_y = table[ids, 3] * lx + table[ids, 4] * ly + (table[ids, 5] + np.float32(y0))
+    return map_x, map_y
+
+
+def _cross(tri: np.ndarray) -> np.ndarray:
+    """Twice the signed area of each triangle [T, 3, 2] (the determinant of its homogeneous corner matrix)."""
+    a, b = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    return a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
 
 
 def mouth_region(source: np.ndarray, target: dict[int, np.ndarray]) -> tuple[np.ndarray, float]:
