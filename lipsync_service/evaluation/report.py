@@ -8,7 +8,6 @@ import math
 TARGETS: dict[str, list[float | None]] = {
     "lip_sharpness": [0.7, 1.3],
     "rest_sharpness": [0.9, None],
-    "rest_psnr_db": [35.0, None],
     "sync_r_lag0": [0.35, None],
     "sync_best_lag": [-1, 1],
     # Per clip, from the viseme goals (the average goal for the bilabial contrast is 0.75).
@@ -72,7 +71,8 @@ def format_table(scores: dict) -> str:
         measures = [
             ("lip sharpness (Laplacian variance, median ratio)", fid["lip_sharpness"], "", "lip_sharpness"),
             ("rest of lower face sharpness (median ratio)", fid["rest_sharpness"], "", "rest_sharpness"),
-            ("rest of lower face PSNR", fid["rest_psnr_db"], " dB", "rest_psnr_db"),
+            # No target: the chin and jaw line move with the mouth on purpose (docs/behaviour.md#jaw).
+            ("rest of lower face PSNR (the jaw moves with the mouth)", fid["rest_psnr_db"], " dB", None),
             ("lip motion (mean abs frame diff, ratio)", fid["lip_motion"], "", None),
             (f"lip motion in silence ({silence})", fid["lip_motion_silent"], "", None),
             ("PSNR outside the lower face", scores["psnr_outside_lower_face_db"], " dB", None),
