@@ -39,7 +39,7 @@ from lipsync_service.core.select import TargetSelector, needs_detection, observa
 from lipsync_service.core.shots import ShotDetector
 from lipsync_service.core.tracking import FaceTracker, TrackedFace, TrackingParams, iou
 from lipsync_service.errors import InternalError
-from lipsync_service.inference.base import LIP_SHAPE_SIZE, GeneratorBackend, OutputContract
+from lipsync_service.inference.base import GeneratorBackend, OutputContract
 from lipsync_service.job import JobConfig
 from lipsync_service.media.soundtrack import Soundtrack
 from lipsync_service.media.types import FrameJob, SoundtrackLevels, SpeechAudio, VideoInfo
@@ -481,7 +481,8 @@ class NeuralProcessor(FrameProcessor):
     def _generate(self, items: list[_Item]) -> list[np.ndarray]:
         """One generator call for all waiting faces (the backend splits at its own batch limit).
 
-        Returns per face: the target lip shape [2] (LIP_SHAPE contract) or the re-drawn BGR crop (RGB).
+        Returns per face: the model's lip-shape row [C] (LIP_SHAPE contract: opening_z, width_z and, when the model
+        has 5 columns, closure, tuck, round; passed on unchanged) or the re-drawn BGR crop (RGB).
         """
         spec = self._spec
         t0 = time.perf_counter()
@@ -493,10 +494,7 @@ class NeuralProcessor(FrameProcessor):
         t0 = time.perf_counter()
         out = self._backend.infer(face, mel)
         self._timed("generator", t0)
-        if self._shape_model:
-            expected: tuple[int, ...] = (len(items), LIP_SHAPE_SIZE)
-        else:
-            expected = (len(items), 3, spec.face_size, spec.face_size)
+        expected = (len(items), *spec.output_dims)
         if tuple(out.shape) != expected:
             raise InternalError(f"generator returned shape {tuple(out.shape)}, expected {expected}")
         if self._shape_model:
