@@ -38,6 +38,9 @@ CUT_RATIO = 5.0
 HISTORY = 25
 # Cuts this close together are one transition (a dissolve changes every frame by a cut's worth of histogram).
 RUN_GAP = 2
+# A run of jumps longer than this (frames) is not a transition but how this footage moves (a fast pan, flicker, a
+# moving pattern): its changes become the recent level and a shot starts, so such a video is not left unedited.
+MAX_RUN = 25
 # Gradual transition: over at most GRADUAL_SPAN frames, the histogram distance from the frame before the run grows
 # past GRADUAL_HIST while every step stays under a cut and above GRADUAL_STEP (a steady drift, not a still scene).
 GRADUAL_SPAN = 30
@@ -102,6 +105,7 @@ class ShotDetector:
         # The latest hard cut, and the first frame of the run of cuts it belongs to.
         self._last_cut: int | None = None
         self._run_start = 0
+        self._run_changes: list[float] = []
         self.cuts = 0
         self.transitions = 0
 
@@ -125,11 +129,17 @@ class ShotDetector:
         jump = change > CUT_FLOOR and change > CUT_RATIO * level
         if jump and not blank:
             if self._last_cut is not None and index - self._last_cut <= RUN_GAP:
+                self._run_changes.append(change)
+                if index - self._run_start > MAX_RUN:
+                    self._recent.extend(self._run_changes)
+                    self._last_cut, self._run_changes = None, []
+                    return self._start(index, cut=False)
                 # Jumps in consecutive frames: a dissolve or a flash, not shots of a frame or two. Its frames are
                 # mixtures; the shot after it starts where the jumps end (tracks restart at every jump).
                 start, self._last_cut = self._run_start, index
                 return ShotFrame(self._shot, cut=True, transition=True, marked_from=start)
             self._run_start = self._last_cut = index
+            self._run_changes = [change]
             self._in_transition = False
             return self._start(index, cut=True)
         if blank:

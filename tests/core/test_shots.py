@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_service.core.shots import ShotDetector
-from tests import footage
+from lipsync_service.core.shots import MAX_RUN, ShotDetector
+from tests import footage, synth
 from tests.conftest import media_path
 
 SIZE = (320, 320)
@@ -73,3 +73,12 @@ def test_a_small_face_on_a_plain_wall_is_not_blank(people) -> None:
         frame[300:364, 600:664] = cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA)
         frames.append(frame)
     assert not any(s.transition or s.cut for s in _shots(frames)[1:])
+
+
+def test_footage_that_changes_a_cut_s_worth_every_frame_is_not_one_long_transition() -> None:
+    # A fast pan or flicker jumps every frame; after a second of it that is the footage's own level of change, and
+    # the frames after it can be edited again.
+    frames = [synth.draw_frame(i, 160, 120)[..., ::-1].copy() for i in range(100)]
+    shots = _shots(frames)
+    assert not any(s.transition for s in shots[MAX_RUN + 2:])
+    assert shots[-1].shot == shots[MAX_RUN + 2].shot

@@ -44,7 +44,7 @@ def triton() -> Iterator:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     d = tmp_path_factory.mktemp("triton_faults")
-    return {"video": synth.make_video(d / "v.mp4", seconds=SECONDS, fps=FPS, size=SIZE).read_bytes(),
+    return {"video": synth.make_video(d / "v.mp4", seconds=SECONDS, fps=FPS, size=SIZE, still=True).read_bytes(),
             "audio": synth.make_wav(d / "a.wav", seconds=SECONDS).read_bytes()}
 
 
@@ -74,7 +74,7 @@ def _check_output(tmp_path: Path, video: bytes, name: str) -> None:
     # The generator redrew the announced face: pixels inside the box differ from the input's.
     got = synth.decode_frames(out)[FRAMES // 2].to_ndarray(format="gray").astype(int)
     x, y, w, h = (int(v) for v in BOX)
-    original = synth.draw_frame(FRAMES // 2, *SIZE)
+    original = synth.draw_frame(FRAMES // 2, *SIZE, still=True)
     original_gray = original.mean(axis=2) if original.ndim == 3 else original
     assert np.abs(got[y + h // 2:y + h, x:x + w] - original_gray[y + h // 2:y + h, x:x + w]).mean() > 2
 
