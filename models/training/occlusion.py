@@ -294,17 +294,22 @@ def _batches(train: dict, batch: int, seed: int):
             info = torch.utils.data.get_worker_info()
             rng = np.random.default_rng([seed, info.id if info else 0])
             syn = Synthesizer(train["crops"], train["meshes"], train["patches"])
+            cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
             while True:
                 items = [syn.sample(rng) for _ in range(batch)]
+                # The target is the occluder grown by one pixel: the mask errs towards covering its edge (an edited
+                # occluder pixel shows; an unedited skin pixel beside it does not).
                 yield (torch.from_numpy(np.stack([c for c, _, _ in items])),
-                       torch.from_numpy(np.stack([lab for _, lab, _ in items])))
+                       torch.from_numpy(np.stack([cv2.dilate(lab, cross) for _, lab, _ in items])))
 
     return iter(torch.utils.data.DataLoader(Stream(), batch_size=None, num_workers=1, persistent_workers=True,
                                             prefetch_factor=4))
 
 
-def train(train_set: dict, val: list, steps: int, batch: int, lr: float, seed: int, log_every: int = 500):
-    """Fit the network: BCE plus soft Dice on the occluder mask, AdamW, cosine schedule."""
+def train(train_set: dict, val: list, steps: int, batch: int, lr: float, seed: int, log_every: int = 500,
+          snapshot=None):
+    """Fit the network: BCE plus soft Dice on the occluder mask, AdamW, one-cycle schedule; `snapshot(net, step)` is
+    called at every log line (the run keeps its latest weights on disk)."""
     import torch
     from torch.nn import functional as F
 
@@ -335,6 +340,8 @@ def train(train_set: dict, val: list, steps: int, batch: int, lr: float, seed: i
             running, count = 0.0, 0
             if val:
                 print_rows("validation", evaluate(lambda c: predict(net, c), val))
+            if snapshot is not None:
+                snapshot(net, step)
     return net
 
 
@@ -377,7 +384,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--val-clip", action="append", default=None,
                     help=f"training clip kept for validation (repeatable; default {', '.join(DEFAULT_VAL)}; "
                     "'none' trains on all)")
-    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -404,13 +411,18 @@ def run(args: argparse.Namespace) -> Path:
     print(f"{len(train_set['crops'])} training mouths, {len(val_set['crops'])} validation mouths "
           f"({', '.join(sorted(val_clips)) or 'none'})", flush=True)
     val = validation_set(val_set, args.seed + 1, args.val_per_kind) if len(val_set["crops"]) else []
-    t0 = time.time()
-    net = train(train_set, val, args.steps, args.batch, args.lr, args.seed)
-    print(f"trained in {time.time() - t0:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), args.out / "occlusion.pt")
     check = np.stack([s[1] for s in val[:64]]) if val else np.zeros((1, 80, 96, 3), np.uint8)
     out = args.out / "occlusion.onnx"
+
+    def snapshot(net, step: int) -> None:
+        torch.save(net.state_dict(), args.out / "occlusion.pt")
+        export(net, out, check)
+
+    t0 = time.time()
+    net = train(train_set, val, args.steps, args.batch, args.lr, args.seed, snapshot=snapshot)
+    print(f"trained in {time.time() - t0:.0f} s", flush=True)
+    torch.save(net.state_dict(), args.out / "occlusion.pt")
     error = export(net, out, check)
     params = sum(p.numel() for p in net.parameters())
     print(f"onnx {out.stat().st_size / 1e3:.0f} kB, {params} parameters, max |onnx - torch| {error:.1e}")
