@@ -35,8 +35,7 @@ THRESHOLD = 0.5
 MAX_SAMPLING_STEP = 2.0
 # OpenCV's 5x5 distance transform overstates a Euclidean distance by at most 1.92 % (measured around one point).
 DISTANCE_SLACK = 1.02
-# The ONNX model's tensors: crop uint8 [N, CANON_H, CANON_W, 4] in (B, G, R, and 255 where the pixel lies in the
-# image handed to `measure`, 0 where the crop only repeats its edge), occluder float32 [N, 1, CANON_H, CANON_W]
+# The ONNX model's tensors: crop uint8 [N, CANON_H, CANON_W, 3] BGR in, occluder float32 [N, 1, CANON_H, CANON_W]
 # (probability) out.
 INPUT_NAME = "crop"
 OUTPUT_NAME = "occluder"
@@ -100,29 +99,6 @@ def warp_crop(image: np.ndarray, origin: tuple[int, int], to_canon: np.ndarray,
         m = m @ np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])
         step /= 2
     return cv2.warpAffine(image, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
-def image_outline(shape: tuple[int, ...], origin: tuple[int, int]) -> np.ndarray:
-    """float64 [4, 2]: the corners of an image's pixel area (pixel edges, not centres) in frame pixels."""
-    h, w = shape[:2]
-    x, y = origin
-    return np.array([[x - 0.5, y - 0.5], [x + w - 0.5, y - 0.5], [x + w - 0.5, y + h - 0.5], [x - 0.5, y + h - 0.5]])
-
-
-def seen_mask(outline: np.ndarray, transform: np.ndarray, size: tuple[int, int] = (CANON_W, CANON_H)) -> np.ndarray:
-    """uint8 [H, W]: 255 where a crop's pixel centre lies inside the image it was cut from, 0 where it only repeats
-    the image's edge.
-
-    Args:
-        outline: the image's corners [4, 2] (`image_outline`) in the coordinates `transform` maps from.
-        transform: 2x3 map to the crop's pixels.
-        size: (width, height) of the crop.
-    """
-    corners = outline @ transform[:, :2].T + transform[:, 2]
-    canvas = np.zeros(size[::-1], np.uint8)
-    if np.all(np.isfinite(corners)):
-        cv2.fillConvexPoly(canvas, np.round(corners * 256).astype(np.int32), (255,), cv2.LINE_8, 8)
-    return canvas
 
 
 def lip_polygon_mask(raw: np.ndarray, to_canon: np.ndarray) -> np.ndarray:
@@ -248,13 +224,9 @@ class OcclusionDetector:
         to_canon = canonical_transform(raw)
         if image.shape[0] == 0 or image.shape[1] == 0:
             return Occlusion(np.ones((CANON_H, CANON_W), np.float32), to_canon, 1.0)
-        crop = np.empty((1, CANON_H, CANON_W, 4), np.uint8)
-        crop[0, ..., :3] = warp_crop(np.ascontiguousarray(image), origin, to_canon)
-        # Which pixels are real: the mouth box can end above the nose base or at the frame's edge, and the repeated
-        # edge pixels beyond it (streaks) must not look like an object.
-        crop[0, ..., 3] = seen_mask(image_outline(image.shape, origin), to_canon)
+        crop = warp_crop(np.ascontiguousarray(image), origin, to_canon)
         try:
-            (prob,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: crop})
+            (prob,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: crop[None]})
         except Exception as exc:  # ORT's own exception types; a failure here is ours, not the client's
             raise InternalError(f"occlusion model failed on a {crop.shape} crop: {exc}") from exc
         mask = np.ascontiguousarray(prob[0, 0], np.float32)

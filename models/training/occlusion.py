@@ -19,7 +19,6 @@ import numpy as np
 
 from lipsync_models.training import occlusion_synth as synth
 from lipsync_models.training.occlusion_data import MARGIN, STORE_SCALE
-from lipsync_service.core.occlusion import seen_mask
 
 DEFAULT_CACHE = Path.home() / ".cache" / "lipsync-data" / "occlusion" / "mouths.npz"
 DEFAULT_MEDIA = (Path("../shared/media/train"), Path("../shared/media"))
@@ -30,9 +29,7 @@ KIND_WEIGHTS = {"flat_skin": 0.2, "shaded_skin": 0.14, "hand": 0.16, "microphone
                 "glass": 0.1, "textured": 0.18}
 COVER_WEIGHTS = {"full": 0.35, "part": 0.45, "near": 0.2}
 # Share of training crops with an occluder (the rest are clean: a false alarm leaves a mouth un-synced).
-OCCLUDED_SHARE = 0.55
-# The training target is the occluder grown by this many canonical pixels.
-TARGET_GROWTH = 2
+OCCLUDED_SHARE = 0.6
 # Weight of the pixels near an occluder's edge in the training loss.
 EDGE_WEIGHT = 3.0
 # A mouth is reported covered when this share of its lips is (the eval's and the service's flag).
@@ -40,7 +37,7 @@ FLAG_SHARE = 0.15
 
 
 def build_net(widths: tuple[int, int, int] = (8, 16, 32)):
-    """The occlusion U-Net: uint8 crops [N, H, W, 4] (BGR and the seen mask) in, occluder logits [N, 1, H, W] out.
+    """The occlusion U-Net: uint8 BGR crops [N, H, W, 3] in, occluder logits [N, 1, H, W] out.
 
     Three stride-2 levels (1/2, 1/4, 1/8 of the crop) and a fourth at 1/16, a global-average branch (a flat patch
     over the whole crop is told from skin only by what is missing where the lips should be), additive skips, the
@@ -64,7 +61,7 @@ def build_net(widths: tuple[int, int, int] = (8, 16, 32)):
     class OcclusionNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.e0 = cbr(4, c1, 2)
+            self.e0 = cbr(3, c1, 2)
             # Depthwise + pointwise at the largest level: the same reach for a fraction of the cost.
             self.e1 = nn.Sequential(nn.Conv2d(c1, c1, 3, 1, 1, groups=c1, bias=False), nn.BatchNorm2d(c1),
                                     nn.Conv2d(c1, c1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True))
@@ -133,14 +130,13 @@ class Synthesizer:
     Args:
         crops: stored crops uint8 [N, h, w, 3] (occlusion_data).
         meshes: their meshes [N, 468, 2] in stored-crop pixels.
-        outlines: the corners [N, 4, 2] of the mouth images they were cut from, in stored-crop pixels.
         patches: background patches [M, s, s, 3].
     """
 
-    def __init__(self, crops: np.ndarray, meshes: np.ndarray, outlines: np.ndarray, patches: np.ndarray) -> None:
+    def __init__(self, crops: np.ndarray, meshes: np.ndarray, patches: np.ndarray) -> None:
         from lipsync_service.core.occlusion import CANON_H, CANON_W, CORNERS
 
-        self.crops, self.meshes, self.outlines, self.patches = crops, meshes, outlines, patches
+        self.crops, self.meshes, self.patches = crops, meshes, patches
         self.size = (CANON_W, CANON_H)
         self.mouth_centre = np.array([(CORNERS[0][0] + CORNERS[1][0]) / 2, CORNERS[0][1]])
         self.mouth_width = CORNERS[1][0] - CORNERS[0][0]
@@ -178,8 +174,7 @@ class Synthesizer:
             camera: vary colour, blur, noise and compression.
 
         Returns:
-            (crop uint8 [H, W, 4]: BGR and the seen mask, label float32 [H, W] in [0, 1], lips bool [H, W]: the true
-            outer-lip polygon).
+            (crop uint8 [H, W, 3], label float32 [H, W] in [0, 1], lips bool [H, W]: the true outer-lip polygon).
         """
         i = int(rng.integers(len(self.crops))) if index is None else index
         if kind == "random":
@@ -201,11 +196,8 @@ class Synthesizer:
             face8 = np.clip(synth.lipstick(rng, face8, mesh) + 0.5, 0, 255).astype(np.uint8)
         if camera and rng.random() < 0.1:
             face8 = np.clip(synth.stubble(rng, face8, mesh) + 0.5, 0, 255).astype(np.uint8)
-        seen = seen_mask(self.outlines[i], m, self.size)
         if occluded:
             crop, label = self.occlude(rng, face8, mesh, pick, cover)
-            # Serving never sees an object beyond the mouth image, only the image's repeated edge: put it back.
-            crop[seen == 0] = face8[seen == 0]
         else:
             crop, label = face8.astype(np.float32), np.zeros(face8.shape[:2], bool)
         lab = label.astype(np.float32)
@@ -213,45 +205,8 @@ class Synthesizer:
         lips_pts = mesh[list(synth.OUTER_LIPS)]
         cv2.fillPoly(lips_canvas, [np.round(lips_pts * 16).astype(np.int32)], (1,), cv2.LINE_8, 4)
         if camera:
-            crop, seen = self.cut(rng, crop, seen, lips_pts)
-        if camera:
             crop = self.camera(rng, crop)
-        out = np.empty(self.size[::-1] + (4,), np.uint8)
-        out[..., :3] = np.clip(crop + 0.5, 0, 255)
-        out[..., 3] = seen
-        return out, lab, lips_canvas.astype(bool)
-
-    @staticmethod
-    def cut(rng: np.random.Generator, crop: np.ndarray, seen: np.ndarray, lips: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
-        """The mouth image ending sooner than the cached one did: above the lips (a nose close to the mouth; the
-        mouth box starts just above the nose tip), or at a side or below (a face at the frame's edge). Beyond the
-        new edge the crop repeats the edge pixels, as serving does, and is not seen."""
-        h, w = seen.shape
-        side = rng.choice(4, p=[0.25, 0.04, 0.04, 0.67])  # top, left, right, none
-        if side == 3:
-            return crop, seen
-        flip = side == 2
-        if side == 0:
-            img, mask = crop, seen
-            limit = float(lips[:, 1].min()) - 2
-        else:
-            # Left and right cuts are top cuts of the crop turned on its side.
-            # Clockwise for the left side (its column becomes the top row), anticlockwise for the right.
-            turn = 1 if flip else -1
-            img = np.ascontiguousarray(np.rot90(crop, turn))
-            mask = np.ascontiguousarray(np.rot90(seen, turn))
-            limit = float(w - 1 - lips[:, 0].max() if flip else lips[:, 0].min()) - 2
-        rows, cols = mask.shape
-        edge = rng.uniform(0, max(1.0, limit)) + rng.normal(0, 0.04) * (np.arange(cols) - cols / 2)
-        first = np.clip(np.ceil(edge).astype(int), 0, rows - 1)
-        outside = np.arange(rows)[:, None] < edge[None, :]
-        img = np.where(outside[..., None], img[first, np.arange(cols)][None], img)
-        mask = np.where(outside, 0, mask).astype(np.uint8)
-        if side != 0:
-            img = np.ascontiguousarray(np.rot90(img, -turn))
-            mask = np.ascontiguousarray(np.rot90(mask, -turn))
-        return img, mask
+        return np.clip(crop + 0.5, 0, 255).astype(np.uint8), lab, lips_canvas.astype(bool)
 
     @staticmethod
     def camera(rng: np.random.Generator, crop: np.ndarray) -> np.ndarray:
@@ -282,7 +237,7 @@ class Synthesizer:
 
 
 def load_cache(path: Path, val_clips: set[str]) -> tuple[dict, dict]:
-    """The cached mouths split into (train, val) dicts of crops, meshes, outlines, patches by clip name."""
+    """The cached mouths split into (train, val) dicts of crops, meshes, patches by clip name."""
     data = np.load(path)
     names = [str(n) for n in data["names"]]
     val_ids = {k for k, n in enumerate(names) if n in val_clips}
@@ -290,14 +245,13 @@ def load_cache(path: Path, val_clips: set[str]) -> tuple[dict, dict]:
     patches = data["patches"]
     split = {}
     for key, mask in (("train", ~is_val), ("val", is_val)):
-        split[key] = {"crops": data["crops"][mask], "meshes": data["meshes"][mask], "outlines": data["outlines"][mask],
-                      "patches": patches}
+        split[key] = {"crops": data["crops"][mask], "meshes": data["meshes"][mask], "patches": patches}
     return split["train"], split["val"]
 
 
 def validation_set(val: dict, seed: int, per_kind: int) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """Fixed validation crops: clean ones, and per occluder kind ones over all or part of the lips."""
-    syn = Synthesizer(val["crops"], val["meshes"], val["outlines"], val["patches"])
+    syn = Synthesizer(val["crops"], val["meshes"], val["patches"])
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(per_kind * 2):
@@ -348,19 +302,17 @@ def _batches(train: dict, batch: int, seed: int):
         def __iter__(self):
             info = torch.utils.data.get_worker_info()
             rng = np.random.default_rng([seed, info.id if info else 0])
-            syn = Synthesizer(train["crops"], train["meshes"], train["outlines"], train["patches"])
-            disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * TARGET_GROWTH + 1, 2 * TARGET_GROWTH + 1))
+            syn = Synthesizer(train["crops"], train["meshes"], train["patches"])
+            cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
             ring = np.ones((5, 5), np.uint8)
             while True:
                 items = [syn.sample(rng) for _ in range(batch)]
-                # The target is the occluder grown by TARGET_GROWTH pixels: the mask errs towards covering its edge
-                # and corners (an edited occluder pixel shows; an unedited skin pixel beside it does not).
-                targets = [cv2.dilate(lab, disc) for _, lab, _ in items]
+                # The target is the occluder grown by one pixel: the mask errs towards covering its edge (an edited
+                # occluder pixel shows; an unedited skin pixel beside it does not).
+                targets = [cv2.dilate(lab, cross) for _, lab, _ in items]
                 # Pixels within two of the target's edge weigh EDGE_WEIGHT times as much: they are few, and where
-                # the mask's edge falls decides whether a patch's rim is kept. Pixels the crop only repeats (beyond
-                # the mouth image) weigh nothing: serving never sees what is there.
-                weights = [(1 + (EDGE_WEIGHT - 1) * (cv2.dilate(t, ring) - cv2.erode(t, ring))) * (c[..., 3] > 0)
-                           for t, (c, _, _) in zip(targets, items)]
+                # the mask's edge falls decides whether a patch's rim is kept.
+                weights = [1 + (EDGE_WEIGHT - 1) * (cv2.dilate(t, ring) - cv2.erode(t, ring)) for t in targets]
                 yield (torch.from_numpy(np.stack([c for c, _, _ in items])), torch.from_numpy(np.stack(targets)),
                        torch.from_numpy(np.stack(weights).astype(np.float32)))
 
@@ -387,8 +339,7 @@ def train(train_set: dict, val: list, steps: int, batch: int, lr: float, seed: i
         crops, labels, weights = next(stream)
         logits = net(crops)[:, 0]
         bce = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
-        seen = (weights > 0).float()
-        p, labels = torch.sigmoid(logits) * seen, labels * seen
+        p = torch.sigmoid(logits)
         inter = (p * labels).sum((1, 2))
         dice = 1 - (2 * inter + 1) / (p.sum((1, 2)) + labels.sum((1, 2)) + 1)
         loss = bce + 0.5 * dice.mean()
@@ -418,7 +369,7 @@ def predict(net, crops: np.ndarray) -> np.ndarray:
 
 
 def export(net, out: Path, check: np.ndarray) -> float:
-    """Write the served ONNX (uint8 crop [N, H, W, 4] -> occluder probability [N, 1, H, W]); returns the largest
+    """Write the served ONNX (uint8 crop [N, H, W, 3] -> occluder probability [N, 1, H, W]); returns the largest
     difference from torch on `check` crops."""
     import onnxruntime as ort
     import torch
@@ -427,7 +378,7 @@ def export(net, out: Path, check: np.ndarray) -> float:
 
     served = Served.wrap(net).eval()
     out.parent.mkdir(parents=True, exist_ok=True)
-    dummy = torch.zeros(1, CANON_H, CANON_W, 4, dtype=torch.uint8)
+    dummy = torch.zeros(1, CANON_H, CANON_W, 3, dtype=torch.uint8)
     torch.onnx.export(served, (dummy,), str(out), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       dynamic_axes={INPUT_NAME: {0: "n"}, OUTPUT_NAME: {0: "n"}}, opset_version=17, dynamo=False)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -475,7 +426,7 @@ def run(args: argparse.Namespace) -> Path:
           f"({', '.join(sorted(val_clips)) or 'none'})", flush=True)
     val = validation_set(val_set, args.seed + 1, args.val_per_kind) if len(val_set["crops"]) else []
     args.out.mkdir(parents=True, exist_ok=True)
-    check = np.stack([s[1] for s in val[:64]]) if val else np.zeros((1, 80, 96, 4), np.uint8)
+    check = np.stack([s[1] for s in val[:64]]) if val else np.zeros((1, 80, 96, 3), np.uint8)
     out = args.out / "occlusion.onnx"
 
     def snapshot(net, step: int) -> None:

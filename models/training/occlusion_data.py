@@ -169,8 +169,7 @@ def background_patch(frame: np.ndarray, box: tuple[float, float, float, float], 
 
 def build_cache(folders: Iterable[Path], out: Path, per_clip: int = 240, patches_per_clip: int = 12, seed: int = 0,
                 progress=print) -> Path:
-    """Read the training clips' mouths and write to one npz: the stored crops, meshes, the outlines of the mouth images
-    the crops were cut from (beyond them a crop repeats edge pixels) and background patches.
+    """Read the training clips' mouths and write the stored crops, meshes and background patches to one npz.
 
     Args:
         folders: folders of videos; held-out clips (HELD_OUT) are skipped.
@@ -186,10 +185,10 @@ def build_cache(folders: Iterable[Path], out: Path, per_clip: int = 240, patches
     Raises:
         ValueError: no training clip, or no face read in any.
     """
-    from lipsync_service.core.occlusion import canonical_transform, image_outline, warp_crop
+    from lipsync_service.core.occlusion import canonical_transform, warp_crop
 
     rng = np.random.default_rng(seed)
-    crops, meshes, outlines, clip_of, patches, names = [], [], [], [], [], []
+    crops, meshes, clip_of, patches, names = [], [], [], [], []
     size = store_size()
     clips = find_clips(folders)
     if not clips:
@@ -206,8 +205,6 @@ def build_cache(folders: Iterable[Path], out: Path, per_clip: int = 240, patches
             m = store_transform(canonical_transform(sample.raw))
             crops.append(warp_crop(sample.image, sample.origin, m / STORE_SCALE, size, STORE_SCALE))
             meshes.append((sample.raw @ m[:, :2].T + m[:, 2]).astype(np.float32))
-            outline = image_outline(sample.image.shape, sample.origin)
-            outlines.append((outline @ m[:, :2].T + m[:, 2]).astype(np.float32))
             clip_of.append(len(names))
             if n in patch_at:
                 patch = background_patch(sample.frame, sample.box, rng)
@@ -218,8 +215,7 @@ def build_cache(folders: Iterable[Path], out: Path, per_clip: int = 240, patches
     if not crops:
         raise ValueError("no face was read in any training clip")
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, crops=np.stack(crops), meshes=np.stack(meshes), outlines=np.stack(outlines),
-             clip=np.array(clip_of, np.int32),
+    np.savez(out, crops=np.stack(crops), meshes=np.stack(meshes), clip=np.array(clip_of, np.int32),
              names=np.array(names), patches=np.stack(patches) if patches else np.zeros((0, PATCH_SIDE, PATCH_SIDE, 3),
                                                                                         np.uint8))
     return out

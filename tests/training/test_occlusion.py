@@ -85,11 +85,7 @@ def test_train_occlusion_writes_a_model_the_service_loads(tmp_path: Path, capsys
 
     mouths = [_synthetic_mouth(s) for s in range(6)]
     cache = tmp_path / "mouths.npz"
-    w, h = data.store_size()
-    # The mouth images ended a fifth of the way down the stored crops (the rows above repeat their edge).
-    outline = np.array([[-0.5, h / 5], [w - 0.5, h / 5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], np.float32)
     np.savez(cache, crops=np.stack([m[0] for m in mouths]), meshes=np.stack([m[1] for m in mouths]),
-             outlines=np.stack([outline] * len(mouths)),
              clip=np.array([0, 0, 1, 1, 2, 2], np.int32), names=np.array(["a.mp4", "b.mp4", "c.mp4"]),
              patches=np.full((2, data.PATCH_SIDE, data.PATCH_SIDE, 3), 90, np.uint8))
     out = tmp_path / "run"
@@ -99,7 +95,7 @@ def test_train_occlusion_writes_a_model_the_service_loads(tmp_path: Path, capsys
     assert "4 training mouths, 2 validation mouths (c.mp4)" in printed and "validation" in printed
     session = ort.InferenceSession(str(out / "occlusion.onnx"), providers=["CPUExecutionProvider"])
     (inp,), (outp,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, inp.type, inp.shape[1:]) == ("crop", "tensor(uint8)", [CANON_H, CANON_W, 4])
+    assert (inp.name, inp.type, inp.shape[1:]) == ("crop", "tensor(uint8)", [CANON_H, CANON_W, 3])
     assert (outp.name, outp.shape[1:]) == ("occluder", [1, CANON_H, CANON_W])
     img, mesh = mouths[0]
     occ = OcclusionDetector(out / "occlusion.onnx").measure(img, (0, 0), mesh)
