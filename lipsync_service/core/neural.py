@@ -68,8 +68,8 @@ MAX_SPEAKER_CANDIDATES = 4
 # while the rest of the mouth is re-shaped).
 OCCLUDED_LIP_SHARE = 0.15
 # Occluder pixels are protected with this margin (pixels, plus a share of the mouth width).
-OCCLUDER_GROW_PX = 2.0
-OCCLUDER_GROW_OF_WIDTH = 0.03
+OCCLUDER_GROW_PX = 3.0
+OCCLUDER_GROW_OF_WIDTH = 0.04
 # A mouth narrower than this (pixels) is too small to re-shape: its few pixels would only smear.
 MIN_MOUTH_PX = 8.0
 STAGES = ("shots", "detect", "landmarks", "occlusion", "speaker", "features", "generator", "blend", "overlay")
@@ -629,9 +629,14 @@ def build_neural_processor(settings: Settings, backend: GeneratorBackend | None 
 
         backend = build_backend(settings)
     try:
+        occlusion = None
+        if settings.occlusion_check:
+            from lipsync_service.core.occlusion import OcclusionDetector
+
+            occlusion = OcclusionDetector
         return NeuralProcessor(backend, debug=settings.debug_mode,
                                batch_frames=min(DEFAULT_BATCH_FRAMES, settings.max_batch_size),
-                               speaker_choice=settings.speaker_choice)
+                               speaker_choice=settings.speaker_choice, occlusion_factory=occlusion)
     except BaseException:
         backend.close()
         raise
