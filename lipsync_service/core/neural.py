@@ -87,7 +87,8 @@ class OcclusionModel(Protocol):
 class Occluded(Protocol):
     """One face's occluder in one frame (core/occlusion.Occlusion)."""
 
-    lip_share: float
+    @property
+    def lip_share(self) -> float: ...
 
     def in_box(self, x0: int, y0: int, w: int, h: int, grow_px: float) -> np.ndarray: ...
 
