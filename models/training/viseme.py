@@ -110,11 +110,11 @@ class Recipe:
     """
 
     members: int = 4
-    arch: str = "mlp"
+    arch: str = "conv"
     hidden: int = 128
     dropout: float = 0.3
     channels: int = 64
-    steps: int = 3000
+    steps: int = 1500
     batch: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-3

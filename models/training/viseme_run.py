@@ -132,6 +132,26 @@ def viseme_report(name: str, pred: np.ndarray, ids: np.ndarray) -> dict:
     return row
 
 
+def measure_file(net, recipe, path: Path, fps: int = 25) -> dict:
+    """The viseme report of one speech file as the service hears it (its own level, one window per 25 fps frame),
+    against the phones of pocketsphinx's own recognition (frames of words that do not fit left out)."""
+    from lipsync_models.training import viseme as vm
+    from lipsync_models.training.phone_labels import frame_times, label_speech
+    from lipsync_service.core.mel import melspectrogram, window_start
+    from lipsync_service.evaluation.speech import load_speech
+
+    speech = load_speech(path)
+    mel = melspectrogram(speech)
+    frames = int(len(speech) / 16000 * fps)
+    starts = [min(window_start(i, fps), mel.shape[1] - 16) for i in range(frames)]
+    x = np.stack([mel[:, s:s + 16] for s in starts]).astype(np.float32)
+    labelled = label_speech(path.stem, speech, frame_times(frames, fps), None)
+    row = viseme_report(f"measured {path.name} ({labelled.summary.get('words', 0)} recognised words)",
+                        vm.predict(net, x, recipe.pos_weight), labelled.ids)
+    row["alignment"] = labelled.summary
+    return row
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The command's arguments (shared by `lipsync-service train visemes` and `python -m`)."""
     from lipsync_models.training.viseme import ARCHITECTURES, Recipe
@@ -158,6 +178,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-speech", action="store_true", help="train the viseme heads on the clips' phones only")
     ap.add_argument("--opening-gain", type=float, default=3.0, help="served gain on the predicted opening")
     ap.add_argument("--width-gain", type=float, default=2.5, help="served gain on the predicted width")
+    ap.add_argument("--measure", type=Path, action="append", default=[],
+                    help="speech file only measured (the viseme AUC against pocketsphinx's own recognition, as the "
+                    "service would hear it at 25 fps), never trained on (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fp32", action="store_true", help="store float32 weights (default: float16, cast at load)")
 
@@ -170,7 +193,8 @@ def run(args: argparse.Namespace) -> Path:
     from lipsync_models.training.phone_labels import read_labels
     from lipsync_models.training.shape import load_shape_labels, pearson
 
-    torch.set_num_threads(2)
+    # One thread: these small networks gain little from a second one, and lose much when the cores are shared.
+    torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     held = tuple(args.held_out or HELD_OUT_PREFIXES)
     labels = load_shape_labels(args.labels)
@@ -222,6 +246,8 @@ def run(args: argparse.Namespace) -> Path:
         pooled[key] = viseme_report(f"{key} ({len(chosen)} files)", pred, ids)
         pooled[key]["z_sd"] = [float(pred[:, c].std()) for c in range(2)]
     report["speech"] = pooled
+    for path in args.measure:
+        report["speech"][f"measured {path.name}"] = measure_file(net, recipe, path)
     real = np.concatenate([p.x for p in (val or train)])[:4096, None]
     gains = np.array([args.opening_gain, args.width_gain], np.float32)
     out = vm.export_viseme(net, args.out / "model.onnx", gains, recipe.pos_weight, recipe,
