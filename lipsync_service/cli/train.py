@@ -18,7 +18,8 @@ DEFAULT_CACHE = Path.home() / ".cache" / "lipsync-data"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `train` command (prepare, run, opening, shape, occlusion, export); each subcommand sets `func`."""
+    """Add the `train` command (prepare, run, opening, shape, occlusion, phones, visemes, export); each subcommand
+    sets `func`."""
     train = subparsers.add_parser("train", help="build the training cache, train the default model, export it")
     sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
 
@@ -72,6 +73,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_occlusion_arguments(occlusion)
     occlusion.set_defaults(func=_occlusion)
+
+    phones = sub.add_parser("phones", help="align the training speech to phones (labels of the viseme heads)",
+                            description="GRID clips are aligned to the sentence their name spells, speech-only files "
+                            "to their transcripts, other clips to pocketsphinx's own recognition (kept only when "
+                            "it passes the eval's checks). Needs the eval extra (pocketsphinx).")
+    from lipsync_models.training.phone_labels import add_arguments as add_phone_arguments
+
+    add_phone_arguments(phones)
+    phones.set_defaults(func=_phones)
+
+    visemes = sub.add_parser("visemes", help="train the speech->lip-shape and viseme ensemble (opening, width, "
+                             "closure, tuck, round) and export the 5-column `lip_shape` ONNX",
+                             description="Needs lip-shape labels of the cache's frames (models/training/"
+                             "shape_labels.py in the eval venv) and phone labels (`train phones`).")
+    from lipsync_models.training.viseme_run import add_arguments as add_viseme_arguments
+
+    add_viseme_arguments(visemes)
+    visemes.set_defaults(func=_visemes)
 
     exp = sub.add_parser("export", help="export trained generator weights (generator.pt) to ONNX")
     exp.add_argument("weights", type=Path,
@@ -134,6 +153,24 @@ def _shape(args: argparse.Namespace) -> int:
 
 def _occlusion(args: argparse.Namespace) -> int:
     return _run_module("train occlusion", "lipsync_models.training.occlusion", args)
+
+
+def _visemes(args: argparse.Namespace) -> int:
+    return _run_module("train visemes", "lipsync_models.training.viseme_run", args)
+
+
+def _phones(args: argparse.Namespace) -> int:
+    try:
+        import pocketsphinx  # noqa: F401
+
+        from lipsync_models.training.phone_labels import run
+    except ImportError as exc:
+        return fail("train phones", needs_extra("eval", exc))
+    try:
+        print(run(args))
+    except (ValueError, OSError, LipsyncError) as exc:
+        return fail("train phones", exc)
+    return 0
 
 
 def _run_module(command: str, module: str, args: argparse.Namespace) -> int:

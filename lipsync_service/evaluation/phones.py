@@ -45,6 +45,10 @@ MIN_WORDS_FIT = 0.5
 MIN_POSTERIOR = 0.3
 #: Speech whose 95th percentile of 10 ms loudness is under this (dBFS) is silence: nothing to align.
 SILENCE_DBFS = -50.0
+#: Audio either side of a piece of words aligned on its own (10 ms frames; see _phones_by_piece).
+PIECE_PAD_FRAMES = 5
+#: Bytes of 16-bit PCM per 10 ms frame.
+_FRAME_BYTES = 2 * MODEL_SAMPLE_RATE // PHONE_RATE
 #: Units that are not phones: silence and pocketsphinx's noise fillers.
 NOT_PHONES = frozenset({"SIL", "+NSN+", "+SPN+", "+BREATH+", "+COUGH+", "+LAUGH+", "+UM+", "+UH+", "+SMACK+"})
 
@@ -240,29 +244,84 @@ def word_fit(word_ll: float, first: int, last: int, loop: Sequence[tuple[int, in
 
 
 def _align_words(pcm: bytes, words: Sequence[str]) -> tuple[list[Phone], list[tuple[str, int, int, float]]] | None:
-    """Phones and words of `words` aligned to the audio; None when pocketsphinx finds no alignment."""
+    """Phones and words of `words` aligned to the audio; None when pocketsphinx finds no alignment.
+
+    The phone pass over the whole utterance fails on some that the word pass aligned (pocketsphinx stops with
+    "Failed to stop utterance processing": 3 of the first 10 LJSpeech sentences); those get their phones a few
+    words at a time (`_phones_by_piece`).
+    """
     decoder = _decoder(lm=None)
     try:
         decoder.set_align_text(" ".join(words))
         _decode(decoder, pcm)
         if decoder.hyp() is None:
             return None
-        aligned = [(_base(s.word), s.start_frame, s.end_frame, _log(s.ascore)) for s in decoder.seg()
-                   if _is_word(s.word)]
+        segments = [(s.word, s.start_frame, s.end_frame, _log(s.ascore)) for s in decoder.seg()]
+    except RuntimeError:  # pocketsphinx's way of saying the text cannot be aligned to this audio
+        return None
+    aligned = [(_base(w), a, b, ll) for w, a, b, ll in segments if _is_word(w)]
+    try:
         decoder.set_alignment()
         _decode(decoder, pcm)
         alignment = decoder.get_alignment()
-    except RuntimeError:  # pocketsphinx's way of saying the text cannot be aligned to this audio
-        return None
+    except RuntimeError:
+        alignment = None
     if alignment is None:
-        return None
+        phones = _phones_by_piece(pcm, segments)
+        return None if phones is None else (phones, aligned)
+    return _phones_of(alignment, 0), aligned
+
+
+def _phones_of(alignment: Any, first_frame: int) -> list[Phone]:
+    """The phones of a pocketsphinx alignment whose frame 0 is `first_frame` of the speech."""
     phones = []
     for word in alignment:
         name = "<sil>" if not _is_word(word.name) else _base(word.name)
         for phone in word:
-            phones.append(Phone(phone.name, phone.start / PHONE_RATE, (phone.start + phone.duration) / PHONE_RATE,
-                                name))
-    return phones, aligned
+            start = first_frame + phone.start
+            phones.append(Phone(phone.name, start / PHONE_RATE, (start + phone.duration) / PHONE_RATE, name))
+    return phones
+
+
+def _phones_by_piece(pcm: bytes, segments: Sequence[tuple[str, int, int, float]]) -> list[Phone] | None:
+    """Phones of a word alignment, aligned again a few words at a time: the whole run of words first, then halves
+    of what fails, down to single words. Each piece is cut with PIECE_PAD_FRAMES of audio either side (the phone
+    pass wants some) and its phones are trimmed to the piece's own frames; the pauses of the word pass are
+    silence, and a word that fails on its own keeps no phones. None when no word could be aligned."""
+    words = [s for s in segments if _is_word(s[0])]
+    total = len(pcm) // _FRAME_BYTES
+    phones: list[Phone] = []
+
+    def solve(piece: Sequence[tuple[str, int, int, float]]) -> None:
+        first, last = piece[0][1], piece[-1][2]
+        start, stop = max(0, first - PIECE_PAD_FRAMES), min(total, last + 1 + PIECE_PAD_FRAMES)
+        decoder = _decoder(lm=None)
+        chunk = pcm[start * _FRAME_BYTES:stop * _FRAME_BYTES]
+        alignment = None
+        try:
+            decoder.set_align_text(" ".join(_base(w) for w, _, _, _ in piece))
+            _decode(decoder, chunk)
+            if decoder.hyp() is not None:
+                decoder.set_alignment()
+                _decode(decoder, chunk)
+                alignment = decoder.get_alignment()
+        except RuntimeError:
+            alignment = None
+        if alignment is not None:
+            lo, hi = first / PHONE_RATE, (last + 1) / PHONE_RATE
+            for phone in _phones_of(alignment, start):
+                if phone.end > lo and phone.start < hi:
+                    phones.append(Phone(phone.name, max(phone.start, lo), min(phone.end, hi), phone.word))
+        elif len(piece) > 1:
+            solve(piece[: len(piece) // 2])
+            solve(piece[len(piece) // 2:])
+
+    solve(words)
+    if not phones:
+        return None
+    phones += [Phone("SIL", a / PHONE_RATE, (b + 1) / PHONE_RATE, "<sil>") for w, a, b, _ in segments
+               if w == "<sil>" and b >= a]
+    return sorted(phones, key=lambda p: p.start)
 
 
 def align(speech: np.ndarray, transcript: str | None = None, rate: int = MODEL_SAMPLE_RATE) -> PhoneAlignment:

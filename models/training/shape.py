@@ -148,6 +148,24 @@ def export_lip_shape(net, out: Path, gains, fp16_weights: bool = True, opset: in
     Returns:
         out.
     """
+    gains = [float(g) for g in np.asarray(gains, np.float32).ravel()]
+    members = len(getattr(net, "members", [net]))
+    description = (f"lipsync-lip-shape (speech MLP ensemble x{members}, {count_parameters(net) / 1e6:.2f} M params, "
+                   f"mel [B,1,80,16] -> lip_shape [B,2] = per-clip z of (opening 13-14/10-152, width 61-291/234-454), "
+                   f"gains opening {gains[0]:.2f} width {gains[1]:.2f}, clamped to +-{CLAMP:g})")
+    return export_served(build_served(net.eval(), gains), out, description, fp16_weights, opset, max_fp16_error,
+                         check_mel)
+
+
+def export_served(served, out: Path, description: str, fp16_weights: bool = True, opset: int = 17,
+                  max_fp16_error: float = 1e-3, check_mel: np.ndarray | None = None) -> Path:
+    """Write a served lip-shape graph (mel [B,1,80,16] -> lip_shape [B,C], C = 2 or 5) as ONNX with the contract
+    and `description` as metadata; float16 weights unless they move an output by more than max_fp16_error (see
+    export_lip_shape).
+
+    Returns:
+        out.
+    """
     import warnings
 
     import onnx
@@ -157,19 +175,13 @@ def export_lip_shape(net, out: Path, gains, fp16_weights: bool = True, opset: in
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    served = build_served(net.eval(), gains)
     mel = torch.randn(2, 1, 80, 16)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(served, (mel,), str(out), input_names=[INPUT_MEL], output_names=[OUTPUT_SHAPE],
+        torch.onnx.export(served.eval(), (mel,), str(out), input_names=[INPUT_MEL], output_names=[OUTPUT_SHAPE],
                           dynamic_axes={INPUT_MEL: {0: "batch"}, OUTPUT_SHAPE: {0: "batch"}},
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     model = onnx.load(str(out))
-    gains = [float(g) for g in np.asarray(gains, np.float32).ravel()]
-    members = len(getattr(net, "members", [net]))
-    description = (f"lipsync-lip-shape (speech MLP ensemble x{members}, {count_parameters(net) / 1e6:.2f} M params, "
-                   f"mel [B,1,80,16] -> lip_shape [B,2] = per-clip z of (opening 13-14/10-152, width 61-291/234-454), "
-                   f"gains opening {gains[0]:.2f} width {gains[1]:.2f}, clamped to +-{CLAMP:g})")
     del model.metadata_props[:]
     for key, value in ((META_CONTRACT, CONTRACT), (META_DESCRIPTION, description)):
         entry = model.metadata_props.add()

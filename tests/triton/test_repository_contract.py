@@ -24,15 +24,20 @@ from .conftest import TRITON_REPO
 CONFIGS = sorted(TRITON_REPO.glob("*/config.pbtxt"))
 
 
-def test_committed_repository_holds_the_default_model_and_the_previous_one() -> None:
-    """lipsync_generator (the default, lip_shape contract) and opening_warp_rgb96 (the previous default, rgb_face)."""
+def test_committed_repository_holds_the_default_model_and_the_previous_ones() -> None:
+    """lipsync_generator (the default: lip_shape with the viseme columns), lip_shape_round4 (the previous default:
+    lip_shape, two columns) and opening_warp_rgb96 (the one before: rgb_face)."""
     assert TRITON_REPO == DEFAULT_MODEL_REPOSITORY
-    assert [p.parent.name for p in CONFIGS] == ["lipsync_generator", "opening_warp_rgb96"]
-    expected = (("lipsync_generator", OutputContract.LIP_SHAPE), ("opening_warp_rgb96", OutputContract.RGB_FACE))
-    for name, contract in expected:
+    assert [p.parent.name for p in CONFIGS] == ["lip_shape_round4", "lipsync_generator", "opening_warp_rgb96"]
+    expected = (("lipsync_generator", OutputContract.LIP_SHAPE, [5]),
+                ("lip_shape_round4", OutputContract.LIP_SHAPE, [2]),
+                ("opening_warp_rgb96", OutputContract.RGB_FACE, [3, 96, 96]))
+    for name, contract, dims in expected:
         assert (TRITON_REPO / name / "1" / "model.py").is_file()
         config = text_format.Parse((TRITON_REPO / name / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert config.name == name
         assert config.parameters[CONTRACT_PARAMETER].string_value == contract.value
+        assert list(config.output[0].dims) == dims
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.parent.name for p in CONFIGS])
