@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import wrappers_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
@@ -58,7 +58,13 @@ def _unpack_any(key: str, value: Any) -> Any:
     for wrapper in _WRAPPERS:
         if value.Is(wrapper.DESCRIPTOR):
             msg = wrapper()
-            value.Unpack(msg)
+            try:
+                value.Unpack(msg)
+            except DecodeError as exc:
+                raise InvalidInput(
+                    f"output_video_encoding.custom_encoding[{key!r}]: the value's bytes are not a valid "
+                    f"{wrapper.DESCRIPTOR.name}; pack the value with Any.Pack"
+                ) from exc
             return msg.value
     raise InvalidInput(
         f"output_video_encoding.custom_encoding[{key!r}]: value type {value.type_url!r} is not supported; "
