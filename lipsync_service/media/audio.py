@@ -11,7 +11,7 @@ import numpy as np
 
 from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError, ResourceExhausted
 from lipsync_service.job import AudioCodec
-from lipsync_service.media.av_errors import PYAV_ERRORS, reason
+from lipsync_service.media.av_errors import PYAV_ERRORS, GuardedSource, reason
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.types import MODEL_SAMPLE_RATE, Readable
 
@@ -335,7 +335,7 @@ class AudioTrack:
     def _decode(self) -> None:
         what = f"{self.name} audio"
         fmt = "wav" if self._codec is AudioCodec.WAV else "mp3"
-        reader = self._sniff()
+        reader = GuardedSource(self._sniff())
         try:
             # Tags (ID3, RIFF INFO) are free text: undecodable bytes there must not fail the audio.
             container = av.open(reader, mode="r", format=fmt, container_options=_OPEN_OPTIONS,
@@ -343,8 +343,10 @@ class AudioTrack:
         except LipsyncError:
             raise
         except PYAV_ERRORS as exc:
+            reader.raise_error()
             raise InvalidInput(f"{what}: cannot read the {fmt.upper()} data ({reason(exc)})") from exc
         try:
+            reader.raise_error()
             if not container.streams.audio:
                 raise InvalidInput(f"{what}: no audio stream in the {fmt.upper()} data")
             stream = container.streams.audio[0]
@@ -371,11 +373,14 @@ class AudioTrack:
                     self._source_samples += frame.samples
                     if max_samples is not None and self._source_samples > max_samples:
                         raise ResourceExhausted(f"{what} is longer than the limit of {self._max_duration_s:g} s")
+                # The decoder stops at what looks like the end of the input; it may be our reader's error.
+                reader.raise_error()
                 if resamplers:
                     self._push(resamplers, targets, None)
             except LipsyncError:
                 raise
             except PYAV_ERRORS as exc:
+                reader.raise_error()
                 at = self._source_samples / self._source_rate if self._source_rate else 0.0
                 raise InvalidInput(f"{what}: the {fmt.upper()} data is corrupt or truncated after {at:.2f} s "
                                    f"({reason(exc)})") from exc
