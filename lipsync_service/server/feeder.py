@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 
 from lipsync_service.errors import ResourceExhausted
+from lipsync_service.logs import call_log as log
 from lipsync_service.media.pipe import ByteStream
-from lipsync_service.server.request_log import log
 
 # Seconds a full input buffer may see no reads before we conclude its reader waits on another input
 # (e.g. all video sent before any audio) and let it grow beyond capacity rather than deadlock.

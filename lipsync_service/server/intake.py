@@ -9,10 +9,10 @@ from pathlib import Path
 from lipsync_service import config as job_config
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service.errors import Cancelled, InvalidInput, ResourceExhausted
+from lipsync_service.logs import call_log as log
 from lipsync_service.media.audio import AudioTrack
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.server.feeder import Feeder
-from lipsync_service.server.request_log import log
 from lipsync_service.server.video_intake import VideoIntake
 from lipsync_service.settings import Settings
 from lipsync_service.speakers import SpeakerData, frames_from_proto

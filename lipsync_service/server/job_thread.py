@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lipsync_service.core.factory import ProcessorFactory
+from lipsync_service.logs import call_log as log
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.server.intake import Intake
 from lipsync_service.server.metrics import Metrics
-from lipsync_service.server.request_log import log
 from lipsync_service.server.threads import start_thread
 from lipsync_service.settings import Settings
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import grpc
 
 from lipsync_service.errors import Cancelled, OutputStalled
-from lipsync_service.server.request_log import log
+from lipsync_service.logs import call_log as log
 from lipsync_service.server.status import status_for
 from lipsync_service.settings import Settings
 

@@ -18,13 +18,14 @@ from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service.client.stream import CallSummary
 from lipsync_service.core.factory import ProcessorFactory
 from lipsync_service.errors import InputTimeout
+from lipsync_service.logs import call_log as log
 from lipsync_service.logs import request_id_var
 from lipsync_service.server.admission import Admission, Slot
 from lipsync_service.server.intake import Intake
 from lipsync_service.server.job_thread import JobThread
 from lipsync_service.server.metrics import Metrics
 from lipsync_service.server.output import OutputBuffer, OutputWatchdog
-from lipsync_service.server.request_log import log, log_request_finished
+from lipsync_service.server.request_log import log_request_finished
 from lipsync_service.server.status import status_for
 from lipsync_service.server.threads import start_thread
 from lipsync_service.settings import Settings
@@ -270,10 +271,12 @@ class Session:
 
     def _finish_log(self) -> None:
         intake = self._intake
+        mode = intake.video.mode
         log_request_finished(
             self.metrics, request_id=self.request_id, client_session_id=self.client_session_id,
             outcome=self.outcome, message=self.error_message, started=self._started,
-            admitted_at=self._admitted_at, first_chunk_at=self._first_chunk_at, video_mode=intake.video.mode,
+            admitted_at=self._admitted_at, first_chunk_at=self._first_chunk_at,
+            video_mode=mode.value if mode is not None else None,
             input_bytes={"video": intake.video.bytes, "speech": intake.speech_bytes,
                          "background": intake.background_bytes},
             output_bytes=self._output.total, frames_reported=self._job.frames_reported, result=self._result,

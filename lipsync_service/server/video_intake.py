@@ -6,10 +6,10 @@ import enum
 from collections.abc import Callable
 from pathlib import Path
 
+from lipsync_service.logs import call_log as log
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.probe import classify_mp4
 from lipsync_service.server.feeder import Feeder
-from lipsync_service.server.request_log import log
 from lipsync_service.server.spool import Spool
 from lipsync_service.settings import Settings
 
