@@ -9,7 +9,15 @@ import threading
 import av
 import numpy as np
 
-from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError, ResourceExhausted
+from lipsync_service.errors import (
+    Cancelled,
+    InputTimeout,
+    InternalError,
+    InvalidInput,
+    LipsyncError,
+    ResourceExhausted,
+    release_frames,
+)
 from lipsync_service.job import AudioCodec
 from lipsync_service.media.av_errors import PYAV_ERRORS, GuardedSource, reason
 from lipsync_service.media.pipe import ByteStream
@@ -213,8 +221,18 @@ class AudioTrack:
                 self._thread.join(timeout=30)
                 if self._thread.is_alive():
                     log.warning("%s audio decoder did not stop within 30 s", self.name)
+                    return
+            # The decoder's frames (its container and resamplers) that a kept error still holds.
+            release_frames(self._error)
         except Exception:  # close must never raise: it runs in cleanup paths
             log.exception("closing %s audio failed", self.name)
+
+    def release(self) -> None:
+        """Let the decoded samples go now that nothing will read them (a server call's end): the call's objects
+        may wait for the garbage collector, the samples need not."""
+        with self._cond:
+            for samples in (self._model, self._output):
+                samples.release_before(samples.total)
 
     # Consumer side -----------------------------------------------------------------------------
 

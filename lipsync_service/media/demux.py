@@ -649,6 +649,11 @@ class VideoSource:
             except Exception:  # noqa: BLE001 - closing must never raise
                 log.debug("closing the input container failed", exc_info=True)
             self._container = None
+        # The stream owns the decoder (its frame threads and frame pool), which a closed container does not free;
+        # a failed job's traceback may keep this object alive until the garbage collector finds the cycle.
+        self._stream = None
+        self._first_error = None
+        self._guard = None
 
     def __enter__(self) -> VideoSource:
         return self

@@ -17,7 +17,7 @@ from lipsync_service._proto.nvidia.ai4m.common.v1 import common_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service.client.stream import CallSummary
 from lipsync_service.core.factory import ProcessorFactory
-from lipsync_service.errors import InputTimeout
+from lipsync_service.errors import InputTimeout, release_frames
 from lipsync_service.logs import call_log as log
 from lipsync_service.logs import request_id_var
 from lipsync_service.server.admission import Admission, Slot
@@ -244,13 +244,17 @@ class Session:
                 for track in tracks:
                     track.close()
                 self._job.join()
+                for track in tracks:
+                    track.release()
 
             joiner, joined = start_thread(join, f"lipsync-cleanup-{self.request_id[:8]}")
             await asyncio.shield(joined)
             joiner.join()
             done = self._job.done
             if done is not None and done.done() and not done.cancelled():
-                done.exception()  # mark retrieved; a failure was already raised if it mattered
+                # Mark it retrieved (a failure was already raised if it mattered), and let the job's thread's last
+                # frame go: it holds the job's inputs, and this session keeps the exception.
+                release_frames(done.exception())
         finally:
             self._intake.video.remove_spool()
             await self._release_admission()
