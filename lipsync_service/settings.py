@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         256 * 1024, ge=1024, validation_alias=_env("NV_AI4M_OUTPUT_CHUNK_BYTES", "output_chunk_bytes")
     )
 
+    # Seconds between returns of the C heap's free memory to the system while calls keep running (it is always
+    # returned when the server goes idle); 0 turns it off. See server/heap.py.
+    heap_trim_interval_s: float = Field(
+        10.0, ge=0, validation_alias=_env("NV_AI4M_HEAP_TRIM_INTERVAL_S", "heap_trim_interval_s")
+    )
+
     # Behaviour.
     debug_mode: bool = Field(False, validation_alias=_env("NV_AI4M_LS_DEBUG_MODE", "debug_mode"))
     processor: str = Field("neural", validation_alias=_env("NV_AI4M_LS_PROCESSOR", "processor"))

@@ -21,6 +21,7 @@ from lipsync_service.errors import InputTimeout, release_frames
 from lipsync_service.logs import call_log as log
 from lipsync_service.logs import request_id_var
 from lipsync_service.server.admission import Admission, Slot
+from lipsync_service.server.heap import HEAP
 from lipsync_service.server.intake import Intake
 from lipsync_service.server.job_thread import JobThread
 from lipsync_service.server.metrics import Metrics
@@ -246,6 +247,8 @@ class Session:
                 self._job.join()
                 for track in tracks:
                     track.release()
+                # This call still holds its slot: the server is idle once it lets go.
+                HEAP.after_call(idle=self.admission.active <= 1, interval_s=self.settings.heap_trim_interval_s)
 
             joiner, joined = start_thread(join, f"lipsync-cleanup-{self.request_id[:8]}")
             await asyncio.shield(joined)

@@ -1,0 +1,69 @@
+"""Give the C heap's free memory back to the operating system after calls.
+
+glibc's malloc keeps memory a thread freed in that thread's arena for reuse, and returns to the system only what
+lies at an arena's top. Each call runs its decoders, encoder, networks and numpy work on threads of its own, so
+after a few hundred calls the arenas hold hundreds of MB that nothing uses (measured on the fuzz campaign: 27 MB in
+use, 223 MB free in the arenas, RSS twice the warm baseline). malloc_trim(0) hands every free page back. It walks
+every arena (a few ms, up to ~40 ms after hundreds of calls), so it runs off the event loop, when the server
+goes idle, and at most once per interval while it stays busy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+class HeapTrimmer:
+    """Trims the C heap after a call ends: always when the server is idle, else once per `interval_s`."""
+
+    def __init__(self, trim: Callable[[int], int] | None = None) -> None:
+        """Args:
+            trim: the trimming function (glibc's malloc_trim when None; none at all on other C libraries).
+        """
+        self._trim = trim if trim is not None else _find_malloc_trim()
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self.trims = 0
+
+    def after_call(self, *, idle: bool, interval_s: float) -> bool:
+        """A call has ended (blocking: call it off the event loop).
+
+        Args:
+            idle: no other call holds a processing slot.
+            interval_s: while busy, trim at most this often; 0 turns trimming off.
+
+        Returns:
+            True when the heap was trimmed.
+        """
+        if self._trim is None or interval_s <= 0:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if not idle and now - self._last < interval_s:
+                return False
+            self._last = now
+            self.trims += 1
+        # ctypes lets go of the GIL for the call: other streams keep running.
+        self._trim(0)
+        return True
+
+
+#: The process's one C heap.
+HEAP = HeapTrimmer()
