@@ -37,7 +37,9 @@ def release_frames(exc: BaseException | None) -> None:
     keeps every frame it passed through alive, and with them every local: the job, its decoder's and encoder's
     threads and buffers, its processor's networks, the call's speaker data. Those frames usually reach the object
     that keeps the exception, a cycle only Python's garbage collector breaks, and it runs rarely. The traceback
-    still prints (file, line, function); only the locals go. Frames still running are left as they are.
+    still prints (file, line, function); only the locals go. Frames still running are left as they are, and a
+    cleared frame still holds the function it ran: code that may fail while a server call's data is at hand runs
+    in methods, not closures over that data.
     """
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:

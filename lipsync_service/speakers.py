@@ -15,7 +15,7 @@ from lipsync_service.errors import InputTimeout, InvalidInput
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SpeakerBox:
     """A face in one frame: box (pixels, top-left + size), stable id, speaking flag."""
 
@@ -32,7 +32,7 @@ class SpeakerBox:
         return self.x == 0 and self.y == 0 and self.width == 0 and self.height == 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FrameSpeakers:
     """Speaker data of one frame. An empty list means: detect faces yourself."""
 

@@ -1,4 +1,4 @@
-"""Give the C heap's free memory back to the operating system after calls.
+"""Give memory a finished call no longer uses back to the operating system.
 
 glibc's malloc keeps memory a thread freed in that thread's arena for reuse, and returns to the system only what
 lies at an arena's top. Each call runs its decoders, encoder, networks and numpy work on threads of its own, so
@@ -6,11 +6,17 @@ after a few hundred calls the arenas hold hundreds of MB that nothing uses (meas
 use, 223 MB free in the arenas, RSS twice the warm baseline). malloc_trim(0) hands every free page back. It walks
 every arena (a few ms, up to ~40 ms after hundreds of calls), so it runs off the event loop, when the server
 goes idle, and at most once per interval while it stays busy.
+
+A failed call also leaves objects that refer to each other (gRPC keeps the aborting exception, whose frames hold
+the call's session), which only Python's cycle collector frees, and it looks at old objects seldom: after 100
+fuzz calls 150,000 such objects held 25 MB. When the server goes idle, a full collection runs before the trim
+(0.1-0.3 s, with no call waiting on it).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import threading
 import time
@@ -31,7 +37,8 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
 
 
 class HeapTrimmer:
-    """Trims the C heap after a call ends: always when the server is idle, else once per `interval_s`."""
+    """After a call ends: when the server is idle, collects cycles and trims the C heap; while it is busy, trims at
+    most once per `interval_s`."""
 
     def __init__(self, trim: Callable[[int], int] | None = None) -> None:
         """Args:
@@ -60,6 +67,8 @@ class HeapTrimmer:
                 return False
             self._last = now
             self.trims += 1
+        if idle:
+            gc.collect()
         # ctypes lets go of the GIL for the call: other streams keep running.
         self._trim(0)
         return True

@@ -69,6 +69,13 @@ class Intake:
         if self.speakers is not None:
             self.speakers.close()
 
+    def release(self) -> None:
+        """The job has ended: let the speaker data and the decoded audio go now. The call's own objects reference
+        each other and wait for the garbage collector; what a client sent need not wait with them."""
+        for track in self.tracks():
+            track.release()
+        self.speakers = self.speech = self.background = None
+
     def tracks(self) -> list[AudioTrack]:
         """The audio decoders started so far (closing them blocks: do it off the event loop)."""
         return [t for t in (self.speech, self.background) if t is not None]

@@ -237,7 +237,7 @@ class Session:
                 except BaseException:  # noqa: BLE001 - its outcome was already reported or is moot
                     pass
             elif self._reader is not None and not self._reader.cancelled():
-                self._reader.exception()  # mark retrieved
+                release_frames(self._reader.exception())  # mark retrieved; its frames hold what the client sent
             # Joining blocks, so it happens in a short-lived thread of its own.
             tracks = self._intake.tracks()
 
@@ -245,8 +245,7 @@ class Session:
                 for track in tracks:
                     track.close()
                 self._job.join()
-                for track in tracks:
-                    track.release()
+                self._intake.release()
                 # This call still holds its slot: the server is idle once it lets go.
                 HEAP.after_call(idle=self.admission.active <= 1, interval_s=self.settings.heap_trim_interval_s)
 
