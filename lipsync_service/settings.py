@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     max_frame_pixels: int = Field(
         4096 * 2160, ge=256, validation_alias=_env("NV_AI4M_MAX_FRAME_PIXELS", "max_frame_pixels")
     )
+    # Memory one call may hold on its client's behalf: upload buffered ahead of the job (all inputs), speaker
+    # data, decoded audio, output not yet read (server/budget.py). More is refused with RESOURCE_EXHAUSTED.
+    max_stream_memory_bytes: int = Field(
+        256 * 1024 * 1024, ge=32 * 1024 * 1024,
+        validation_alias=_env("NV_AI4M_MAX_STREAM_MEMORY_BYTES", "max_stream_memory_bytes"),
+    )
     # Bytes of upload buffered in memory per input before the reader applies backpressure.
     stream_buffer_bytes: int = Field(
         4 * 1024 * 1024, ge=65536, validation_alias=_env("NV_AI4M_STREAM_BUFFER_BYTES", "stream_buffer_bytes")

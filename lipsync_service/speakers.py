@@ -45,6 +45,17 @@ class FrameSpeakers:
         return not self.speakers or any(s.is_empty for s in self.speakers)
 
 
+# What one frame's data costs in memory once stored (object, its tuple, its index entry), and each speaker box
+# on top: measured with tracemalloc on CPython 3.11 (140 bytes, +112 to +150 per box), rounded up.
+FRAME_BYTES = 150
+SPEAKER_BYTES = 150
+
+
+def estimated_bytes(frames: Iterable[FrameSpeakers]) -> int:
+    """Memory the frames will take once stored in a SpeakerData (for the call's memory budget)."""
+    return sum(FRAME_BYTES + SPEAKER_BYTES * len(f.speakers) for f in frames)
+
+
 def _out_of_range(frame_id: int, frame_count: int) -> str:
     return f"speaker data: frame_id {frame_id} is out of range: the video has {frame_count} frames"
 
@@ -89,6 +100,8 @@ class SpeakerData:
         self._absent: set[int] = set()
         self._warned_late = False
         self._cond = threading.Condition()
+        #: Memory the stored frames take, estimated (estimated_bytes).
+        self.held_bytes = 0
 
     def close(self) -> None:
         """No more data will come: waiters return what there is."""
@@ -198,6 +211,7 @@ class SpeakerData:
             late = sorted(ids & self._absent)
             for frame in batch:
                 self._frames[frame.frame_id] = frame
+            self.held_bytes += estimated_bytes(batch)
             self._highest = max(self._highest, highest)
             self._cond.notify_all()
             warn = bool(late) and not self._warned_late

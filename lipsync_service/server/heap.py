@@ -49,15 +49,12 @@ class HeapTrimmer:
         self._last = 0.0
         self.trims = 0
 
-    def after_call(self, *, idle: bool, interval_s: float) -> bool:
-        """A call has ended (blocking: call it off the event loop).
+    def due(self, *, idle: bool, interval_s: float) -> bool:
+        """A call has ended: whether to trim now (and if so, the time of this trim is taken as the last).
 
         Args:
-            idle: no other call holds a processing slot.
+            idle: no call holds a processing slot any more.
             interval_s: while busy, trim at most this often; 0 turns trimming off.
-
-        Returns:
-            True when the heap was trimmed.
         """
         if self._trim is None or interval_s <= 0:
             return False
@@ -67,11 +64,15 @@ class HeapTrimmer:
                 return False
             self._last = now
             self.trims += 1
+        return True
+
+    def trim(self, *, idle: bool) -> None:
+        """Collect cycles (when idle) and hand the C heap's free pages back; blocks, so run it off the event loop."""
         if idle:
             gc.collect()
-        # ctypes lets go of the GIL for the call: other streams keep running.
-        self._trim(0)
-        return True
+        if self._trim is not None:
+            # ctypes lets go of the GIL for the call: other streams keep running.
+            self._trim(0)
 
 
 #: The process's one C heap.

@@ -19,14 +19,15 @@ def log_request_finished(metrics: Metrics, *, request_id: str, client_session_id
                          message: str, started: float, admitted_at: float | None,
                          first_chunk_at: float | None, video_mode: str | None, input_bytes: dict[str, int],
                          output_bytes: int, frames_reported: int, result: JobResult | None,
-                         ignored_encoder_hints: dict[str, Any] | None = None) -> None:
+                         ignored_encoder_hints: dict[str, Any] | None = None, memory_peak_bytes: int = 0) -> None:
     """Record the call's metrics and log its one `request_finished` JSON line.
 
     `started`, `admitted_at` and `first_chunk_at` are time.monotonic() readings (None: the call never got
     that far); `video_mode` is how the video reached the job (VideoMode's value, None before the layout was told);
     `frames_reported` is what progress reports already added to frames_processed; `result` is
     None unless the job finished; `ignored_encoder_hints` are the custom encoding keys the config accepted that
-    mean nothing to x264 (NVIDIA's NVENC-only hints), key -> value.
+    mean nothing to x264 (NVIDIA's NVENC-only hints), key -> value; `memory_peak_bytes` is the most the call held
+    on its client's behalf (server/budget.py) when it was last checked.
     """
     elapsed = time.monotonic() - started
     metrics.streams_total.labels(code=outcome.name).inc()
@@ -58,6 +59,7 @@ def log_request_finished(metrics: Metrics, *, request_id: str, client_session_id
         "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
         **_outcome_fields(result),
         "ignored_encoder_hints": dict(ignored_encoder_hints or {}),
+        "memory_peak_bytes": memory_peak_bytes,
     }
     log.info("%s", json.dumps(record, sort_keys=True))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections import deque
@@ -21,6 +22,7 @@ from lipsync_service.errors import InputTimeout, release_frames
 from lipsync_service.logs import call_log as log
 from lipsync_service.logs import request_id_var
 from lipsync_service.server.admission import Admission, Slot
+from lipsync_service.server.budget import StreamBudget
 from lipsync_service.server.heap import HEAP
 from lipsync_service.server.intake import Intake
 from lipsync_service.server.job_thread import JobThread
@@ -64,7 +66,9 @@ class Session:
                                     self._notify_threadsafe)
         self._job = JobThread(settings, processors, metrics, self._output.put, self._wake.set,
                               f"lipsync-job-{self.request_id[:8]}")
-        self._intake = Intake(settings, self._post, lambda video: self._job.start(video, self._intake))
+        self._budget = StreamBudget(settings.max_stream_memory_bytes)
+        self._budget.hold("output not yet read by the client", lambda: self._output.pending)
+        self._intake = Intake(settings, self._post, lambda video: self._job.start(video, self._intake), self._budget)
         self._watchdog: OutputWatchdog | None = None
 
         self._reader: asyncio.Task[None] | None = None
@@ -107,7 +111,7 @@ class Session:
         # the threads it starts, which copy the context). Never reset: the generator may be closed from
         # another task's context.
         request_id_var.set(self.request_id)
-        log.info("stream opened (client session %r)", self.client_session_id)
+        log.debug("stream opened (client session %r)", self.client_session_id)
         watchdog = self._watchdog = OutputWatchdog(self.settings, self.context, asyncio.current_task())
         watchdog.start(f"lipsync-stall-{self.request_id}")
         try:
@@ -246,8 +250,6 @@ class Session:
                     track.close()
                 self._job.join()
                 self._intake.release()
-                # This call still holds its slot: the server is idle once it lets go.
-                HEAP.after_call(idle=self.admission.active <= 1, interval_s=self.settings.heap_trim_interval_s)
 
             joiner, joined = start_thread(join, f"lipsync-cleanup-{self.request_id[:8]}")
             await asyncio.shield(joined)
@@ -260,6 +262,14 @@ class Session:
         finally:
             self._intake.video.remove_spool()
             await self._release_admission()
+            self._release_memory()
+
+    def _release_memory(self) -> None:
+        """Give what the call freed back to the system, after its slot is free (server/heap.py)."""
+        idle = self.admission.active == 0
+        if HEAP.due(idle=idle, interval_s=self.settings.heap_trim_interval_s):
+            # Nothing waits for it: a plain thread, not one that reports to the event loop.
+            threading.Thread(target=HEAP.trim, kwargs={"idle": idle}, name="lipsync-heap-trim", daemon=True).start()
 
     async def _release_admission(self) -> None:
         acquire = self._acquire
@@ -286,4 +296,5 @@ class Session:
             input_bytes={"video": intake.video.bytes, "speech": intake.speech_bytes,
                          "background": intake.background_bytes},
             output_bytes=self._output.total, frames_reported=self._job.frames_reported, result=self._result,
-            ignored_encoder_hints=intake.cfg.video_encoding.custom.ignored_hints() if intake.cfg is not None else {})
+            ignored_encoder_hints=intake.cfg.video_encoding.custom.ignored_hints() if intake.cfg is not None else {},
+            memory_peak_bytes=self._budget.peak)
