@@ -103,6 +103,33 @@ class Cut:
 
 
 @dataclass
+class Redrawn:
+    """A run of output frames in which one face was re-drawn for one reason.
+
+    Attributes:
+        first, last: output frame numbers (inclusive); frames in between where the face was not re-drawn (its mouth
+            covered, say) are not counted in `frames`.
+        face: the face's label as the debug overlay shows it (`S<speaker id>` with speaker data, else `S<track id>`).
+        why: "speaker data", "only face", "soundtrack sync" (its mouth follows the video's own audio), "lip motion"
+            (its mouth moves most), or "largest face".
+        frames: frames in which it was re-drawn.
+        score: mean score of the choice over those frames (soundtrack sync, lip motion), else None.
+    """
+
+    first: int
+    last: int
+    face: str
+    why: str
+    frames: int = 1
+    score: float | None = None
+
+    def describe(self) -> str:
+        """One line, e.g. "frames 120-260: S3 (soundtrack sync, score 0.48)"."""
+        score = "" if self.score is None else f", score {self.score:.2f}"
+        return f"frames {self.first}-{self.last}: {self.face} ({self.why}{score})"
+
+
+@dataclass
 class JobResult:
     """What a finished job produced.
 
@@ -117,6 +144,11 @@ class JobResult:
             speaker data, or lips that could not be read); None as above.
         frames_bypassed: output frames the speaker data asked to bypass.
         cut: speech or video left out of the output, or None.
+        shots: shots found in the video (1 + the cuts and transitions); None as for frames_without_face.
+        frames_kept: output frames in which a face chosen for re-drawing was left as it was, by reason: "mouth
+            covered", "turned away", "unreadable" (no lips could be read, e.g. a speaker box without a face),
+            "too small"; frames within a few frames of those, where the edit fades, are not counted.
+        redrawn: which face was re-drawn where, and why, in order.
     """
 
     frames: int
@@ -127,15 +159,32 @@ class JobResult:
     frames_not_lipsynced: int | None = None
     frames_bypassed: int = 0
     cut: Cut | None = None
+    shots: int | None = None
+    frames_kept: dict[str, int] = field(default_factory=dict)
+    redrawn: list[Redrawn] = field(default_factory=list)
 
     def notices(self) -> list[str]:
-        """What the user should hear about the output, one sentence each: frames without a face, input cut."""
+        """What the user should hear about the output, one sentence each: frames without a face, faces left as they
+        were, input cut."""
         out = []
         if self.frames_without_face:
             out.append(f"no face found in {self.frames_without_face} of {self.frames} frames: they are unchanged")
+        for why, count in sorted(self.frames_kept.items()):
+            out.append(f"{_KEPT_NOTICE.get(why, why)} in {count} of {self.frames} frames: left as it was there")
         if self.cut is not None:
             out.append(self.cut.notice())
         return out
+
+
+# How each reason for leaving a chosen face unchanged reads in a notice.
+_KEPT_NOTICE = {
+    "mouth covered": "the mouth was covered (a hand, a microphone...)",
+    "turned away": "the head was turned too far for a convincing mouth",
+    "unreadable": "the lips could not be read (no readable face in the box)",
+    "too small": "the face was too small to re-draw",
+}
+# At most this many runs of re-drawn faces are kept in a result (a long video with many cuts has many).
+MAX_REDRAWN = 200
 
 
 @dataclass
@@ -146,8 +195,11 @@ class _FrameTally:
     without_face: int = 0
     not_lipsynced: int = 0
     bypassed: int = 0
+    shots: set[int] = field(default_factory=set)
+    kept: dict[str, int] = field(default_factory=dict)
+    redrawn: list[Redrawn] = field(default_factory=list)
 
-    def add(self, job: FrameJob) -> None:
+    def add(self, job: FrameJob, index: int) -> None:
         if job.bypass:
             self.bypassed += 1
             return
@@ -155,10 +207,32 @@ class _FrameTally:
         if faces is None:
             return
         self.reported += 1
+        self.shots.add(int(job.meta.get("shot", 0)))
         if faces == 0:
             self.without_face += 1
         elif not job.meta.get("faces_lipsynced"):
             self.not_lipsynced += 1
+        for why in {why for _, why, _ in job.meta.get("lipsync_skipped", ())}:
+            self.kept[why] = self.kept.get(why, 0) + 1
+        for label, why, _ in job.meta.get("lipsync_drawn", ()):
+            self._redrawn(index, label, why)
+
+    def _redrawn(self, index: int, label: str, why: str) -> None:
+        # "soundtrack sync 0.52": the reason, then the score the choice won with.
+        head, _, tail = why.rpartition(" ")
+        try:
+            reason, score = head, float(tail)
+        except ValueError:
+            reason, score = why, None
+        for run in reversed(self.redrawn[-4:]):
+            if run.face == label and run.why == reason:
+                run.last, run.frames = index, run.frames + 1
+                if score is not None and run.score is not None:
+                    # A reason comes with a score in every frame or in none: the running mean over its frames.
+                    run.score += (score - run.score) / run.frames
+                return
+        if len(self.redrawn) < MAX_REDRAWN:
+            self.redrawn.append(Redrawn(first=index, last=index, face=label, why=reason, score=score))
 
 
 class _Timer:
@@ -282,7 +356,8 @@ class Job:
         """
         self._inputs = inputs
         video = VideoSource(inputs.video, self._settings,
-                            keep_tail=self._cfg.extend_video is not ExtendVideo.UNSPECIFIED)
+                            keep_tail=self._cfg.extend_video is not ExtendVideo.UNSPECIFIED,
+                            soundtrack=self._processor.wants_soundtrack)
         try:
             with self._timer("decode"):
                 info = video.open()
@@ -292,7 +367,7 @@ class Job:
                 self._limit_speakers(info.frame_count)
             self._check_cancel()
             self._processor.configure(self._cfg)
-            self._processor.start(info, inputs.speech.model)
+            self._processor.start(info, inputs.speech.model, video.soundtrack)
             self._writer = OutputWriter(self._sink, info, self._cfg.video_encoding, self._cfg.output_audio_codec)
             self._encoder = EncodeThread(self._cancel, name=f"{threading.current_thread().name}-encode")
             written = self._run_frames(video, info)
@@ -306,7 +381,9 @@ class Job:
                                stage_seconds=stages,
                                frames_without_face=tally.without_face if tally.reported else None,
                                frames_not_lipsynced=tally.not_lipsynced if tally.reported else None,
-                               frames_bypassed=tally.bypassed, cut=self._cut)
+                               frames_bypassed=tally.bypassed, cut=self._cut,
+                               shots=len(tally.shots) if tally.reported else None, frames_kept=dict(tally.kept),
+                               redrawn=list(tally.redrawn))
             log.debug("job done: %d frames, stages %s", written, result.stage_seconds)
             return result
         except LipsyncError:
@@ -441,7 +518,7 @@ class Job:
         assert writer is not None
         with self._encode_timer("encode"):
             writer.write_frame(job.frame, index)
-        self._tally.add(job)
+        self._tally.add(job, index)
         self._write_audio_until(index + 1)
         if self._progress is not None:
             self._progress(writer.frames_written)
@@ -667,4 +744,4 @@ def _open_input(path: Path | str, what: str, files: list[BinaryIO]) -> BinaryIO:
     return f
 
 
-__all__ = ["Cut", "Job", "JobInputs", "JobProgress", "JobResult", "run_files"]
+__all__ = ["Cut", "Job", "JobInputs", "JobProgress", "JobResult", "Redrawn", "run_files"]

@@ -124,6 +124,10 @@ class Settings(BaseSettings):
 
     # Behaviour.
     debug_mode: bool = Field(False, validation_alias=_env("NV_AI4M_LS_DEBUG_MODE", "debug_mode"))
+    # Without client speaker data: re-draw the face that speaks (active speaker detection) or the largest face.
+    speaker_choice: Literal["active", "largest"] = Field(
+        "active", validation_alias=_env("NV_AI4M_LS_SPEAKER_CHOICE", "speaker_choice")
+    )
     processor: str = Field("neural", validation_alias=_env("NV_AI4M_LS_PROCESSOR", "processor"))
 
     # Inference.

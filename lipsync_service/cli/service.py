@@ -159,6 +159,8 @@ def _run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - progress.started
     print(f"{result.frames} frames ({result.duration_s:.2f} s of video) written to {output} in {elapsed:.1f} s "
           f"({result.frames / max(elapsed, 1e-6):.1f} fps)", file=sys.stderr)
+    for run in result.redrawn:
+        print(f"re-drawn: {run.describe()}", file=sys.stderr)
     for notice in result.notices():
         print(f"note: {notice}", file=sys.stderr)
     return EXIT_OK

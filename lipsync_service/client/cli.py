@@ -335,6 +335,8 @@ def run(args: argparse.Namespace, err: TextIO | None = None) -> int:
     if not args.quiet:
         counts = summary.counts()
         err.write(f"wrote {output} ({output.stat().st_size} bytes){': ' + counts if counts else ''}\n")
+    for line in summary.redrawn:
+        err.write(f"re-drawn: {line}\n")
     for notice in summary.notices:
         err.write(f"note: {notice}\n")
     return EXIT_OK

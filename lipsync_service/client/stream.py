@@ -58,9 +58,12 @@ _COUNT_KEYS = {
     "frames_without_face": "lipsync-frames-without-face",
     "frames_not_lipsynced": "lipsync-frames-not-lipsynced",
     "frames_bypassed": "lipsync-frames-bypassed",
+    "shots": "lipsync-shots",
 }
 _SECONDS_KEYS = {"speech_cut_s": "lipsync-speech-cut-s", "video_cut_s": "lipsync-video-cut-s"}
 NOTICE_KEY = "lipsync-notice"
+# One value per run of frames with the same face re-drawn for the same reason (pipeline.Redrawn.describe).
+REDRAWN_KEY = "lipsync-redrawn"
 
 
 @dataclass
@@ -76,7 +79,10 @@ class CallSummary:
         frames_bypassed: frames the speaker data asked to bypass.
         speech_cut_s: seconds of speech left out because the video ended first (no extend_video).
         video_cut_s: seconds of video left out because the speech ended first (no extend_audio).
-        notices: sentences for the user (no face found, input cut and the flag that keeps it).
+        notices: sentences for the user (no face found, faces left as they were, input cut and the flag that
+            keeps it).
+        shots: shots the server found in the video (cuts and transitions start new ones).
+        redrawn: which face was re-drawn in which frames and why, one line per run of frames.
     """
 
     frames: int | None = None
@@ -86,6 +92,8 @@ class CallSummary:
     speech_cut_s: float | None = None
     video_cut_s: float | None = None
     notices: list[str] = field(default_factory=list)
+    shots: int | None = None
+    redrawn: list[str] = field(default_factory=list)
 
     def to_metadata(self) -> list[tuple[str, str]]:
         """The (key, value) pairs to send, values in plain ASCII as gRPC requires of text metadata."""
@@ -94,6 +102,7 @@ class CallSummary:
         pairs += [(key, f"{getattr(self, name):.3f}") for name, key in _SECONDS_KEYS.items()
                   if getattr(self, name) is not None]
         pairs += [(NOTICE_KEY, notice.encode("ascii", "replace").decode("ascii")) for notice in self.notices]
+        pairs += [(REDRAWN_KEY, line.encode("ascii", "replace").decode("ascii")) for line in self.redrawn]
         return pairs
 
     @classmethod
@@ -108,6 +117,8 @@ class CallSummary:
             value = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
             if key == NOTICE_KEY:
                 summary.notices.append(value)
+            elif key == REDRAWN_KEY:
+                summary.redrawn.append(value)
             elif key in numbers:
                 name, kind = numbers[key]
                 try:

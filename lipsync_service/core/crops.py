@@ -118,6 +118,52 @@ def extract_bgr(frame: av.VideoFrame, region: CropRegion) -> np.ndarray:
     return bgr
 
 
+def extract_bgr_scaled(frame: av.VideoFrame, region: CropRegion, side: int) -> np.ndarray:
+    """The crop region of a yuv420p frame as BGR uint8 [side, side, 3], scaled down (area filter) before the colour
+    conversion; `side` >= region.side gives `extract_bgr`'s result. Parts outside the frame repeat the edge pixels.
+
+    Converting a 4K face's surroundings at full size only to shrink them for a 192-pixel model input costs tens of
+    milliseconds; shrinking the planes first costs a fraction of that and filters better than the model's own
+    linear resampling.
+    """
+    if side >= region.side:
+        return extract_bgr(frame, region)
+    y, u, v = plane_arrays(frame)
+    x0, y0, x1, y1 = region.clipped(frame.width, frame.height)
+    scale = side / region.side
+    out = np.zeros((side, side, 3), np.uint8)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    # Even target sizes, so the half-size chroma planes stay aligned with the luma.
+    w = max(2, int(round((x1 - x0) * scale / 2)) * 2)
+    h = max(2, int(round((y1 - y0) * scale / 2)) * 2)
+    planes = [cv2.resize(y[y0:y1, x0:x1], (w, h), interpolation=cv2.INTER_AREA)]
+    for c in (u, v):
+        sub = c[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2]
+        planes.append(cv2.resize(sub, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+    bgr = i420_to_bgr(*planes)
+    top, left = int(round((y0 - region.y) * scale)), int(round((x0 - region.x) * scale))
+    bottom, right = max(0, side - top - h), max(0, side - left - w)
+    bgr = cv2.copyMakeBorder(bgr, top, bottom, left, right, borderType=cv2.BORDER_REPLICATE)
+    return np.ascontiguousarray(bgr[:side, :side])
+
+
+def extract_box_bgr(frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """BGR uint8 of the frame's pixels in [x0, x1) x [y0, y1), clipped to the frame's even-sized area and even-aligned.
+
+    Returns:
+        (image, (x, y)): the pixels and the frame position of their top-left corner.
+    """
+    w2, h2 = frame.width // 2 * 2, frame.height // 2 * 2
+    x0, y0 = min(max(0, x0 // 2 * 2), w2), min(max(0, y0 // 2 * 2), h2)
+    x1, y1 = max(x0, min(w2, (x1 + 1) // 2 * 2)), max(y0, min(h2, (y1 + 1) // 2 * 2))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return np.zeros((0, 0, 3), np.uint8), (x0, y0)
+    y, u, v = plane_arrays(frame)
+    bgr = i420_to_bgr(y[y0:y1, x0:x1], u[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], v[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2])
+    return bgr, (x0, y0)
+
+
 def crop_image(img: np.ndarray, region: CropRegion) -> np.ndarray:
     """The crop region of an HxWx3 image (e.g. BGR frames in a training set), edge-replicated outside it.
 

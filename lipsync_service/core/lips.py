@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 import av
 import numpy as np
 
-from lipsync_service.core.crops import CropRegion, extract_bgr
-from lipsync_service.core.landmarks import FaceLandmarker, FaceLandmarks
+from lipsync_service.core.crops import CropRegion, extract_bgr_scaled, extract_box_bgr
+from lipsync_service.core.landmarks import CHIN, NOSE_TIP, OUTER_LIPS, FaceLandmarker, FaceLandmarks
 from lipsync_service.core.mouth import (
     LOWER_MID,
+    OUTER_CORNERS,
     UPPER_MID,
     FaceFrame,
     MouthEdit,
@@ -37,6 +38,12 @@ CONTEXT_SCALE = 1.9
 MIN_CUTOFF_HZ = (1.2, 3.0)
 SPEED_COEFF = (4.0, 8.0)
 DERIVATIVE_CUTOFF_HZ = 1.0
+# Largest side (pixels) of the face's surroundings handed to the landmark model; larger faces are shrunk first.
+LANDMARK_CONTEXT_PX = 640
+# The full-resolution image kept around the mouth (mouth_box), in mouth widths beyond the lips, chin and nose.
+MOUTH_BOX_SIDE = 0.7
+MOUTH_BOX_TOP = 0.1
+MOUTH_BOX_BOTTOM = 0.4
 # A mesh whose mouth centre is outside the tracked face box is a misread, not a face.
 MOUTH_IN_BOX_SLACK = 0.15
 # How far a model that re-draws the whole crop (RGB contract) may open the mouth beyond the source's, as a
@@ -73,7 +80,9 @@ class _OneEuro:
 
 
 @dataclass
-class _Track:
+class LipState:
+    """What is known about one face track's lips: smoothing, the speaker's statistics, the interior bank."""
+
     smoother: _OneEuro
     stats: SpeakerStats = field(default_factory=SpeakerStats)
     bank: MouthBank = field(default_factory=MouthBank)
@@ -90,13 +99,30 @@ class LipRead:
     Attributes:
         points: smoothed face mesh [468, 2] in frame pixels.
         raw: the mesh as read [468, 2].
-        image: BGR of the context square around the face; origin: its top-left in frame pixels.
+        mesh: the mesh as read with depth [468, 3] (z in the same pixel scale as x and y).
+        image: BGR of the frame around the mouth (lower face), at full resolution; origin: its top-left in frame
+            pixels.
+        state: the track's lip state (statistics, bank) at the time of the read; the edit uses it even when the
+            track has ended since.
     """
 
     points: np.ndarray
     raw: np.ndarray
+    mesh: np.ndarray
     image: np.ndarray
     origin: tuple[int, int]
+    state: LipState
+
+
+def mouth_box(raw: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) in frame pixels holding everything a mouth edit may touch or sample: the lips with room to
+    open and stretch, from just above the nose tip to below the chin."""
+    lips = raw[list(OUTER_LIPS), :2]
+    width = max(float(np.linalg.norm(raw[OUTER_CORNERS[0], :2] - raw[OUTER_CORNERS[1], :2])), 4.0)
+    xs = np.concatenate([lips[:, 0], raw[[CHIN, NOSE_TIP], 0]])
+    ys = np.concatenate([lips[:, 1], raw[[CHIN, NOSE_TIP], 1]])
+    return (int(math.floor(xs.min() - MOUTH_BOX_SIDE * width)), int(math.floor(ys.min() - MOUTH_BOX_TOP * width)),
+            int(math.ceil(xs.max() + MOUTH_BOX_SIDE * width)), int(math.ceil(ys.max() + MOUTH_BOX_BOTTOM * width)))
 
 
 class LipTracker:
@@ -112,7 +138,7 @@ class LipTracker:
         self._rate = max(float(fps), 1.0)
         speed = 1 if head_movement_speed else 0
         self._min_cutoff, self._coeff = MIN_CUTOFF_HZ[speed], SPEED_COEFF[speed]
-        self._tracks: dict[int, _Track] = {}
+        self._tracks: dict[int, LipState] = {}
         self.misses = 0
 
     def read(self, frame: av.VideoFrame, index: int, track_id: int,
@@ -127,27 +153,33 @@ class LipTracker:
         """
         track = self._tracks.get(track_id)
         if track is None:
-            track = self._tracks[track_id] = _Track(_OneEuro(self._rate, self._min_cutoff, self._coeff))
+            track = self._tracks[track_id] = LipState(_OneEuro(self._rate, self._min_cutoff, self._coeff))
         x1, y1, x2, y2 = box
         side = CONTEXT_SCALE * max(x2 - x1, y2 - y1)
         region = CropRegion(x=int(round(((x1 + x2) / 2 - side / 2) / 2)) * 2,
                             y=int(round(((y1 + y2) / 2 - side / 2) / 2)) * 2, side=max(8, int(side) // 2 * 2))
-        image = extract_bgr(frame, region)
-        origin = np.array([region.x, region.y], np.float32)
+        # The landmark model sees a 192-pixel crop: a large face's surroundings are shrunk before conversion.
+        context = min(region.side, LANDMARK_CONTEXT_PX)
+        image = extract_bgr_scaled(frame, region, context)
+        scale = context / region.side
+        origin = np.array([region.x, region.y, 0.0], np.float32)
         mesh = None
         if track.last is not None and index - track.last_index == 1:
-            shifted = FaceLandmarks(points=track.last.points - np.append(origin, 0), score=track.last.score,
+            shifted = FaceLandmarks(points=(track.last.points - origin) * scale, score=track.last.score,
                                     roi=track.last.roi)
             mesh = self._landmarker.track(image, shifted)
         if mesh is None:
-            mesh = self._landmarker.detect(image, (x1 - region.x, y1 - region.y, x2 - region.x, y2 - region.y))
+            mesh = self._landmarker.detect(image, ((x1 - region.x) * scale, (y1 - region.y) * scale,
+                                                   (x2 - region.x) * scale, (y2 - region.y) * scale))
+        points = None
         if mesh is not None:
-            mouth = (mesh.points[13, :2] + mesh.points[14, :2]) / 2 + origin
+            points = (mesh.points / scale + origin).astype(np.float32)
+            mouth = (points[13, :2] + points[14, :2]) / 2
             w, h = x2 - x1, y2 - y1
             if not (x1 - MOUTH_IN_BOX_SLACK * w <= mouth[0] <= x2 + MOUTH_IN_BOX_SLACK * w
                     and y1 <= mouth[1] <= y2 + MOUTH_IN_BOX_SLACK * h):
-                mesh = None
-        if mesh is None:
+                points = None
+        if mesh is None or points is None:
             track.last = None
             track.misses += 1
             self.misses += 1
@@ -156,29 +188,30 @@ class LipTracker:
                 log.warning("face track %d, frame %d: the landmark model cannot read the lips; this face is "
                             "left unchanged where that happens (%d frames so far)", track_id, index, track.misses)
             return None
-        raw = mesh.points[:, :2] + origin
-        track.last = FaceLandmarks(points=mesh.points + np.append(origin, 0), score=mesh.score, roi=mesh.roi)
+        raw = points[:, :2]
+        track.last = FaceLandmarks(points=points, score=mesh.score, roi=mesh.roi)
         track.last_index = index
-        scale = FaceFrame.of(raw).height
-        points = track.smoother(raw.astype(np.float64), scale)
+        scale_px = FaceFrame.of(raw).height
+        smoothed = track.smoother(raw.astype(np.float64), scale_px)
         opening, width = lip_ratios(raw)
         track.stats.observe(opening, width)
-        track.bank.offer(image, (region.x, region.y), raw)
-        return LipRead(points=points.astype(np.float32), raw=raw.astype(np.float32), image=image,
-                       origin=(region.x, region.y))
+        mouth_image, mouth_origin = extract_box_bgr(frame, *mouth_box(raw))
+        track.bank.offer(mouth_image, mouth_origin, raw)
+        return LipRead(points=smoothed.astype(np.float32), raw=raw.copy(), mesh=points, image=mouth_image,
+                       origin=mouth_origin, state=track)
 
-    def reshape(self, track_id: int, lips: LipRead, shape_z: np.ndarray,
-                frame_size: tuple[int, int]) -> MouthEdit | None:
+    @staticmethod
+    def reshape(lips: LipRead, shape_z: np.ndarray, frame_size: tuple[int, int]) -> MouthEdit | None:
         """The mouth-only edit that gives this face the target lip shape.
 
         Args:
-            track_id: the face's track (its statistics map z to pixels, its bank supplies interiors).
-            lips: this frame's read of the face.
+            lips: this frame's read of the face (its track's statistics map z to pixels, its bank supplies
+                interiors).
             shape_z: (opening, width) in the speaker's standard deviations.
             frame_size: (width, height) of the frame.
         """
-        track = self._tracks[track_id]
-        opening, width = track.stats.shape_for(float(shape_z[0]), float(shape_z[1]))
+        state = lips.state
+        opening, width = state.stats.shape_for(float(shape_z[0]), float(shape_z[1]))
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width)
         edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size)
@@ -186,7 +219,7 @@ class LipTracker:
             return None
         face = FaceFrame.of(lips.raw)
         source_gap = float((lips.raw[LOWER_MID] - lips.raw[UPPER_MID]) @ face.down)
-        track.bank.fill(edit, source_gap)
+        state.bank.fill(edit, source_gap)
         return edit
 
     @staticmethod

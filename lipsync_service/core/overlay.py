@@ -3,7 +3,9 @@
 Top centre, the frame number on a white label and, below it, `LIPSYNC ON` on green or `LIPSYNC OFF` on red.
 The activation box (the region re-animated in this frame) is outlined in green when lip-sync is on and in
 red when it is off or the frame is bypassed, with its coordinates written under it. Each face is outlined in
-white and labelled `S<id>` (the client's speaker id, else the tracker's id), plus `[speaking]` when it speaks.
+white and labelled `S<id>` (the client's speaker id, else the tracker's id), plus `[speaking]` when it speaks; under
+the label, why the face was re-drawn (speaker data, only face, soundtrack sync or lip motion with its score, largest
+face) or why a chosen face was kept as it was (mouth covered, turned away, unreadable, too small).
 
 The processor draws it on the frames it processes (`annotate`); bypassed frames skip the processor, and the
 pipeline draws theirs (`BypassOverlay`).
@@ -37,11 +39,13 @@ ACTIVATION = "overlay_activation"
 
 @dataclass(frozen=True)
 class SpeakerMark:
-    """One face to outline: its box, its label (`S<id>`) and whether it speaks in this frame."""
+    """One face to outline: its box, its label (`S<id>`), whether it speaks in this frame, and a note under the
+    label (why it was re-drawn, or why it was left alone)."""
 
     box: Rect
     label: str
     speaking: bool
+    note: str = ""
 
 
 def draw_overlay(frame: av.VideoFrame, index: int, *, lipsync_on: bool, activation: Sequence[Rect],
@@ -76,7 +80,10 @@ def draw_overlay(frame: av.VideoFrame, index: int, *, lipsync_on: bool, activati
         cv2.rectangle(bgr, (x0, y0), (x1 - 1, y1 - 1), WHITE, thick)
         label = f"{mark.label} [speaking]" if mark.speaking else mark.label
         # Inside the box's top-left corner, below the labels at the frame's top when the box reaches under them.
-        _text(bgr, label, (x0 + 2 * thick, max(y0, state.bottom) + 2 * thick + int(26 * scale)), scale, WHITE)
+        top = max(y0, state.bottom) + 2 * thick + int(26 * scale)
+        _text(bgr, label, (x0 + 2 * thick, top), scale, WHITE)
+        if mark.note:
+            _text(bgr, mark.note, (x0 + 2 * thick, top + int(30 * scale)), 0.8 * scale, WHITE)
     number.draw(bgr, WHITE)
     state.draw(bgr, colour)
     return _drawn_into(frame, bgr, np.any(bgr != original, axis=2))
@@ -151,12 +158,16 @@ def _processed_marks(job: FrameJob, faces: Sequence[TrackedFace],
         crops = regions or [f.crop.pixel_region() for f in (targets or faces)]
         activation = [(c.x, c.y, c.x + c.side, c.y + c.side) for c in crops]
     target_ids = {t.track_id for t in targets}
-    speakers = [
-        SpeakerMark(box=_rect(face.box),
-                    label=f"S{face.speaker_id if face.speaker_id is not None else face.track_id}",
-                    speaking=face.speaking if face.speaking is not None else face.track_id in target_ids)
-        for face in faces
-    ]
+    # Why each chosen face was re-drawn ("soundtrack sync 0.52") or left alone ("mouth covered").
+    notes = {label: why for label, why, _ in job.meta.get("lipsync_drawn", ())}
+    notes.update({label: f"kept: {why}" for label, why, _ in job.meta.get("lipsync_skipped", ())})
+    speakers = []
+    for face in faces:
+        label = f"S{face.speaker_id if face.speaker_id is not None else face.track_id}"
+        speakers.append(SpeakerMark(
+            box=_rect(face.box), label=label,
+            speaking=face.speaking if face.speaking is not None else face.track_id in target_ids,
+            note=notes.get(label, "")))
     return lipsync_on, activation, speakers
 
 

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from lipsync_service.media.types import FrameJob, SpeechAudio, VideoInfo
+from lipsync_service.media.types import FrameJob, SoundtrackLevels, SpeechAudio, VideoInfo
 
 if TYPE_CHECKING:
     from lipsync_service.job import JobConfig
@@ -23,13 +23,18 @@ class FrameProcessor(ABC):
     #: Seconds of speech past a frame's time that must be decoded before that frame is pushed.
     audio_lookahead_s: float = 0.0
 
+    @property
+    def wants_soundtrack(self) -> bool:
+        """Whether `start` should get the loudness of the input video's own audio (to find who speaks)."""
+        return False
+
     def configure(self, cfg: JobConfig) -> None:
         """Take the job's client options (e.g. head_movement_speed) before `start`; ignored by default."""
         return None
 
     @abstractmethod
-    def start(self, video: VideoInfo, audio: SpeechAudio) -> None:
-        """Prepare for a stream with these properties."""
+    def start(self, video: VideoInfo, audio: SpeechAudio, soundtrack: SoundtrackLevels | None = None) -> None:
+        """Prepare for a stream (soundtrack: the input's own audio levels, when asked for and present)."""
 
     @abstractmethod
     def push(self, job: FrameJob) -> list[FrameJob]:
@@ -51,7 +56,7 @@ class FrameProcessor(ABC):
 class PassThroughProcessor(FrameProcessor):
     """Returns every frame untouched. Used until a lip-sync model is configured, and for bypass."""
 
-    def start(self, video: VideoInfo, audio: SpeechAudio) -> None:
+    def start(self, video: VideoInfo, audio: SpeechAudio, soundtrack: SoundtrackLevels | None = None) -> None:
         return None
 
     def push(self, job: FrameJob) -> list[FrameJob]:

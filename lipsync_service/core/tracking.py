@@ -115,6 +115,11 @@ class _Track:
     last_box: Box = (0.0, 0.0, 0.0, 0.0)
     out_frame: int = -10**9
     out: SquareBox | None = None
+    # The first frame of a later shot: the track ends before it (a new shot may show someone else there).
+    ends_before: int | None = None
+
+    def live_at(self, frame_index: int) -> bool:
+        return self.ends_before is None or frame_index < self.ends_before
 
 
 class FaceTracker:
@@ -125,21 +130,33 @@ class FaceTracker:
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._observed: list[int] = []  # frames a detection ran on (or client data was given), ascending
+        self._cuts: list[int] = []  # first frames of shots after the first, ascending
+
+    def cut(self, frame_index: int) -> None:
+        """A new shot starts at frame_index: every track ends before it, and faces from there on start new tracks."""
+        bisect.insort(self._cuts, frame_index)
+        for t in self._tracks:
+            if t.ends_before is None or t.ends_before > frame_index:
+                t.ends_before = frame_index
+
+    def _open(self) -> list[_Track]:
+        """Tracks that a new observation may still continue."""
+        return [t for t in self._tracks if t.ends_before is None]
 
     def track_for_speaker(self, speaker_id: int) -> Box | None:
         """The last box of the track that carries this client speaker id."""
-        for t in self._tracks:
+        for t in self._open():
             if t.speaker_id == speaker_id:
                 return t.last_box
         return None
 
     def last_boxes(self) -> list[Box]:
         """Last boxes of live tracks (for matching detections to speakers)."""
-        return [t.last_box for t in self._tracks]
+        return [t.last_box for t in self._open()]
 
     def detected_boxes(self, since_frame: int) -> list[Box]:
         """Last boxes of detector tracks seen at or after since_frame (where to look for them next)."""
-        return [t.last_box for t in self._tracks if not t.from_client and t.last_frame >= since_frame]
+        return [t.last_box for t in self._open() if not t.from_client and t.last_frame >= since_frame]
 
     def observe(self, frame_index: int, observations: Sequence[Observation]) -> bool:
         """Record the faces seen in frame_index.
@@ -155,14 +172,15 @@ class FaceTracker:
         previous = self._observed[k - 1] if k > 0 else None
         if k == len(self._observed) or self._observed[k] != frame_index:
             self._observed.insert(k, frame_index)
-        expected = {t.track_id for t in self._tracks if not t.from_client and previous in t.samples}
+        live = [t for t in self._tracks if t.live_at(frame_index)]
+        expected = {t.track_id for t in live if not t.from_client and previous in t.samples}
         used: set[int] = set()
         pending = []
         for obs in observations:
             if obs.speaker_id is not None:
-                track = next((t for t in self._tracks if t.speaker_id == obs.speaker_id), None)
+                track = next((t for t in live if t.speaker_id == obs.speaker_id), None)
                 if track is None:
-                    track = self._new(obs)
+                    track = self._new(obs, frame_index)
                 self._add(track, frame_index, obs)
                 used.add(track.track_id)
             else:
@@ -170,7 +188,7 @@ class FaceTracker:
         # Greedy IoU matching, best pairs first, against tracks not already claimed in this frame.
         pairs = []
         for k, obs in enumerate(pending):
-            for t in self._tracks:
+            for t in live:
                 if t.track_id in used or frame_index - t.last_frame > self.params.max_age:
                     continue
                 # A detector box never joins a client's track: that track is shown only in frames with a
@@ -190,13 +208,16 @@ class FaceTracker:
             used.add(t.track_id)
         for k, obs in enumerate(pending):
             if k not in done:
-                self._add(self._new(obs), frame_index, obs)
+                self._add(self._new(obs, frame_index), frame_index, obs)
         horizon = self.params.max_age + self.params.radius
         self._tracks = [t for t in self._tracks if frame_index - t.last_frame <= horizon]
         return bool(expected - used)
 
-    def _new(self, obs: Observation) -> _Track:
-        track = _Track(track_id=self._next_id, speaker_id=obs.speaker_id, from_client=obs.from_client)
+    def _new(self, obs: Observation, frame_index: int) -> _Track:
+        # A face first seen in a frame before a shot boundary already known (a skipped frame detected late).
+        k = bisect.bisect_right(self._cuts, frame_index)
+        track = _Track(track_id=self._next_id, speaker_id=obs.speaker_id, from_client=obs.from_client,
+                       ends_before=self._cuts[k] if k < len(self._cuts) else None)
         self._next_id += 1
         self._tracks.append(track)
         return track
@@ -219,6 +240,8 @@ class FaceTracker:
         for t in self._tracks:
             for f in [f for f in t.samples if f < frame_index - max(p.radius, p.hold)]:
                 del t.samples[f]
+            if not t.live_at(frame_index):
+                continue
             near = [f for f in t.samples if abs(f - frame_index) <= max(p.radius, p.hold)]
             if not near:
                 continue
@@ -235,6 +258,8 @@ class FaceTracker:
         keep_from = frame_index - max(p.radius, p.hold) - p.detect_every
         while self._observed and self._observed[0] < keep_from:
             self._observed.pop(0)
+        while self._cuts and self._cuts[0] < keep_from:
+            self._cuts.pop(0)
         return out
 
     def _found(self, t: _Track, f: int) -> bool:
@@ -254,6 +279,8 @@ class FaceTracker:
             return self._found(t, frame_index)
         before = self._observed[k - 1] if k > 0 else None
         after = self._observed[k] if k < len(self._observed) else None
+        if after is not None and not t.live_at(after):
+            after = None  # the next search is in another shot: it says nothing about this track
         if before is None and after is None:
             return False
         return (before is None or self._found(t, before)) and (after is None or self._found(t, after))

@@ -18,6 +18,7 @@ import numpy as np
 from lipsync_service.errors import InvalidInput, LipsyncError, ResourceExhausted
 from lipsync_service.media.av_errors import PYAV_ERRORS, GuardedSource, reason
 from lipsync_service.media.probe import EBML_MAGIC, refuse_matroska
+from lipsync_service.media.soundtrack import Soundtrack
 from lipsync_service.media.timeline import EXTENSION_TAIL_S, first_slot, tail_length
 from lipsync_service.media.types import Readable, VideoInfo
 from lipsync_service.settings import Settings
@@ -151,7 +152,8 @@ class VideoSource:
     a processor that draws into a frame never sees its own earlier drawing.
     """
 
-    def __init__(self, source: Readable | Path | str, settings: Settings, *, keep_tail: bool = True) -> None:
+    def __init__(self, source: Readable | Path | str, settings: Settings, *, keep_tail: bool = True,
+                 soundtrack: bool = False) -> None:
         """Prepare to read `source`.
 
         Args:
@@ -159,8 +161,13 @@ class VideoSource:
             settings: limits (frame size, duration).
             keep_tail: keep the compressed last 5 s for `tail_frames` (only jobs that extend the
                 video need it; a video with very long GOPs makes it hold more).
+            soundtrack: measure the loudness of the MP4's own audio track per frame (`soundtrack`), for finding
+                who speaks; a missing or unreadable audio track is not an error.
         """
         self._source = source
+        self._want_soundtrack = soundtrack
+        self._soundtrack: Soundtrack | None = None
+        self._audio_stream: av.AudioStream | None = None
         self._settings = settings
         self._keep_tail = keep_tail
         self._container: av.container.InputContainer | None = None
@@ -234,6 +241,7 @@ class VideoSource:
         except PYAV_ERRORS as exc:
             self._source_error()
             raise InvalidInput(f"video: the MP4 header is corrupt ({reason(exc)})") from exc
+        self._open_soundtrack(self._container, info)
         self._info = self._upright(info, self._peek())
         return self._info
 
@@ -241,6 +249,25 @@ class VideoSource:
         """Raise what the upload's reader raised under PyAV (Cancelled, a Matroska upload), if anything."""
         if self._guard is not None:
             self._guard.raise_error()
+
+    @property
+    def soundtrack(self) -> Soundtrack | None:
+        """The loudness of the MP4's own audio per frame, once open() found one (and it was asked for)."""
+        return self._soundtrack
+
+    def _open_soundtrack(self, container: av.container.InputContainer, info: VideoInfo) -> None:
+        if not self._want_soundtrack or not container.streams.audio:
+            return
+        assert self._stream is not None
+        video = self._stream
+        start = float(video.start_time * video.time_base) if video.start_time is not None and video.time_base else 0.0
+        if isinstance(self._source, (Path, str)):
+            # A file is read again for its audio, on demand: its audio may lie anywhere in it.
+            self._soundtrack = Soundtrack.from_file(self._source, info.fps, start)
+        else:
+            # A pipe is read once: the audio packets interleaved with the video are decoded as they pass.
+            self._audio_stream = container.streams.audio[0]
+            self._soundtrack = Soundtrack(info.fps, start)
 
     def _peek(self) -> int:
         """Decode the first frame now, for the display rotation only decoded frames report (0 if none).
@@ -278,16 +305,41 @@ class VideoSource:
     def _decode_all(self) -> Generator[av.VideoFrame, None, None]:
         """Every decoded frame of the input in decode order, remembering packets for the tail."""
         assert self._container is not None and self._stream is not None
-        for packet in self._container.demux(self._stream):
+        streams: list[av.stream.Stream] = [self._stream]
+        if self._audio_stream is not None:
+            streams.append(self._audio_stream)
+        for packet in self._container.demux(*streams):
+            if packet.stream is not self._stream:
+                self._soundtrack_packet(packet)
+                continue
             if packet.is_corrupt:
                 # The demuxer flags a sample cut short by the end of the input (or by our reader's error).
                 self._source_error()
                 raise self._truncated()
             if packet.size and self._keep_tail:
                 self._remember(packet)
-            yield from packet.decode()
+            for frame in packet.decode():
+                if isinstance(frame, av.VideoFrame):
+                    yield frame
         # The demuxer stops at what looks like the end of the input; it may be our reader's error.
         self._source_error()
+        if self._audio_stream is not None and self._soundtrack is not None and not self._soundtrack.ended:
+            self._soundtrack.finish()
+
+    def _soundtrack_packet(self, packet: av.Packet) -> None:
+        """Decode one packet of the interleaved audio into the soundtrack; a failure only ends the soundtrack."""
+        track = self._soundtrack
+        if track is None or track.ended:
+            return
+        if packet.size == 0:
+            track.finish()
+            return
+        try:
+            for frame in packet.decode():
+                if isinstance(frame, av.AudioFrame):
+                    track.add(frame)
+        except PYAV_ERRORS as exc:
+            track.fail(f"its audio track is unreadable: {reason(exc)}")
 
     def _inspect(self, container: av.container.InputContainer) -> VideoInfo:
         if not container.streams.video and not container.streams.audio:
@@ -643,15 +695,18 @@ class VideoSource:
             self._decoded = None
         self._gops.clear()
         self._pts_index.clear()
+        if self._soundtrack is not None:
+            self._soundtrack.close()
         if self._container is not None:
             try:
                 self._container.close()
             except Exception:  # noqa: BLE001 - closing must never raise
                 log.debug("closing the input container failed", exc_info=True)
             self._container = None
-        # The stream owns the decoder (its frame threads and frame pool), which a closed container does not free;
+        # A stream owns its decoder (frame threads and frame pool), which a closed container does not free;
         # a failed job's traceback may keep this object alive until the garbage collector finds the cycle.
         self._stream = None
+        self._audio_stream = None
         self._first_error = None
         self._guard = None
 

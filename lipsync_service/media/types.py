@@ -99,3 +99,10 @@ class SpeechAudio(Protocol):
     @property
     def duration_s(self) -> float | None:
         """Duration of the whole speech track once fully decoded, else None."""
+
+
+class SoundtrackLevels(Protocol):
+    """The input video's own audio as one loudness value per output frame (media/soundtrack.py)."""
+
+    def level(self, index: int) -> float | None:
+        """Loudness in dB of output frame `index`; None where the soundtrack does not (yet) reach."""

@@ -68,12 +68,16 @@ def _outcome_fields(result: JobResult | None) -> dict[str, object]:
     """What the job did with its frames and inputs (all None when it did not finish): frames without a face,
     with a face not lip-synced, bypassed; which input was cut ("speech" or "video") and by how many seconds."""
     if result is None:
-        return dict.fromkeys(("frames_without_face", "frames_not_lipsynced", "frames_bypassed", "cut", "cut_s"))
+        return dict.fromkeys(("frames_without_face", "frames_not_lipsynced", "frames_bypassed", "cut", "cut_s",
+                              "shots", "frames_kept", "redrawn"))
     cut = result.cut
     return {
         "frames_without_face": result.frames_without_face,
         "frames_not_lipsynced": result.frames_not_lipsynced,
         "frames_bypassed": result.frames_bypassed,
+        "shots": result.shots,
+        "frames_kept": dict(result.frames_kept),
+        "redrawn": [r.describe() for r in result.redrawn[:20]],
         "cut": cut.track if cut is not None else None,
         "cut_s": round(cut.seconds, 3) if cut is not None and cut.seconds is not None else None,
     }

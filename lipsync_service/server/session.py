@@ -142,6 +142,7 @@ class Session:
             try:
                 await self._cleanup()
             finally:
+                self._recheck_cancelled()
                 self._finish_log()
 
     async def _respond(self) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
@@ -206,7 +207,7 @@ class Session:
             frames_not_lipsynced=result.frames_not_lipsynced, frames_bypassed=result.frames_bypassed,
             speech_cut_s=cut.seconds if cut is not None and cut.track == "speech" else None,
             video_cut_s=cut.seconds if cut is not None and cut.track == "video" else None,
-            notices=result.notices())
+            notices=result.notices(), shots=result.shots, redrawn=[r.describe() for r in result.redrawn])
         self.context.set_trailing_metadata(tuple(summary.to_metadata()))
 
     def _record_failure(self, exc: BaseException) -> None:
@@ -222,6 +223,16 @@ class Session:
         else:
             self.outcome = status_for(exc)
             self.error_message = str(exc)
+
+    def _recheck_cancelled(self) -> None:
+        """After cleanup (which waited for the job's thread): a failure that followed the client's cancel, and was
+        raised before gRPC reported the cancel, is the cancel. The failure's status has not gone out yet (it is
+        sent once this generator ends), and a call that ended on its own is not reported cancelled."""
+        failed = self.outcome not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)
+        stalled = self._watchdog is not None and self._watchdog.stall is not None
+        if failed and not stalled and self._client_cancelled():
+            self.outcome = grpc.StatusCode.CANCELLED
+            self.error_message = "the client cancelled the call or went away"
 
     def _client_cancelled(self) -> bool:
         return self.context is not None and self.context.cancelled()

@@ -121,7 +121,7 @@ class InvertingProcessor(FrameProcessor):
         self.seen: list[int] = []
         self.sources: list[int] = []
 
-    def start(self, video, audio) -> None:
+    def start(self, video, audio, soundtrack=None) -> None:
         pass
 
     def push(self, job: FrameJob) -> list[FrameJob]:
