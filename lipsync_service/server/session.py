@@ -41,6 +41,32 @@ def _response(**kw: Any) -> lipsync_pb2.LipsyncResponse:
     return lipsync_pb2.LipsyncResponse(**kw)
 
 
+# gRPC clients refuse trailers over 8 KiB by default (the whole call then fails with RESOURCE_EXHAUSTED, its
+# output already received): ours stay within half of that, status and message included. Each entry costs its
+# key, its value and 32 bytes (HPACK's accounting).
+TRAILER_BYTES = 4096
+_ENTRY_OVERHEAD = 32
+
+
+def fit_trailers(summary: CallSummary) -> list[tuple[str, str]]:
+    """The summary's trailing metadata within TRAILER_BYTES: the last re-drawn runs, then the last notices, give
+    way first, and one line says how many were left out (the request_finished log line keeps the first 20 runs)."""
+    def size(pairs: list[tuple[str, str]]) -> int:
+        return sum(len(k) + len(v) + _ENTRY_OVERHEAD for k, v in pairs)
+
+    pairs = summary.to_metadata()
+    dropped = 0
+    while size(pairs) > TRAILER_BYTES - 512 and (summary.redrawn or summary.notices):
+        (summary.redrawn or summary.notices).pop()
+        dropped += 1
+        pairs = summary.to_metadata()
+    if dropped:
+        summary.notices.append(f"{dropped} more notes left out of this reply's trailers (the server's log has the "
+                               "first 20 re-drawn runs)")
+        pairs = summary.to_metadata()
+    return pairs
+
+
 class Session:
     """Serves one Lipsync call from first request to last response; see docs/protocol.md."""
 
@@ -208,7 +234,7 @@ class Session:
             speech_cut_s=cut.seconds if cut is not None and cut.track == "speech" else None,
             video_cut_s=cut.seconds if cut is not None and cut.track == "video" else None,
             notices=result.notices(), shots=result.shots, redrawn=[r.describe() for r in result.redrawn])
-        self.context.set_trailing_metadata(tuple(summary.to_metadata()))
+        self.context.set_trailing_metadata(tuple(fit_trailers(summary)))
 
     def _record_failure(self, exc: BaseException) -> None:
         stall = self._watchdog.stall if self._watchdog is not None else None
