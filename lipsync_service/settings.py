@@ -121,6 +121,8 @@ class Settings(BaseSettings):
     heap_trim_interval_s: float = Field(
         10.0, ge=0, validation_alias=_env("NV_AI4M_HEAP_TRIM_INTERVAL_S", "heap_trim_interval_s")
     )
+    # glibc malloc arenas (0: glibc's default, 8 per core): fewer arenas strand less freed memory (server/heap.py).
+    malloc_arena_max: int = Field(2, ge=0, validation_alias=_env("NV_AI4M_MALLOC_ARENA_MAX", "malloc_arena_max"))
 
     # Behaviour.
     debug_mode: bool = Field(False, validation_alias=_env("NV_AI4M_LS_DEBUG_MODE", "debug_mode"))

@@ -7,6 +7,11 @@ use, 223 MB free in the arenas, RSS twice the warm baseline). malloc_trim(0) han
 every arena (a few ms, up to ~40 ms after hundreds of calls), so it runs off the event loop, when the server
 goes idle, and at most once per interval while it stays busy.
 
+Fewer arenas leave less stranded: glibc makes up to 8 per core, one per thread that allocates while the others
+are in use, and memory freed in one is not reused by threads on another. `limit_arenas` caps them at start-up
+(NV_AI4M_MALLOC_ARENA_MAX, 2 by default; measured over 150 fuzz calls: RSS 1.05 of its warm baseline with 2
+arenas, 1.29 with glibc's default, both trimmed as above).
+
 A failed call also leaves objects that refer to each other (gRPC keeps the aborting exception, whose frames hold
 the call's session), which only Python's cycle collector frees, and it looks at old objects seldom: after 100
 fuzz calls 150,000 such objects held 25 MB. When the server goes idle, a full collection runs before the trim
@@ -23,6 +28,27 @@ import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+
+# mallopt's parameter number for the arena limit (glibc's malloc.h).
+_M_ARENA_MAX = -8
+
+
+def limit_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas at `count` (0 leaves glibc's default); call it before the server's threads start.
+
+    Returns:
+        True when the cap was set (False on other C libraries, or for 0).
+    """
+    if count <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, count))
 
 
 def _find_malloc_trim() -> Callable[[int], int] | None:

@@ -39,3 +39,11 @@ def test_glibc_trim_is_found():
     trimmer = HeapTrimmer()
     assert trimmer.due(idle=True, interval_s=10)
     trimmer.trim(idle=False)
+
+
+def test_the_arena_limit_is_set_where_glibc_takes_it():
+    from lipsync_service.server.heap import limit_arenas
+
+    assert limit_arenas(0) is False  # glibc's default kept
+    if platform.libc_ver()[0] == "glibc":
+        assert limit_arenas(64) is True  # a cap above what this test process uses changes nothing here
