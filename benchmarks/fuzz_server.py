@@ -30,12 +30,10 @@ import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _server import ServerProcess, load_average  # noqa: E402
-
 from tests.fuzzing import corpus as fuzz_corpus  # noqa: E402
 from tests.fuzzing.cases import make_case, warm_up_case  # noqa: E402
 from tests.fuzzing.driver import Outcome, channel_for, run_case  # noqa: E402
+from tests.server_process import ServerProcess, load_average  # noqa: E402
 
 MEDIA_DIR = (ROOT.parent / "shared" / "media").resolve()
 WARM_UP_CALLS = 12

@@ -1,5 +1,6 @@
-"""The real `python -m lipsync_service serve` process for benchmarks: start on free ports, wait until ready, read its
-memory, threads and open files from /proc and its counters from /v1/metrics, stop it."""
+"""The real `python -m lipsync_service serve` process, for benchmarks and the tests that need a process of its own
+(signals, a mount namespace): start on free ports, wait until ready, read its memory, threads and open files from
+/proc and its counters from /v1/metrics, stop it."""
 
 from __future__ import annotations
 
@@ -32,15 +33,18 @@ class ServerProcess:
         env: settings for it (NV_AI4M_*, NIM_*), on top of this process's environment.
         log: where its stderr goes (a file keeps the log for a later scan); None: inherited.
         nice: niceness added to the server's (the shared machine's other users keep their share).
+        wrap: a command the server runs under (e.g. unshare and a mount), given the server's command to run.
     """
 
-    def __init__(self, env: dict[str, str] | None = None, log: Path | None = None, nice: int = 0) -> None:
+    def __init__(self, env: dict[str, str] | None = None, log: Path | None = None, nice: int = 0,
+                 wrap: list[str] | None = None) -> None:
         self.grpc_port, self.http_port = free_port(), free_port()
         self._env = dict(os.environ, NIM_HOST="127.0.0.1", NIM_GRPC_API_PORT=str(self.grpc_port),
                          NIM_HTTP_API_PORT=str(self.http_port), **(env or {}))
         self._log_path = log
         self._log: IO[bytes] | None = None
         self._nice = nice
+        self._wrap = wrap or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -56,18 +60,18 @@ class ServerProcess:
         """Start it and wait until /v1/health/ready answers 200.
 
         Raises:
-            SystemExit: it exited or did not become ready in time.
+            RuntimeError: it exited or did not become ready in time.
         """
         if self._log_path is not None:
             self._log = open(self._log_path, "ab")  # noqa: SIM115 - closed by stop()
         nice = self._nice
-        self.proc = subprocess.Popen([sys.executable, "-m", "lipsync_service", "serve"], env=self._env,
+        self.proc = subprocess.Popen([*self._wrap, sys.executable, "-m", "lipsync_service", "serve"], env=self._env,
                                      stderr=self._log, preexec_fn=(lambda: os.nice(nice)) if nice else None)
         deadline = time.monotonic() + timeout_s
         while not self.ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise SystemExit(f"the server did not become ready (exit status {self.proc.poll()})")
+                raise RuntimeError(f"the server did not become ready (exit status {self.proc.poll()})")
             time.sleep(0.2)
         return self
 
