@@ -4,15 +4,20 @@
 
 from __future__ import annotations
 
+import collections
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import IO
+
+SETTLE_S = 5.0
 
 
 def free_port() -> int:
@@ -143,3 +148,57 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class Sampler(threading.Thread):
+    """Samples the server's RSS, threads and fds and the machine's load every `period_s` into `series`
+    (`t`: seconds since the sampler was made)."""
+
+    def __init__(self, server: ServerProcess, period_s: float = 5.0) -> None:
+        super().__init__(name="sampler", daemon=True)
+        self.server, self.period_s = server, period_s
+        self.series: list[dict[str, float]] = []
+        self.stopped = threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.period_s):
+            if not self.server.alive:
+                return
+            try:
+                self.series.append({"t": round(time.monotonic() - self.t0, 1),
+                                    "rss_mib": round(self.server.rss_mib(), 1), "threads": self.server.threads(),
+                                    "fds": self.server.fds(), "load": load_average()})
+            except OSError:
+                return
+
+
+def quiet_sample(server: ServerProcess, settle_s: float = SETTLE_S, timeout_s: float = 120) -> dict[str, float]:
+    """RSS, threads and fds once no stream is active or queued, `settle_s` later."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = server.metrics()
+        if not m.get("lipsync_streams_active") and not m.get("lipsync_streams_queued"):
+            break
+        time.sleep(0.5)
+    time.sleep(settle_s)
+    return {"rss_mib": round(server.rss_mib(), 1), "threads": server.threads(), "fds": server.fds(),
+            "load": load_average()}
+
+
+def scan_log(path: Path) -> dict[str, object]:
+    """Tracebacks, PyAV's dropped-exception dumps, ERROR lines and request_finished outcomes in the server log."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    outcomes: collections.Counter[str] = collections.Counter()
+    for line in text.splitlines():
+        if '"event": "request_finished"' in line:
+            try:
+                outcomes[json.loads(line[line.index("{"):])["outcome"]] += 1
+            except (ValueError, KeyError):
+                outcomes["unparsed"] += 1
+    lines = text.splitlines()
+    return {"tracebacks": text.count("Traceback (most recent call last)"),
+            "pyav_dropped": text.count("PyAV library exception being dropped"),
+            "error_lines": sum(1 for line in lines if " ERROR " in line),
+            "lines": len(lines), "request_finished": dict(outcomes),
+            "first_traceback": text[text.find("Traceback"):][:3000] if "Traceback" in text else ""}

@@ -373,13 +373,16 @@ def _speakers_case(corpus: Corpus, rng: random.Random, index: int) -> Case:
 
 # Protocol misuse -----------------------------------------------------------------------------------
 
-def _protocol_case(corpus: Corpus, rng: random.Random, index: int) -> Case:
+PROTOCOL_KINDS = ("no_config", "two_configs", "data_before_config", "empty_messages", "config_only", "nothing",
+                  "video_only", "audio_only", "audio_first", "tiny_chunks", "byte_a_second", "oversized",
+                  "background_unannounced", "speakers_unannounced", "pause_read", "never_read", "cancel_upload",
+                  "cancel_download", "empty_bytes")
+
+
+def _protocol_case(corpus: Corpus, rng: random.Random, index: int, kind: str | None = None) -> Case:
     layout = rng.choice(list(corpus.videos))
     video, audio = corpus.videos[layout], corpus.wav
-    kind = rng.choice(("no_config", "two_configs", "data_before_config", "empty_messages", "config_only", "nothing",
-                       "video_only", "audio_only", "audio_first", "tiny_chunks", "byte_a_second", "oversized",
-                       "background_unannounced", "speakers_unannounced", "pause_read", "never_read",
-                       "cancel_upload", "cancel_download", "empty_bytes"))
+    kind = kind or rng.choice(PROTOCOL_KINDS)
     behaviour, pause, cancel_after, deadline = NORMAL, 0.0, 0, 90.0
     build: Callable[[], Iterator[Request]]
     if kind == "no_config":
@@ -487,3 +490,23 @@ def make_case(corpus: Corpus, seed: int, index: int) -> Case:
 def warm_up_case(corpus: Corpus, index: int) -> Case:
     """A valid call (the warm-up before a run's baseline is taken)."""
     return _valid_case(corpus, random.Random(f"lipsync-warm-up:{index}"), index)
+
+
+_INVALID_FAMILIES = ("mp4", "wav", "mp3", "config", "custom", "speakers")
+# The soak's mix: what a service behind a load balancer sees all day. Kind -> (weight, how it is built).
+SOAK_MIX: dict[str, tuple[int, Callable[[Corpus, random.Random, int], Case]]] = {
+    "valid": (45, _valid_case),
+    "invalid": (20, lambda c, r, i: _BUILDERS[r.choice(_INVALID_FAMILIES)](c, r, i)),
+    "cancelled": (10, lambda c, r, i: _protocol_case(c, r, i, r.choice(("cancel_upload", "cancel_download",
+                                                                        "never_read")))),
+    "slow_reader": (12, lambda c, r, i: _protocol_case(c, r, i, "pause_read")),
+    "slow_writer": (13, lambda c, r, i: _protocol_case(c, r, i, "byte_a_second")),
+}
+
+
+def soak_case(corpus: Corpus, seed: int, index: int) -> tuple[str, Case]:
+    """The `index`-th call of a soak: its kind (SOAK_MIX) and the case."""
+    rng = random.Random(f"lipsync-soak:{seed}:{index}")
+    names = list(SOAK_MIX)
+    kind = rng.choices(names, [SOAK_MIX[n][0] for n in names])[0]
+    return kind, SOAK_MIX[kind][1](corpus, rng, index)
