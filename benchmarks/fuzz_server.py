@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import json
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -171,5 +172,7 @@ def main() -> int:  # noqa: C901 - one linear campaign
 
 
 if __name__ == "__main__":
+    # A SIGTERM unwinds like Ctrl-C, so the server process is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     sys.exit(main())

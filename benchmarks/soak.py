@@ -17,6 +17,7 @@ import argparse
 import collections
 import itertools
 import json
+import signal
 import statistics
 import sys
 import tempfile
@@ -176,4 +177,6 @@ def main() -> int:  # noqa: C901 - one linear run
 
 
 if __name__ == "__main__":
+    # A SIGTERM unwinds like Ctrl-C, so the server process is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())
