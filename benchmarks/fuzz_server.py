@@ -37,6 +37,7 @@ from tests.fuzzing.driver import Outcome, channel_for, run_case  # noqa: E402
 from tests.server_process import Sampler, ServerProcess, load_average, quiet_sample, scan_log  # noqa: E402
 
 MEDIA_DIR = (ROOT.parent / "shared" / "media").resolve()
+STOP = threading.Event()  # set by SIGTERM
 WARM_UP_CALLS = 12
 
 
@@ -93,7 +94,7 @@ def main() -> int:  # noqa: C901 - one linear campaign
 
             def one(index: int) -> None:
                 nonlocal ran
-                if time.monotonic() - started > args.time_limit or not server.alive:
+                if time.monotonic() - started > args.time_limit or not server.alive or STOP.is_set():
                     return
                 case = make_case(corpus, args.seed, index)
                 with channel_for(server.target) as channel:
@@ -172,7 +173,7 @@ def main() -> int:  # noqa: C901 - one linear campaign
 
 
 if __name__ == "__main__":
-    # A SIGTERM unwinds like Ctrl-C, so the server process is stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A SIGTERM stops the run: no new call starts, and the server process is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: (STOP.set(), sys.exit(143)))
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     sys.exit(main())

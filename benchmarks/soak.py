@@ -36,6 +36,7 @@ from tests.fuzzing.driver import channel_for, run_case  # noqa: E402
 from tests.server_process import Sampler, ServerProcess, load_average, quiet_sample, scan_log  # noqa: E402
 
 MEDIA_DIR = (ROOT.parent / "shared" / "media").resolve()
+STOP = threading.Event()  # set by SIGTERM
 WARM_UP_CALLS = 12
 EDGE_S = 600  # the first and last 10 minutes, compared for drift
 
@@ -82,7 +83,7 @@ def main() -> int:  # noqa: C901 - one linear run
             sampler.start()
 
             def worker() -> None:
-                while time.monotonic() < end and server.alive:
+                while time.monotonic() < end and server.alive and not STOP.is_set():
                     index = next(counter)
                     kind, case = soak_case(corpus, args.seed, index)
                     start = time.monotonic()
@@ -177,6 +178,6 @@ def main() -> int:  # noqa: C901 - one linear run
 
 
 if __name__ == "__main__":
-    # A SIGTERM unwinds like Ctrl-C, so the server process is stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A SIGTERM stops the run: no new call starts, and the server process is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: (STOP.set(), sys.exit(143)))
     sys.exit(main())

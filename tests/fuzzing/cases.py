@@ -85,6 +85,7 @@ REGRESSIONS: tuple[tuple[int, int, str], ...] = (
     (19, 73, "speaker data for 26 frames of a 25-frame clip, in batches of one: INTERNAL (KeyError in core/lips.py)"),
     (19, 85, "40 speakers per frame: 16 KB of trailing metadata, refused by the client (RESOURCE_EXHAUSTED)"),
     (19, 100, "speaker data for one frame, the face's box: INTERNAL (KeyError in core/lips.py reshape)"),
+    (19, 1632, "a 10,000-character custom encoding value echoed whole in the INVALID_ARGUMENT message"),
 )
 
 
