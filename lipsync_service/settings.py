@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     )
     # glibc malloc arenas (0: glibc's default, 8 per core): fewer arenas strand less freed memory (server/heap.py).
     malloc_arena_max: int = Field(2, ge=0, validation_alias=_env("NV_AI4M_MALLOC_ARENA_MAX", "malloc_arena_max"))
+    # Where `serve` has Python allocate its objects: "malloc" (the C library's, trimmed with the rest of the heap) or
+    # "pymalloc" (Python's default, whose 1 MiB arenas a few surviving objects keep; server/heap.py).
+    python_allocator: Literal["malloc", "pymalloc"] = Field(
+        "malloc", validation_alias=_env("NV_AI4M_PYTHON_ALLOCATOR", "python_allocator")
+    )
+    # The interpreter's own allocator variable, as this process was started with it (read, never set, here).
+    pythonmalloc: str = Field("", validation_alias=_env("PYTHONMALLOC", "pythonmalloc"))
 
     # Behaviour.
     debug_mode: bool = Field(False, validation_alias=_env("NV_AI4M_LS_DEBUG_MODE", "debug_mode"))

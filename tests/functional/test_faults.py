@@ -30,7 +30,8 @@ def test_a_client_killed_mid_call_frees_its_slot_at_once(clip, tmp_path, phase):
     with running_server(keepalive_interval_s=0.5, output_stall_timeout_s=60) as srv:
         got = faults.client_killed(srv, clip, phase, tmp_path)
         assert got["held_a_slot"]
-        assert got["freed_s"] < 1.0, f"the slot came back after {got['freed_s']} s"
+        # Measured 0.1-0.3 s (benchmarks/bench_faults.py); the margin is for a loaded CI machine.
+        assert got["freed_s"] < 2.0, f"the slot came back after {got['freed_s']} s"
         # The call's last line follows its slot's release.
         assert wait_until(lambda: srv.metrics.registry.get_sample_value(
             "lipsync_streams_total", {"code": "CANCELLED"}) == 1, timeout=5)

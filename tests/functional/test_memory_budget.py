@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import grpc
 import pytest
@@ -77,3 +78,13 @@ def test_speech_sent_far_ahead_of_the_video_is_held_compressed_up_to_the_limit(c
         assert msg.endswith("interleave the video and audio chunks (send both as time advances)")
     ok, refused = _peak(caplog)
     assert ok < LIMIT and refused > LIMIT
+
+
+@pytest.mark.parametrize(("allocator", "expected"), [("malloc", b"PYTHONMALLOC=malloc"), ("pymalloc", None)])
+def test_serve_runs_python_on_the_c_heap(allocator, expected):
+    """`serve` restarts itself (same process) with PYTHONMALLOC=malloc unless told otherwise (server/heap.py)."""
+    from tests.server_process import ServerProcess
+
+    with ServerProcess({"NV_AI4M_LS_PROCESSOR": "passthrough", "NV_AI4M_PYTHON_ALLOCATOR": allocator}) as server:
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")  # the pid Popen started
+        assert [v for v in environ if v.startswith(b"PYTHONMALLOC=")] == ([expected] if expected else [])
