@@ -48,8 +48,11 @@ def lipsync_run(video: Path, audio: Path, out: Path, speed: int) -> dict:
     job = dict(result.stage_seconds)
     stages = {
         "decode": job.get("decode", 0.0),
+        "shots": core["shots"],
         "detect": core["detect"],
         "landmarks": core["landmarks"],
+        "occlusion": core["occlusion"],
+        "speaker choice": core["speaker"],
         "features": core["features"],
         "generator": core["generator"],
         "blend": core["blend"] + core["overlay"],

@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     speaker_choice: Literal["active", "largest"] = Field(
         "active", validation_alias=_env("NV_AI4M_LS_SPEAKER_CHOICE", "speaker_choice")
     )
+    # Something in front of the mouth (a hand, a microphone) is found by a small model and kept; off: every mouth
+    # is treated as uncovered (docs/behaviour.md#covered-mouths).
+    occlusion_check: bool = Field(True, validation_alias=_env("NV_AI4M_LS_OCCLUSION_CHECK", "occlusion_check"))
     processor: str = Field("neural", validation_alias=_env("NV_AI4M_LS_PROCESSOR", "processor"))
 
     # Inference.

@@ -183,7 +183,7 @@ BOX = (50.0, 20.0, 60.0, 70.0)
 
 def triton_clip(directory: Path) -> dict[str, bytes]:
     return {"video": synth.make_video(directory / "tv.mp4", seconds=TRITON_SECONDS, fps=TRITON_FPS,
-                                      size=TRITON_SIZE).read_bytes(),
+                                      size=TRITON_SIZE, still=True).read_bytes(),
             "audio": synth.make_wav(directory / "ta.wav", seconds=TRITON_SECONDS).read_bytes()}
 
 

@@ -32,18 +32,20 @@ def _bar_rows(width: int) -> int:
     return -(-BITS // per_row)
 
 
-def draw_frame(index: int, width: int, height: int) -> np.ndarray:
+def draw_frame(index: int, width: int, height: int, still: bool = False) -> np.ndarray:
     """The RGB picture of synthetic frame `index`: a moving gradient with the index drawn as a bit bar.
 
     Args:
         index: frame number to encode into the pixels.
         width, height: frame size (at least 64x64 so the bar fits).
+        still: the gradient stays put (only the bar changes), so the clip is one shot to the shot detector
+            (the moving gradient changes every frame as much as a cut).
 
     Returns:
         uint8 array [height, width, 3].
     """
     ys, xs = np.mgrid[0:height, 0:width]
-    shift = index * 3
+    shift = 0 if still else index * 3
     img = np.empty((height, width, 3), np.uint8)
     img[..., 0] = ((xs + shift) * 255 // max(1, width)) % 256
     img[..., 1] = ((ys + shift) * 255 // max(1, height)) % 256
@@ -143,7 +145,8 @@ def make_mp3(path: str | Path, *, seconds: float = 2.0, rate: int = 16000, chann
 
 def make_video(path: str | Path, *, seconds: float = 2.0, fps: int = 25, size: tuple[int, int] = (160, 120),
                layout: Layout = "faststart", codec: str = "libx264", pix_fmt: str = "yuv420p",
-               with_audio: bool = False, gop: int | None = None, vfr: bool = False, rotation: int = 0) -> Path:
+               with_audio: bool = False, gop: int | None = None, vfr: bool = False, rotation: int = 0,
+               still: bool = False) -> Path:
     """Write an MP4 whose frames carry their frame number (see `draw_frame`).
 
     Args:
@@ -158,6 +161,7 @@ def make_video(path: str | Path, *, seconds: float = 2.0, fps: int = 25, size: t
         gop: keyframe interval in frames (encoder default when None).
         vfr: variable frame timing (frame durations cycle through 40, 40, 90, 40, 15 ms).
         rotation: display rotation (degrees counter-clockwise) written into the track, as phones do.
+        still: a gradient that stays put (see `draw_frame`).
     """
     path = Path(path)
     width, height = size
@@ -179,7 +183,8 @@ def make_video(path: str | Path, *, seconds: float = 2.0, fps: int = 25, size: t
             audio = out.add_stream("aac", rate=48000, layout="mono")
         pts = 0
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(draw_frame(i, width, height), format="rgb24").reformat(format=pix_fmt)
+            picture = draw_frame(i, width, height, still)
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format=pix_fmt)
             frame.pts = pts
             frame.time_base = time_base
             pts += _VFR_STEPS_MS[i % len(_VFR_STEPS_MS)] if vfr else 1

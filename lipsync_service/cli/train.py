@@ -18,7 +18,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "lipsync-data"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `train` command (prepare, run, opening, shape, export); each subcommand sets `func`."""
+    """Add the `train` command (prepare, run, opening, shape, occlusion, export); each subcommand sets `func`."""
     train = subparsers.add_parser("train", help="build the training cache, train the default model, export it")
     sub = train.add_subparsers(dest="train_command", metavar="SUBCOMMAND", required=True)
 
@@ -60,6 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_shape_arguments(shape)
     shape.set_defaults(func=_shape)
+
+    occlusion = sub.add_parser("occlusion", help="train the mouth-occlusion model (what covers the mouth: a hand, a "
+                               "microphone, hair, a glass) and export its ONNX",
+                               description="Reads the training clips' mouths with the service's own detector and "
+                               "face mesh (cached), draws synthetic occluders with exact masks over them and trains a "
+                               "small U-Net on canonical mouth crops. Held-out identities never enter (see "
+                               "models/MODEL_CARD.md). Copy the ONNX to lipsync_service/core/assets/occlusion/ to "
+                               "ship it.")
+    from lipsync_models.training.occlusion import add_arguments as add_occlusion_arguments
+
+    add_occlusion_arguments(occlusion)
+    occlusion.set_defaults(func=_occlusion)
 
     exp = sub.add_parser("export", help="export trained generator weights (generator.pt) to ONNX")
     exp.add_argument("weights", type=Path,
@@ -118,6 +130,10 @@ def _opening(args: argparse.Namespace) -> int:
 
 def _shape(args: argparse.Namespace) -> int:
     return _run_module("train shape", "lipsync_models.training.shape_run", args)
+
+
+def _occlusion(args: argparse.Namespace) -> int:
+    return _run_module("train occlusion", "lipsync_models.training.occlusion", args)
 
 
 def _run_module(command: str, module: str, args: argparse.Namespace) -> int:

@@ -44,6 +44,9 @@ PYRAMID_FACTOR = 0.709
 # A square searched around one known face holds that face: R-Net's few best windows are enough for O-Net
 # (its 48 px crops are most of a search's cost; a region yields about 5 windows, nearly all on that face).
 ROI_REFINED = 2
+# The search for small faces (wide shots): the frame's shorter side scaled to this, faces down to SMALL_FACE_PX of it.
+SMALL_SEARCH_SIDE = 720
+SMALL_FACE_PX = 20.0
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,7 @@ class FaceDetector:
                 for f in faces]
 
     def detect_frame(self, frame: av.VideoFrame,
-                     rois: Sequence[tuple[float, float, float]] | None = None) -> list[Face]:
+                     rois: Sequence[tuple[float, float, float]] | None = None, *, small: bool = False) -> list[Face]:
         """Faces in a decoded yuv420p video frame, in the frame's pixels.
 
         Args:
@@ -255,10 +258,17 @@ class FaceDetector:
                 regions are searched, each scaled to `roi_side` pixels, for faces of at least
                 `roi_min_face_frac` of the square. Much cheaper than a full-frame search; the caller
                 runs a full search now and then to find new faces.
+            small: search the whole frame for small faces too (a wide shot): the frame is scaled to
+                SMALL_SEARCH_SIDE instead of `detect_side` and faces down to SMALL_FACE_PX pixels of that
+                are searched for. Several times the cost of a normal full search.
 
         Only the searched region is scaled (each plane with OpenCV's area filter) and converted to
         RGB, so the cost hardly depends on the input resolution.
         """
+        if small:
+            scale = min(1.0, SMALL_SEARCH_SIDE / min(frame.width, frame.height))
+            frac = SMALL_FACE_PX / (scale * min(frame.width, frame.height))
+            return self._detect_region(frame, 0, 0, frame.width, frame.height, scale, frac)
         if not rois:
             scale = min(1.0, self.detect_side / min(frame.width, frame.height))
             return self._detect_region(frame, 0, 0, frame.width, frame.height, scale, self.min_face_frac)
@@ -273,6 +283,11 @@ class FaceDetector:
             keep = _nms(boxes, np.array([f.score for f in faces]), 0.5, mode="min")
             faces = [faces[k] for k in keep]
         return faces
+
+    def smallest_face_px(self, width: int, height: int) -> float:
+        """The smallest face (box height, frame pixels) a normal full-frame search finds in a frame of this size."""
+        scale = min(1.0, self.detect_side / min(width, height))
+        return max(12.0, self.min_face_frac * min(width, height) * scale) / scale
 
     def _detect_region(self, frame: av.VideoFrame, x0: int, y0: int, x1: int, y1: int, scale: float,
                        min_face_frac: float, max_refined: int | None = None) -> list[Face]:

@@ -14,6 +14,7 @@ import numpy as np
 from lipsync_service.core.crops import CropRegion, extract_bgr_scaled, extract_box_bgr
 from lipsync_service.core.landmarks import CHIN, NOSE_TIP, OUTER_LIPS, FaceLandmarker, FaceLandmarks
 from lipsync_service.core.mouth import (
+    JAW_LINE,
     LOWER_MID,
     OUTER_CORNERS,
     UPPER_MID,
@@ -41,9 +42,9 @@ DERIVATIVE_CUTOFF_HZ = 1.0
 # Largest side (pixels) of the face's surroundings handed to the landmark model; larger faces are shrunk first.
 LANDMARK_CONTEXT_PX = 640
 # The full-resolution image kept around the mouth (mouth_box), in mouth widths beyond the lips, chin and nose.
-MOUTH_BOX_SIDE = 0.7
+MOUTH_BOX_SIDE = 0.4
 MOUTH_BOX_TOP = 0.1
-MOUTH_BOX_BOTTOM = 0.4
+MOUTH_BOX_BOTTOM = 0.8
 # A mesh whose mouth centre is outside the tracked face box is a misread, not a face.
 MOUTH_IN_BOX_SLACK = 0.15
 # How far a model that re-draws the whole crop (RGB contract) may open the mouth beyond the source's, as a
@@ -116,8 +117,8 @@ class LipRead:
 
 def mouth_box(raw: np.ndarray) -> tuple[int, int, int, int]:
     """(x0, y0, x1, y1) in frame pixels holding everything a mouth edit may touch or sample: the lips with room to
-    open and stretch, from just above the nose tip to below the chin."""
-    lips = raw[list(OUTER_LIPS), :2]
+    open and stretch, and the jaw line with room to drop, from just above the nose tip to below the chin."""
+    lips = raw[list(OUTER_LIPS) + list(JAW_LINE), :2]
     width = max(float(np.linalg.norm(raw[OUTER_CORNERS[0], :2] - raw[OUTER_CORNERS[1], :2])), 4.0)
     xs = np.concatenate([lips[:, 0], raw[[CHIN, NOSE_TIP], 0]])
     ys = np.concatenate([lips[:, 1], raw[[CHIN, NOSE_TIP], 1]])
@@ -207,14 +208,16 @@ class LipTracker:
         Args:
             lips: this frame's read of the face (its track's statistics map z to pixels, its bank supplies
                 interiors).
-            shape_z: (opening, width) in the speaker's standard deviations.
+            shape_z: the model's row: (opening, width) in the speaker's standard deviations, optionally followed by
+                the strengths of closure, tuck and rounding in [0, 1] (docs/models-contract.md#lip-shape).
             frame_size: (width, height) of the frame.
         """
         state = lips.state
         opening, width = state.stats.shape_for(float(shape_z[0]), float(shape_z[1]))
+        closure, tuck, rounding = (float(v) for v in (list(shape_z[2:5]) + [0.0, 0.0, 0.0])[:3])
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
-        target = target_lips(lips.points, opening, width)
-        edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size)
+        target = target_lips(lips.points, opening, width, closure=closure, tuck=tuck, rounding=rounding)
+        edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size, seal=closure)
         if edit is None:
             return None
         face = FaceFrame.of(lips.raw)

@@ -49,6 +49,29 @@ RING_ANCHORS = 28
 MAX_CLOSING_BLUR = 3.0
 # Triangulation topology is taken with the mouth at least this open (fraction of the mouth width).
 TRIANGULATION_GAP = 0.12
+# Articulations beyond opening and width (target_lips): a closure presses each lip's outer edge this share of its
+# thickness towards the lip line; a tuck closes the gap this much from below, rolls the lower lip in (its outer
+# edge rises this share of its thickness) and lifts the upper lip's edge a little; rounding narrows the mouth,
+# rounds its opening (a smaller profile power is fuller towards the corners) and pushes the lips out.
+CLOSURE_PRESS = 0.2
+# Pressed lips meet in a line this much darker than the lips and this wide (share of the mouth width) (_seal).
+SEAM_DARKEN = 0.35
+SEAM_WIDTH = 0.012
+TUCK_CLOSE = 0.85
+TUCK_ROLL = 0.4
+TUCK_LIFT = 0.1
+ROUND_NARROW = 0.15
+ROUND_PROFILE_POWER = 0.35
+ROUND_PUSH = 0.12
+# The jaw line from one jaw angle round the chin to the other (Face Mesh oval points 288 ... 152 ... 58), and the
+# chin's position in it. The chin moves JAW_SHARE of the lower lip's vertical change; a person opening the mouth
+# drops the jaw, so a wide opening inside a fixed chin looks wrong.
+JAW_LINE = (288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58)
+JAW_CHIN = 7
+JAW_SHARE = 0.7
+# The zero-displacement ring lies at least this many times the jaw's move beyond the jaw line (the neck and collar
+# take the stretch over a band, not a seam).
+JAW_RING = 2.5
 
 
 @dataclass
@@ -151,49 +174,81 @@ def lip_ratios(points: np.ndarray) -> tuple[float, float]:
     return opening, width
 
 
-def target_lips(points: np.ndarray, opening: float, width: float) -> dict[int, np.ndarray]:
-    """Where the lip points go for a target shape.
+def target_lips(points: np.ndarray, opening: float, width: float, *, closure: float = 0.0, tuck: float = 0.0,
+                rounding: float = 0.0) -> dict[int, np.ndarray]:
+    """Where the lip points (and, when the mouth opens or closes, the jaw line) go for a target shape.
 
     The lips move as units: each column of the inner lips opens to the target gap shaped by a rounded
     profile (full at the centre, closing towards the corners: the source's own column gaps are landmark
     noise as much as shape, and scaling them amplifies that into a wavy lip line), the lower lip taking
     LOWER_SHARE of the change; outer points follow their column; the width scales every lip point about
-    the mouth centre along the eye line.
+    the mouth centre along the eye line. Three articulations come on top (docs/models-contract.md#lip-shape):
+
+    - closure (p, b, m): the lips meet and press: the gap closes and each lip's outer edge moves
+      CLOSURE_PRESS of its thickness towards the lip line (pressed lips look thinner);
+    - tuck (f, v): the lower lip rises to the upper teeth and rolls in: the gap nearly closes from below and the
+      lower lip's outer edge rises TUCK_ROLL of its thickness; the upper lip lifts a little;
+    - rounding (oo, w): the mouth narrows by ROUND_NARROW of its width, its opening becomes rounder across the
+      columns, and the lips push out (thicker by ROUND_PUSH of their thickness).
+
+    The jaw follows the lower lip: the chin moves JAW_SHARE of the lower lip's vertical change, the jaw line less
+    towards its angles (docs/behaviour.md#jaw).
 
     Args:
         points: the face mesh [468, 2+] in frame pixels the target is built on (smoothed over time, so the
             drawn lips do not jitter).
         opening: target inner-lip gap over face height.
         width: target corner distance over face width.
+        closure, tuck, rounding: strengths in [0, 1].
 
     Returns:
-        Landmark index -> target position (x, y) in frame pixels, for every lip point.
+        Landmark index -> target position (x, y) in frame pixels, for every lip point, and for the jaw line's points
+        when the jaw moves by at least half a pixel.
     """
     p = points[:, :2].astype(np.float64)
     face = FaceFrame.of(points)
+    closure, tuck, rounding = (min(max(float(v), 0.0), 1.0) for v in (closure, tuck, rounding))
     centre = (p[OUTER_CORNERS[0]] + p[OUTER_CORNERS[1]]) / 2
     half = max(float((p[OUTER_CORNERS[1]] - p[OUTER_CORNERS[0]]) @ face.right) / 2, 1.0)
     source_gap = float((p[LOWER_MID] - p[UPPER_MID]) @ face.down)
-    target_gap = max(opening, 0.0) * face.height
-    d_half = (max(width, 0.0) * face.width) / 2 - half
+    target_gap = max(opening, 0.0) * face.height * (1.0 - closure) * (1.0 - TUCK_CLOSE * tuck)
+    d_half = (max(width, 0.0) * face.width) / 2 * (1.0 - ROUND_NARROW * rounding) - half
+    power = GAP_PROFILE_POWER + (ROUND_PROFILE_POWER - GAP_PROFILE_POWER) * rounding
+    # The lower lip's share of the change: a tuck lifts mostly the lower lip.
+    lower_share = LOWER_SHARE + (1.0 - LOWER_SHARE) * tuck * 0.5
 
     out: dict[int, np.ndarray] = {}
+    centre_drop = 0.0
     for up_in, low_in, up_out, low_out in zip(INNER_UPPER, INNER_LOWER, OUTER_UPPER, OUTER_LOWER):
         u = float((p[low_in] + p[up_in] - 2 * centre) @ face.right) / (2 * half)
         # Not clamped: where the mesh has the lips crossed, the change uncrosses them (every column ends at
         # exactly its target gap, so the target lip line never folds).
         gap = float((p[low_in] - p[up_in]) @ face.down)
-        change = target_gap * math.cos(min(abs(u), 1.0) * math.pi / 2) ** GAP_PROFILE_POWER - gap
+        change = target_gap * math.cos(min(abs(u), 1.0) * math.pi / 2) ** power - gap
         sideways = face.right * (u * d_half)
-        lower = face.down * (LOWER_SHARE * change) + sideways
-        upper = -face.down * ((1 - LOWER_SHARE) * change) + sideways
-        out[low_in], out[low_out] = p[low_in] + lower, p[low_out] + lower
-        out[up_in], out[up_out] = p[up_in] + upper, p[up_out] + upper
-    drop = face.down * (CORNER_DROP * LOWER_SHARE * (target_gap - max(source_gap, 0.0)))
+        lower = face.down * (lower_share * change) + sideways
+        upper = -face.down * ((1 - lower_share) * change) + sideways
+        # Lip thicknesses of this column (outer edge to inner line), for pressing, rolling and pushing.
+        thick_up = max(float((p[up_in] - p[up_out]) @ face.down), 0.0)
+        thick_low = max(float((p[low_out] - p[low_in]) @ face.down), 0.0)
+        grow = ROUND_PUSH * rounding
+        out_up = upper - face.down * (thick_up * (grow - CLOSURE_PRESS * closure - TUCK_LIFT * tuck))
+        out_low = lower + face.down * (thick_low * (grow - CLOSURE_PRESS * closure - TUCK_ROLL * tuck))
+        out[low_in], out[low_out] = p[low_in] + lower, p[low_out] + out_low
+        out[up_in], out[up_out] = p[up_in] + upper, p[up_out] + out_up
+        if low_in == LOWER_MID:
+            centre_drop = lower_share * change
+    drop = face.down * (CORNER_DROP * lower_share * (target_gap - max(source_gap, 0.0)))
     for outer, inner in zip(OUTER_CORNERS, INNER_CORNERS):
         side = 1.0 if float((p[outer] - centre) @ face.right) > 0 else -1.0
         move = face.right * (side * d_half) + drop
         out[outer], out[inner] = p[outer] + move, p[inner] + move
+    jaw = JAW_SHARE * centre_drop
+    if abs(jaw) >= 0.5:
+        for k, landmark in enumerate(JAW_LINE):
+            # Full at the chin, nothing at the jaw's angles (the ends of JAW_LINE).
+            t = abs(k - JAW_CHIN) / JAW_CHIN
+            out[landmark] = p[landmark] + face.down * (jaw * math.cos(t * math.pi / 2) ** 2)
     return out
 
 
@@ -280,43 +335,63 @@ def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, triangles: np.ndarray
     """
     ids = np.zeros((h, w), np.int32)
     shift = 4
-    affine = np.zeros((len(triangles) + 1, 2, 3), np.float64)
-    affine[0] = [[1, 0, 0], [0, 1, 0]]
+    # Row t + 1: the affine map of triangle t as (a, b, c, d, e, f): x' = a x + b y + c, y' = d x + e y + f, in the
+    # box's own coordinates (x - x0, y - y0) so float32 keeps sub-pixel precision; row 0: the identity.
+    coeffs = np.zeros((len(triangles) + 1, 6), np.float64)
+    coeffs[:, 0] = coeffs[:, 4] = 1.0
     if len(triangles):
-        d, s_ = dst[triangles], src[triangles]  # [T, 3, 2]
-        ones = np.ones(d.shape[:2] + (1,))
-        m_dst, m_src = np.concatenate([d, ones], axis=2), np.concatenate([s_, ones], axis=2)
-        det_dst, det_src = np.linalg.det(m_dst), np.linalg.det(m_src)
-        # Degenerate (closed) target triangles cover no pixel; solve only the others, all at once.
+        d = dst[triangles].astype(np.float64) - [x0, y0]  # [T, 3, 2]
+        s_ = src[triangles].astype(np.float64) - [x0, y0]
+        det_dst, det_src = _cross(d), _cross(s_)
+        # Degenerate (closed) target triangles cover no pixel.
         live = np.abs(det_dst) >= 1e-6
-        solved = np.zeros((len(triangles), 3, 2))
-        solved[live] = np.linalg.solve(m_dst[live], s_[live])
-        affine[1:] = solved.transpose(0, 2, 1)
+        inv = np.where(live, 1.0 / np.where(live, det_dst, 1.0), 0.0)
+        # The inverse of [[x0 x1 x2], [y0 y1 y2], [1 1 1]] by cofactors, for every triangle at once.
+        (x_0, y_0), (x_1, y_1), (x_2, y_2) = (d[:, k].T for k in range(3))
+        cof = np.stack([y_1 - y_2, y_2 - y_0, y_0 - y_1, x_2 - x_1, x_0 - x_2, x_1 - x_0,
+                        x_1 * y_2 - x_2 * y_1, x_2 * y_0 - x_0 * y_2, x_0 * y_1 - x_1 * y_0], axis=1).reshape(-1, 3, 3)
+        # Source coordinates at the three corners, times the inverse: a, b, c (x') and d, e, f (y').
+        for row, axis in ((0, 0), (3, 1)):
+            coeffs[1:, row : row + 3] = np.einsum("tk,tjk->tj", s_[:, :, axis], cof) * inv[:, None]
         # A flipped source triangle (the mesh crossed its own points there) would mirror the texture and cut
         # a seam into the lips: it moves by its vertices' mean shift instead.
         flipped = live & (det_src * det_dst <= 0)
-        mean_shift = (s_ - d).mean(axis=1)
-        affine[1:][flipped] = 0.0
-        affine[1:][flipped, 0, 0] = affine[1:][flipped, 1, 1] = 1.0
-        affine[1:][flipped, :, 2] = mean_shift[flipped]
-        corners = np.round((d - [x0, y0]) * (1 << shift)).astype(np.int32)
+        shift_xy = (s_ - d).mean(axis=1)
+        coeffs[1:][flipped] = np.stack([np.ones(int(flipped.sum())), np.zeros(int(flipped.sum())),
+                                        shift_xy[flipped, 0], np.zeros(int(flipped.sum())),
+                                        np.ones(int(flipped.sum())), shift_xy[flipped, 1]], axis=1)
+        corners = np.round(d * (1 << shift)).astype(np.int32)
         for t in np.nonzero(live)[0]:
             cv2.fillConvexPoly(ids, corners[t], (int(t) + 1,), lineType=cv2.LINE_8, shift=shift)
-    py, px = np.mgrid[y0 : y0 + h, x0 : x0 + w].astype(np.float64)
-    a = affine[ids]
-    map_x = a[..., 0, 0] * px + a[..., 0, 1] * py + a[..., 0, 2]
-    map_y = a[..., 1, 0] * px + a[..., 1, 1] * py + a[..., 1, 2]
-    return map_x.astype(np.float32), map_y.astype(np.float32)
+    table = coeffs.astype(np.float32)
+    lx = np.arange(w, dtype=np.float32)[None, :]
+    ly = np.arange(h, dtype=np.float32)[:, None]
+    map_x = table[ids, 0] * lx + table[ids, 1] * ly + (table[ids, 2] + np.float32(x0))
+    map_y = table[ids, 3] * lx + table[ids, 4] * ly + (table[ids, 5] + np.float32(y0))
+    return map_x, map_y
+
+
+def _cross(tri: np.ndarray) -> np.ndarray:
+    """Twice the signed area of each triangle [T, 3, 2] (the determinant of its homogeneous corner matrix)."""
+    a, b = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
+    return a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
 
 
 def mouth_region(source: np.ndarray, target: dict[int, np.ndarray]) -> tuple[np.ndarray, float]:
-    """The polygon the edit may touch before dilation (hull of the source and target outer lips) and the
-    dilation margin in pixels."""
+    """The polygon the edit may touch before dilation (hull of the source and target outer lips, and of the jaw line
+    when it moves) and the dilation margin in pixels."""
     src = source[list(OUTER_LIPS), :2].astype(np.float64)
     dst = np.array([target[i] for i in OUTER_LIPS])
-    hull = cv2.convexHull(np.vstack([src, dst]).astype(np.float32))[:, 0].astype(np.float64)
+    parts = [src, dst]
     mouth_width = float(np.linalg.norm(src[0] - src[OUTER_LIPS.index(OUTER_CORNERS[1])]))
-    return hull, max(MIN_MARGIN_PX, MARGIN_OF_WIDTH * mouth_width)
+    margin = max(MIN_MARGIN_PX, MARGIN_OF_WIDTH * mouth_width)
+    if JAW_LINE[JAW_CHIN] in target:
+        jaw = list(JAW_LINE)
+        parts += [source[jaw, :2].astype(np.float64), np.array([target[i] for i in jaw])]
+        move = float(np.linalg.norm(target[JAW_LINE[JAW_CHIN]] - source[JAW_LINE[JAW_CHIN], :2]))
+        margin = max(margin, JAW_RING * move)
+    hull = cv2.convexHull(np.vstack(parts).astype(np.float32))[:, 0].astype(np.float64)
+    return hull, margin
 
 
 def _ring(hull: np.ndarray, margin: float) -> np.ndarray:
@@ -339,7 +414,7 @@ def region_alpha(hull: np.ndarray, margin: float, x0: int, y0: int, w: int, h: i
 
 
 def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, target: dict[int, np.ndarray],
-               frame_size: tuple[int, int]) -> MouthEdit | None:
+               frame_size: tuple[int, int], seal: float = 0.0) -> MouthEdit | None:
     """Move the source's own pixels so its lips take the target positions.
 
     Args:
@@ -349,6 +424,8 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
         source: the face mesh [468, 2+] in frame pixels as read in this frame (where the lips' pixels are).
         target: target lip positions from `target_lips`.
         frame_size: (width, height) of the frame: the edit stays inside it.
+        seal: how strongly the lips are pressed shut (a closure's strength): the seam between them is then drawn as
+            a lip line, not as the squeezed teeth of an open source mouth.
 
     Returns:
         The edit, or None when the region falls outside the frame or the image.
@@ -374,6 +451,8 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
     map_y -= oy
     patch = cv2.remap(bgr, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     _antialias_closing(patch, bgr, map_x, map_y, source, target, (x0, y0))
+    if seal > 0:
+        _seal(patch, bgr, map_x, map_y, source, target, origin, (x0, y0), seal)
     alpha = region_alpha(hull, margin, x0, y0, x1 - x0, y1 - y0)
     return MouthEdit(x=x0, y=y0, patch=patch, alpha=alpha, target=target)
 
@@ -404,6 +483,42 @@ def _antialias_closing(patch: np.ndarray, bgr: np.ndarray, map_x: np.ndarray, ma
     band = cv2.dilate(inner, np.ones((2 * reach + 1, 3), np.uint8)).astype(np.float32)
     weight = cv2.GaussianBlur(band, (0, 0), 1.0)[..., None]
     patch[...] = np.clip(patch + weight * (soft.astype(np.float32) - patch) + 0.5, 0, 255).astype(np.uint8)
+
+
+def _seal(patch: np.ndarray, bgr: np.ndarray, map_x: np.ndarray, map_y: np.ndarray, source: np.ndarray,
+          target: dict[int, np.ndarray], origin: tuple[int, int], corner: tuple[int, int], strength: float) -> None:
+    """Draw pressed lips' seam: what the warp squeezed in from inside the source's open mouth (teeth, the dark of
+    the mouth, the shadowed inner edge of the lips) is filled from the lips around it, and a thin line a little
+    darker than the lips is drawn where they meet: a closed mouth shows a lip line, never a line of teeth."""
+    interior = np.zeros(bgr.shape[:2], np.uint8)
+    poly = np.rint(source[list(INNER_LIPS), :2] - np.asarray(origin, np.float64)).astype(np.int32)
+    cv2.fillPoly(interior, [poly], (1,))
+    if not interior.any():
+        return
+    grown = np.asarray(cv2.dilate(interior, np.ones((5, 5), np.uint8)), np.uint8)
+    # Where each patch pixel sampled from: inside the (grown) source opening or not.
+    from_inside = np.asarray(cv2.remap(grown.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0,)), np.float32)
+    band = (from_inside > 0.1).astype(np.uint8)
+    if not band.any():
+        return
+    filled = cv2.inpaint(patch, band, 3, cv2.INPAINT_TELEA)
+    weight = strength * np.clip(2.0 * cv2.GaussianBlur(from_inside, (0, 0), 0.7), 0.0, 1.0)[..., None]
+    mixed = patch + weight * (filled.astype(np.float32) - patch)
+    # The line where the lips meet, along the target's inner lip line, in the lips' own colour darkened.
+    lips = np.zeros(bgr.shape[:2], np.uint8)
+    cv2.fillPoly(lips, [np.rint(source[list(OUTER_LIPS), :2] - np.asarray(origin, np.float64)).astype(np.int32)], (1,))
+    lip_pixels = (lips > 0) & (grown == 0)
+    if int(lip_pixels.sum()) >= 8:
+        colour = np.median(bgr[lip_pixels].reshape(-1, 3).astype(np.float32), axis=0) * (1.0 - SEAM_DARKEN)
+        ends = (INNER_CORNERS[0],) + INNER_UPPER + (INNER_CORNERS[1],)
+        line: np.ndarray = np.array([target[i] for i in ends]) - np.asarray(corner, np.float64)
+        width = float(np.linalg.norm(target[OUTER_CORNERS[1]] - target[OUTER_CORNERS[0]]))
+        mask = np.zeros(patch.shape[:2], np.float32)
+        cv2.polylines(mask, [np.rint(line * 4).astype(np.int32)], False, (1.0,), max(1, round(SEAM_WIDTH * width)),
+                      cv2.LINE_AA, shift=2)
+        mixed += (strength * mask)[..., None] * (colour[None, None, :] - mixed)
+    patch[...] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
 
 
 def inner_polygon(target: dict[int, np.ndarray]) -> np.ndarray:

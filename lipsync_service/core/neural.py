@@ -28,7 +28,7 @@ from lipsync_service.core import overlay
 from lipsync_service.core.active_speaker import ActiveSpeaker, Choice, SpeechMouth
 from lipsync_service.core.blend import Paste, copy_frame, paste_face, paste_patch
 from lipsync_service.core.crops import CropRegion, extract_bgr, model_face_input, model_output_to_bgr, resize_square
-from lipsync_service.core.faces import FaceDetector
+from lipsync_service.core.faces import Face, FaceDetector
 from lipsync_service.core.landmarks import FaceLandmarker
 from lipsync_service.core.lips import LipRead, LipTracker
 from lipsync_service.core.mel import WINDOW_REACH_S, MelStream
@@ -37,9 +37,9 @@ from lipsync_service.core.pose import HeadPose
 from lipsync_service.core.processor import FrameProcessor
 from lipsync_service.core.select import TargetSelector, needs_detection, observations
 from lipsync_service.core.shots import ShotDetector
-from lipsync_service.core.tracking import FaceTracker, TrackedFace, TrackingParams
+from lipsync_service.core.tracking import FaceTracker, TrackedFace, TrackingParams, iou
 from lipsync_service.errors import InternalError
-from lipsync_service.inference.base import LIP_SHAPE_SIZE, GeneratorBackend, OutputContract
+from lipsync_service.inference.base import GeneratorBackend, OutputContract
 from lipsync_service.job import JobConfig
 from lipsync_service.media.soundtrack import Soundtrack
 from lipsync_service.media.types import FrameJob, SoundtrackLevels, SpeechAudio, VideoInfo
@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_FRAMES = 8
 # Full-frame face search at least this often (finds faces that enter); in between only around known faces.
 FULL_DETECT_S = 1.0
+# A search for small faces (wide shots) at least this often; a face under SMALL_FACE_MARGIN times the normal search's
+# smallest counts as small.
+SMALL_DETECT_S = 2.0
+SMALL_FACE_MARGIN = 1.3
 # Side of the search square around a known face, in face sizes: room for fast head motion between searches.
 ROI_SCALE = 2.2
 # Look-ahead of the decide stage: the active speaker is judged on this much of what follows the frame too.
@@ -64,8 +68,8 @@ MAX_SPEAKER_CANDIDATES = 4
 # while the rest of the mouth is re-shaped).
 OCCLUDED_LIP_SHARE = 0.15
 # Occluder pixels are protected with this margin (pixels, plus a share of the mouth width).
-OCCLUDER_GROW_PX = 2.0
-OCCLUDER_GROW_OF_WIDTH = 0.03
+OCCLUDER_GROW_PX = 3.0
+OCCLUDER_GROW_OF_WIDTH = 0.04
 # A mouth narrower than this (pixels) is too small to re-shape: its few pixels would only smear.
 MIN_MOUTH_PX = 8.0
 STAGES = ("shots", "detect", "landmarks", "occlusion", "speaker", "features", "generator", "blend", "overlay")
@@ -212,6 +216,9 @@ class NeuralProcessor(FrameProcessor):
         self._since_detect = 10**9
         self._last_full = -(10**9)
         self._full_every = max(1, round(fps * FULL_DETECT_S))
+        self._small_every = max(1, round(fps * SMALL_DETECT_S))
+        self._last_small = -(10**9)
+        self._small_faces = False
         self.stage_seconds = dict.fromkeys(STAGES, 0.0)
         self._started = True
 
@@ -295,7 +302,16 @@ class NeuralProcessor(FrameProcessor):
                 if len(faces) >= len(boxes):
                     return faces
             self._last_full = index
-            return self._detector.detect_frame(frame)
+            faces = self._detector.detect_frame(frame)
+            if self._small_faces or index - self._last_small >= self._small_every:
+                # Wide shots: faces under the normal search's smallest size. Once some are seen, every full search
+                # looks for them; otherwise only now and then (it costs several normal searches).
+                self._last_small = index
+                small = self._detector.detect_frame(frame, small=True)
+                limit = SMALL_FACE_MARGIN * self._detector.smallest_face_px(frame.width, frame.height)
+                self._small_faces = any(f.height < limit for f in small)
+                faces = _merge(faces, small)
+            return faces
         finally:
             self._timed("detect", t0)
 
@@ -465,7 +481,8 @@ class NeuralProcessor(FrameProcessor):
     def _generate(self, items: list[_Item]) -> list[np.ndarray]:
         """One generator call for all waiting faces (the backend splits at its own batch limit).
 
-        Returns per face: the target lip shape [2] (LIP_SHAPE contract) or the re-drawn BGR crop (RGB).
+        Returns per face: the model's lip-shape row [C] (LIP_SHAPE contract: opening_z, width_z and, when the model
+        has 5 columns, closure, tuck, round; passed on unchanged) or the re-drawn BGR crop (RGB).
         """
         spec = self._spec
         t0 = time.perf_counter()
@@ -477,10 +494,7 @@ class NeuralProcessor(FrameProcessor):
         t0 = time.perf_counter()
         out = self._backend.infer(face, mel)
         self._timed("generator", t0)
-        if self._shape_model:
-            expected: tuple[int, ...] = (len(items), LIP_SHAPE_SIZE)
-        else:
-            expected = (len(items), 3, spec.face_size, spec.face_size)
+        expected = (len(items), *spec.output_dims)
         if tuple(out.shape) != expected:
             raise InternalError(f"generator returned shape {tuple(out.shape)}, expected {expected}")
         if self._shape_model:
@@ -573,6 +587,18 @@ class NeuralProcessor(FrameProcessor):
         self._backend.close()
 
 
+def _merge(faces: list[Face], more: list[Face]) -> list[Face]:
+    """Faces of two searches of one frame, each face once (the one with the better score where boxes overlap)."""
+    out = list(faces)
+    for face in more:
+        twin = next((k for k, f in enumerate(out) if iou(f.box, face.box) > 0.3), None)
+        if twin is None:
+            out.append(face)
+        elif face.score > out[twin].score:
+            out[twin] = face
+    return out
+
+
 def _is_bypass(job: FrameJob) -> bool:
     # The pipeline routes bypass frames around the processor; this guards against one arriving anyway.
     return job.bypass or (job.speakers is not None and job.speakers.bypass)
@@ -603,9 +629,14 @@ def build_neural_processor(settings: Settings, backend: GeneratorBackend | None 
 
         backend = build_backend(settings)
     try:
+        occlusion = None
+        if settings.occlusion_check:
+            from lipsync_service.core.occlusion import OcclusionDetector
+
+            occlusion = OcclusionDetector
         return NeuralProcessor(backend, debug=settings.debug_mode,
                                batch_frames=min(DEFAULT_BATCH_FRAMES, settings.max_batch_size),
-                               speaker_choice=settings.speaker_choice)
+                               speaker_choice=settings.speaker_choice, occlusion_factory=occlusion)
     except BaseException:
         backend.close()
         raise

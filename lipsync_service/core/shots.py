@@ -10,7 +10,7 @@ cut is a frame where both jump: above fixed floors and well above the recent lev
 or a moving hand does not start a shot. A gradual transition is a run of frames whose content drifts steadily
 until the frame a little later is as different from the one before the run as after a cut; frames inside it are
 marked, and the shot after it starts where the drift ends. A frame with almost no detail (a fade's black or
-white) is a transition frame itself.
+white, an empty wall) is a transition frame itself.
 """
 
 from __future__ import annotations
@@ -36,13 +36,19 @@ CUT_FLOOR = 0.05
 CUT_RATIO = 5.0
 # Frames of ordinary change the recent level is the median of.
 HISTORY = 25
+# Cuts this close together are one transition (a dissolve changes every frame by a cut's worth of histogram).
+RUN_GAP = 2
+# A run of jumps longer than this (frames) is not a transition but how this footage moves (a fast pan, flicker, a
+# moving pattern): its changes become the recent level and a shot starts, so such a video is not left unedited.
+MAX_RUN = 25
 # Gradual transition: over at most GRADUAL_SPAN frames, the histogram distance from the frame before the run grows
 # past GRADUAL_HIST while every step stays under a cut and above GRADUAL_STEP (a steady drift, not a still scene).
 GRADUAL_SPAN = 30
 GRADUAL_HIST = 0.35
 GRADUAL_STEP = 0.01
-# A frame whose luma spread (std, grey levels) is under this holds nothing to track (black, white, flat).
-BLANK_STD = 6.0
+# A frame whose thumbnail spans fewer grey levels than this holds nothing to track (black, white, flat). The range,
+# not the spread: a small face on a plain wall is a few thumbnail pixels, yet far from the wall's grey.
+BLANK_RANGE = 16.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ def signature(frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray, bool]:
     joint = ((us.astype(np.int32) * UV_BINS) >> 8) * UV_BINS + ((vs.astype(np.int32) * UV_BINS) >> 8)
     huv = np.bincount(joint.ravel(), minlength=UV_BINS * UV_BINS).astype(np.float32)
     hist = np.concatenate([hy / max(hy.sum(), 1.0), huv / max(huv.sum(), 1.0)]) / 2
-    return thumb, hist, float(thumb.std()) < BLANK_STD
+    return thumb, hist, float(thumb.max() - thumb.min()) < BLANK_RANGE
 
 
 class ShotDetector:
@@ -96,6 +102,10 @@ class ShotDetector:
         self._anchor: _Signature | None = None
         self._drift_start = 0
         self._in_transition = False
+        # The latest hard cut, and the first frame of the run of cuts it belongs to.
+        self._last_cut: int | None = None
+        self._run_start = 0
+        self._run_changes: list[float] = []
         self.cuts = 0
         self.transitions = 0
 
@@ -116,10 +126,25 @@ class ShotDetector:
         colour = 0.5 * float(np.abs(hist - prev.hist).sum())
         change = pixel + colour
         level = float(np.median(self._recent)) if self._recent else 0.0
-        if change > CUT_FLOOR and change > CUT_RATIO * level and not (blank and prev.blank):
-            return self._start(index, cut=True, transition=blank)
+        jump = change > CUT_FLOOR and change > CUT_RATIO * level
+        if jump and not blank:
+            if self._last_cut is not None and index - self._last_cut <= RUN_GAP:
+                self._run_changes.append(change)
+                if index - self._run_start > MAX_RUN:
+                    self._recent.extend(self._run_changes)
+                    self._last_cut, self._run_changes = None, []
+                    return self._start(index, cut=False)
+                # Jumps in consecutive frames: a dissolve or a flash, not shots of a frame or two. Its frames are
+                # mixtures; the shot after it starts where the jumps end (tracks restart at every jump).
+                start, self._last_cut = self._run_start, index
+                return ShotFrame(self._shot, cut=True, transition=True, marked_from=start)
+            self._run_start = self._last_cut = index
+            self._run_changes = [change]
+            self._in_transition = False
+            return self._start(index, cut=True)
         if blank:
-            # Black or white: part of a fade; the shot after it starts at the first frame with content.
+            # Black, white or an empty wall (a fade, or the person stepped out): the shot after it starts at the first
+            # frame with content again, whether it comes back at once or fades in.
             self._anchor = None
             self._in_transition = True
             return ShotFrame(self._shot, transition=True)
@@ -146,14 +171,14 @@ class ShotDetector:
             self._anchor = None
             self.transitions += 1
             self._shot += 1
-            self._recent.clear()
             return ShotFrame(self._shot, cut=True, transition=False, marked_from=start)
         return ShotFrame(self._shot)
 
-    def _start(self, index: int, *, cut: bool, transition: bool = False) -> ShotFrame:
+    def _start(self, index: int, *, cut: bool) -> ShotFrame:
+        # The recent level of change is kept: it describes the footage, and right after a cut an empty history would
+        # make any motion a cut.
         self._shot += 1
         self._anchor = None
-        self._recent.clear()
         if cut:
             self.cuts += 1
-        return ShotFrame(self._shot, cut=True, transition=transition)
+        return ShotFrame(self._shot, cut=True)

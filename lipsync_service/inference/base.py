@@ -20,7 +20,11 @@ OUTPUT_FACE = "output"
 OUTPUT_LIP_SHAPE = "lip_shape"
 MEL_BINS = 80
 MEL_STEPS = 16
+# Columns of a lip_shape output: the two z-scores, optionally followed by three viseme probabilities.
+LIP_SHAPE_COLUMNS = ("opening_z", "width_z", "closure", "tuck", "round")
 LIP_SHAPE_SIZE = 2
+LIP_SHAPE_VISEME_SIZE = len(LIP_SHAPE_COLUMNS)
+LIP_SHAPE_WIDTHS = (LIP_SHAPE_SIZE, LIP_SHAPE_VISEME_SIZE)
 # The config.pbtxt parameter (and ONNX metadata key) that states a model's contract.
 CONTRACT_PARAMETER = "lipsync_contract"
 # A face size: the number of pixels, or a name for it in text.
@@ -31,7 +35,7 @@ class OutputContract(str, Enum):
     """What a generator model takes and returns; read from its tensor names."""
 
     RGB_FACE = "rgb_face"  # face + mel -> output [B, 3, S, S]
-    LIP_SHAPE = "lip_shape"  # mel -> lip_shape [B, 2]
+    LIP_SHAPE = "lip_shape"  # mel -> lip_shape [B, C], C = 2 or 5
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -43,20 +47,23 @@ class OutputContract(str, Enum):
         """The output tensor name."""
         return OUTPUT_FACE if self is OutputContract.RGB_FACE else OUTPUT_LIP_SHAPE
 
-    def dims(self, face_size: _Size) -> dict[str, tuple[int | _Size, ...]]:
-        """Per-item dims (without the batch axis) of every tensor, inputs first; face_size is ignored for LIP_SHAPE
-        (a name such as "S" in place of the size gives the dims for display)."""
+    def dims(self, face_size: _Size, columns: int | _Size = LIP_SHAPE_SIZE) -> dict[str, tuple[int | _Size, ...]]:
+        """Per-item dims (without the batch axis) of every tensor, inputs first.
+
+        face_size is ignored for LIP_SHAPE, columns (the lip_shape output's width, 2 or 5) for RGB_FACE; a name
+        such as "S" in place of a size gives the dims for display.
+        """
         dims: dict[str, tuple[int | _Size, ...]] = {INPUT_MEL: (1, MEL_BINS, MEL_STEPS)}
         if self is OutputContract.RGB_FACE:
             dims = {INPUT_FACE: (6, face_size, face_size), **dims, OUTPUT_FACE: (3, face_size, face_size)}
         else:
-            dims[OUTPUT_LIP_SHAPE] = (LIP_SHAPE_SIZE,)
+            dims[OUTPUT_LIP_SHAPE] = (columns,)
         return dims
 
-    def signature(self, face_size: int | str = "S") -> str:
-        """The tensors as text, e.g. "mel [B, 1, 80, 16] -> lip_shape [B, 2]"."""
+    def signature(self, face_size: int | str = "S", columns: int | str = "2 or 5") -> str:
+        """The tensors as text, e.g. "mel [B, 1, 80, 16] -> lip_shape [B, 2 or 5]"."""
         dims = {name: ", ".join(str(d) for d in shape)
-                for name, shape in self.dims(face_size).items()}
+                for name, shape in self.dims(face_size, columns).items()}
         inputs = " + ".join(f"{name} [B, {dims[name]}]" for name in self.inputs)
         return f"{inputs} -> {self.output} [B, {dims[self.output]}]"
 
@@ -72,6 +79,9 @@ class ModelSpec:
         channel_order: "bgr" for Wav2Lip checkpoints and our own models.
         description: short text for ServiceInfo.model_info.
         contract: what the model takes and returns.
+        shape_columns: LIP_SHAPE: columns of each output row, LIP_SHAPE_SIZE (opening_z, width_z) or
+            LIP_SHAPE_VISEME_SIZE (those, then closure, tuck, round); left at 0 it becomes LIP_SHAPE_SIZE.
+            RGB_FACE: 0.
     """
 
     name: str
@@ -80,6 +90,23 @@ class ModelSpec:
     channel_order: str = "bgr"
     description: str = ""
     contract: OutputContract = OutputContract.RGB_FACE
+    shape_columns: int = 0
+
+    def __post_init__(self) -> None:
+        if self.contract is OutputContract.LIP_SHAPE and not self.shape_columns:
+            object.__setattr__(self, "shape_columns", LIP_SHAPE_SIZE)
+        elif self.contract is OutputContract.RGB_FACE:
+            object.__setattr__(self, "shape_columns", 0)
+        if self.contract is OutputContract.LIP_SHAPE and self.shape_columns not in LIP_SHAPE_WIDTHS:
+            raise InferenceError(
+                f"a lip_shape model has {' or '.join(map(str, LIP_SHAPE_WIDTHS))} output columns, "
+                f"not {self.shape_columns}"
+            )
+
+    @property
+    def output_dims(self) -> tuple[int, ...]:
+        """Per-item dims of the output tensor (without the batch axis)."""
+        return tuple(int(d) for d in self.contract.dims(self.face_size, self.shape_columns)[self.contract.output])
 
 
 def contract_of(input_names: Iterable[str], output_names: Iterable[str]) -> OutputContract:
@@ -97,18 +124,45 @@ def contract_of(input_names: Iterable[str], output_names: Iterable[str]) -> Outp
     )
 
 
-def face_size_of(contract: OutputContract, dims: Mapping[str, Sequence]) -> int | None:
-    """The face size S that a model's per-item tensor dims (batch axis removed) imply, 0 for LIP_SHAPE;
-    None when the dims break the contract."""
-    size = 0
+@dataclass(frozen=True)
+class TensorSizes:
+    """The free sizes of a contract, as a model's tensor dims give them.
+
+    Attributes:
+        face_size: S of an RGB_FACE model; 0 for LIP_SHAPE.
+        shape_columns: columns of a LIP_SHAPE model's output (2 or 5); 0 for RGB_FACE.
+    """
+
+    face_size: int
+    shape_columns: int
+
+
+def sizes_label(contract: OutputContract, sizes: TensorSizes) -> str:
+    """The sizes as the backends' descriptions show them: "S=96", or "lip_shape [B, 5]"."""
+    if contract is OutputContract.RGB_FACE:
+        return f"S={sizes.face_size}"
+    return f"{contract.value} [B, {sizes.shape_columns}]"
+
+
+def sizes_of(contract: OutputContract, dims: Mapping[str, Sequence]) -> TensorSizes | None:
+    """The face size and output columns that a model's per-item tensor dims (batch axis removed) imply; None when
+    the dims break the contract (for LIP_SHAPE: an output width other than 2 or 5)."""
+    size = columns = 0
     if contract is OutputContract.RGB_FACE:
         face = list(dims.get(INPUT_FACE, ()))
         last = face[-1] if len(face) == 3 else None
         if not isinstance(last, int) or last <= 0:
             return None
         size = last
-    expected = contract.dims(size)
-    return size if all(list(dims.get(name, ())) == list(shape) for name, shape in expected.items()) else None
+    else:
+        out = list(dims.get(OUTPUT_LIP_SHAPE, ()))
+        columns = out[0] if len(out) == 1 else -1
+        if columns not in LIP_SHAPE_WIDTHS:
+            return None
+    expected = contract.dims(size, columns)
+    if all(list(dims.get(name, ())) == list(shape) for name, shape in expected.items()):
+        return TensorSizes(size, columns)
+    return None
 
 
 class GeneratorBackend(ABC):
@@ -133,7 +187,8 @@ class GeneratorBackend(ABC):
             mel: float32 [B, 1, 80, 16].
 
         Returns:
-            RGB_FACE: float32 [B, 3, S, S] in [0, 1]; LIP_SHAPE: float32 [B, 2] (opening_z, width_z).
+            RGB_FACE: float32 [B, 3, S, S] in [0, 1]; LIP_SHAPE: float32 [B, C] (opening_z, width_z, and when
+            C = 5 closure, tuck, round; spec.shape_columns is C).
 
         Raises:
             InferenceUnavailable: the backend cannot be reached.

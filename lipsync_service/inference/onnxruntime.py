@@ -14,13 +14,16 @@ from lipsync_service.inference.base import (
     GeneratorBackend,
     ModelSpec,
     OutputContract,
+    TensorSizes,
     check_request,
     model_feeds,
     run_in_batches,
+    sizes_label,
 )
 from lipsync_service.inference.repository import (
     ONNX_FILE,
     config_contract,
+    config_sizes,
     model_version_dir,
     read_model_config,
     session_contract,
@@ -71,7 +74,7 @@ class OnnxRuntimeBackend(GeneratorBackend):
         except InvalidInput as exc:
             raise InferenceUnavailable(str(exc)) from exc
         self._output = contract.contract.output
-        shape = f"S={contract.face_size}" if contract.contract is OutputContract.RGB_FACE else contract.contract.value
+        shape = sizes_label(contract.contract, TensorSizes(contract.face_size, contract.shape_columns))
         model_name = name or (onnx_path.parent.parent.name if onnx_path.parent.name.isdigit() else onnx_path.stem)
         self._spec = ModelSpec(
             name=model_name,
@@ -80,6 +83,7 @@ class OnnxRuntimeBackend(GeneratorBackend):
             channel_order=contract.channel_order,
             description=f"{model_name}: {contract.description} (onnxruntime, {shape})",
             contract=contract.contract,
+            shape_columns=contract.shape_columns,
         )
 
     @classmethod
@@ -89,11 +93,12 @@ class OnnxRuntimeBackend(GeneratorBackend):
         """Open <repository>/<name>/<version>/model.onnx (latest version when empty).
 
         The batch limit is the smaller of max_batch_size and the model config's max_batch_size. A config.pbtxt
-        beside the model must have the ONNX file's contract.
+        beside the model must have the ONNX file's contract and, for a lip_shape model, its output width.
 
         Raises:
             InferenceUnavailable: the model, version or file is missing or unusable.
-            InferenceError: tensor names that fit no contract, or a config whose contract differs from the file's.
+            InferenceError: tensor names that fit no contract, or a config whose contract or sizes differ from the
+                file's.
         """
         try:
             version_dir = model_version_dir(Path(repository), name, version)
@@ -113,12 +118,23 @@ class OnnxRuntimeBackend(GeneratorBackend):
         if config is not None and config.max_batch_size > 0:
             limit = min(limit, config.max_batch_size)
         backend = cls(path, max_batch_size=limit, intra_op_threads=intra_op_threads, name=name)
-        if config is not None and (stated := config_contract(config)) is not backend.spec.contract:
-            backend.close()
-            raise InferenceError(
-                f"{version_dir.parent / 'config.pbtxt'} describes a {stated.value} model but {path} is "
-                f"{backend.spec.contract.value}"
-            )
+        if config is not None:
+            try:
+                stated = config_contract(config)
+                if stated is not backend.spec.contract:
+                    raise InferenceError(
+                        f"{version_dir.parent / 'config.pbtxt'} describes a {stated.value} model but {path} is "
+                        f"{backend.spec.contract.value}"
+                    )
+                columns = config_sizes(config).shape_columns if stated is OutputContract.LIP_SHAPE else 0
+                if columns != backend.spec.shape_columns:
+                    raise InferenceError(
+                        f"{version_dir.parent / 'config.pbtxt'} declares {columns} lip_shape columns "
+                        f"but {path} returns {backend.spec.shape_columns}"
+                    )
+            except InferenceError:
+                backend.close()
+                raise
         return backend
 
     @property

@@ -18,9 +18,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 from lipsync_service.errors import InferenceError, InvalidInput
 from lipsync_service.inference.base import (
     CONTRACT_PARAMETER,
+    LIP_SHAPE_SIZE,
     OutputContract,
+    TensorSizes,
     contract_of,
-    face_size_of,
+    sizes_of,
 )
 
 if TYPE_CHECKING:
@@ -58,12 +60,14 @@ class OnnxContract:
         description: metadata text for ServiceInfo.model_info.
         channel_order: "bgr" unless the metadata says otherwise.
         contract: which output contract its tensor names give.
+        shape_columns: columns of a LIP_SHAPE output (2 or 5; 0 for RGB_FACE).
     """
 
     face_size: int
     description: str
     channel_order: str = "bgr"
     contract: OutputContract = OutputContract.RGB_FACE
+    shape_columns: int = 0
 
 
 def latest_version(model_dir: Path) -> str:
@@ -150,8 +154,8 @@ def session_contract(session: ort.InferenceSession, path: Path) -> OnnxContract:
         raise InferenceError(f"{path}: {exc}") from exc
     shapes = {**inputs, **outputs}
     used = {name: shapes[name] for name in contract.dims(0)}
-    size = face_size_of(contract, {name: shape[1:] for name, shape in used.items()})
-    if size is None or any(not shape or isinstance(shape[0], int) for shape in used.values()):
+    sizes = sizes_of(contract, {name: shape[1:] for name, shape in used.items()})
+    if sizes is None or any(not shape or isinstance(shape[0], int) for shape in used.values()):
         found = ", ".join(f"{name}={shape}" for name, shape in used.items())
         raise InvalidInput(
             f"{path} shapes {found} do not match the contract {contract.value}: {contract.signature()} "
@@ -162,15 +166,17 @@ def session_contract(session: ort.InferenceSession, path: Path) -> OnnxContract:
     if stated is not None and stated != contract.value:
         raise InvalidInput(f"{path} states the contract {stated!r} but its tensors are those of {contract.value!r}")
     return OnnxContract(
-        face_size=size,
+        face_size=sizes.face_size,
         description=meta.get(META_DESCRIPTION) or meta.get(META_DESCRIPTION_PLAIN) or Path(path).stem,
         channel_order=meta.get(META_CHANNEL_ORDER, "bgr"),
         contract=contract,
+        shape_columns=sizes.shape_columns,
     )
 
 
 def config_contract(config: mc.ModelConfig) -> OutputContract:
     """The contract of a Triton model config: its tensor names decide; a `lipsync_contract` parameter must agree.
+    (Its sizes: config_sizes.)
 
     Raises:
         InferenceError: names that fit no contract, or a stated contract that is unknown or disagrees with them.
@@ -184,6 +190,22 @@ def config_contract(config: mc.ModelConfig) -> OutputContract:
                 f"{contract.value!r} ({contract.signature()})"
             )
     return contract
+
+
+def config_sizes(config: mc.ModelConfig) -> TensorSizes:
+    """The face size and lip-shape columns a Triton model config declares (its dims, batch axis excluded).
+
+    Raises:
+        InferenceError: names that fit no contract, or dims that break it (e.g. a lip_shape width other than 2 or 5).
+    """
+    contract = config_contract(config)
+    sizes = sizes_of(contract, {t.name: list(t.dims) for t in [*config.input, *config.output]})
+    if sizes is None:
+        found = ", ".join(f"{t.name}={list(t.dims)}" for t in [*config.input, *config.output])
+        raise InferenceError(
+            f"model {config.name!r}: config dims {found} break the {contract.value} contract ({contract.signature()})"
+        )
+    return sizes
 
 
 def preferred_batch_sizes(max_batch: int) -> list[int]:
@@ -203,6 +225,7 @@ def make_model_config(
     description: str = "",
     ort_threads: int = 0,
     contract: OutputContract = OutputContract.RGB_FACE,
+    shape_columns: int = LIP_SHAPE_SIZE,
 ) -> mc.ModelConfig:
     """The config.pbtxt message for a generator model of either contract.
 
@@ -217,6 +240,7 @@ def make_model_config(
         description: model_info text, stored as a parameter.
         ort_threads: intra-op threads of the Python backend's ONNX Runtime session (0: its default).
         contract: the model's contract: its tensors, and the `lipsync_contract` parameter.
+        shape_columns: columns of a LIP_SHAPE output (2 or 5; ignored for RGB_FACE).
 
     Returns:
         The ModelConfig message.
@@ -234,7 +258,7 @@ def make_model_config(
         config.backend = "python"
         kind = mc.ModelInstanceGroup.KIND_CPU
         config.parameters["ort_intra_op_threads"].string_value = str(ort_threads)
-    for tensor, dims in contract.dims(face_size).items():
+    for tensor, dims in contract.dims(face_size, shape_columns).items():
         tensors = config.input if tensor in contract.inputs else config.output
         tensors.add(name=tensor, data_type=mc.TYPE_FP32, dims=list(dims))
     config.parameters[CONTRACT_PARAMETER].string_value = contract.value
@@ -309,6 +333,7 @@ def write_model(
         description=contract.description,
         ort_threads=ort_threads,
         contract=contract.contract,
+        shape_columns=contract.shape_columns or LIP_SHAPE_SIZE,
     )
     (model_dir / CONFIG_FILE).write_text(text_format.MessageToString(config))
     return model_dir

@@ -22,9 +22,10 @@ from lipsync_service.inference.base import (
     OutputContract,
     check_request,
     contract_of,
-    face_size_of,
     model_feeds,
     run_in_batches,
+    sizes_label,
+    sizes_of,
 )
 from lipsync_service.inference.repository import inspect_onnx
 
@@ -187,17 +188,18 @@ class TensorRTBackend(GeneratorBackend):
             self._contract = contract = engine_contract(self._engine, trt)
             # Per-item dims; the batch axis (-1 in the engine) is bounded by the optimisation profile.
             dims = {name: tuple(self._engine.get_tensor_shape(name))[1:] for name in contract.dims(0)}
-            size = face_size_of(contract, dims)
-            if size is None:
+            sizes = sizes_of(contract, dims)
+            if sizes is None:
                 raise InferenceUnavailable(
                     f"TensorRT engine {engine_path} tensors {dims} do not match the {contract.value} contract: "
                     f"{contract.signature()}"
                 )
-            self._size = size
+            self._size = sizes.face_size
             self._max_batch = int(self._engine.get_tensor_profile_shape(contract.inputs[0], 0)[2][0])
             self._context = self._engine.create_execution_context()
             self._stream = cuda.Stream()
-            shapes = {name: (self._max_batch, *item) for name, item in contract.dims(size).items()}
+            shapes = {name: (self._max_batch, *item)
+                      for name, item in contract.dims(sizes.face_size, sizes.shape_columns).items()}
             # Page-locked host staging buffers: required for truly asynchronous copies.
             self._host = {name: cuda.pagelocked_empty(shape, np.float32) for name, shape in shapes.items()}
             self._buffers = {name: cuda.mem_alloc(host.nbytes) for name, host in self._host.items()}
@@ -206,10 +208,11 @@ class TensorRTBackend(GeneratorBackend):
         finally:
             self._ctx.pop()
         self._lock = threading.Lock()
-        shape = f"S={self._size}" if contract is OutputContract.RGB_FACE else contract.value
+        shape = sizes_label(contract, sizes)
         self._spec = ModelSpec(
             name=name,
             face_size=self._size,
+            shape_columns=sizes.shape_columns,
             max_batch_size=self._max_batch,
             description=f"{name}: {description or 'generator'} (tensorrt {trt.__version__}, {shape})",
             contract=contract,

@@ -26,11 +26,11 @@ from lipsync_service.errors import InferenceError, InferenceUnavailable, without
 from lipsync_service.inference.base import (
     GeneratorBackend,
     ModelSpec,
-    OutputContract,
     check_request,
-    face_size_of,
     model_feeds,
     run_in_batches,
+    sizes_label,
+    sizes_of,
 )
 
 # gRPC status codes (as tritonclient spells them) that mean "the server is not there or not ready".
@@ -213,12 +213,11 @@ class TritonBackend(GeneratorBackend):
         if regions is not None:
             return regions
         spec = self._spec
-        item_bytes = {name: 4 * int(np.prod(dims)) for name, dims in spec.contract.dims(spec.face_size).items()}
-        input_bytes = {name: spec.max_batch_size * item_bytes[name] for name in spec.contract.inputs}
+        dims = spec.contract.dims(spec.face_size)
+        input_bytes = {name: spec.max_batch_size * 4 * int(np.prod(dims[name])) for name in spec.contract.inputs}
+        out_bytes = spec.max_batch_size * 4 * int(np.prod(spec.output_dims))
         try:
-            regions = _Regions(
-                client, input_bytes, spec.max_batch_size * item_bytes[spec.contract.output], self._timeout_s
-            )
+            regions = _Regions(client, input_bytes, out_bytes, self._timeout_s)
         except Exception as exc:
             error = _translate(exc, self._url, self._model, "shared-memory registration")
             if isinstance(error, InferenceUnavailable):
@@ -268,8 +267,8 @@ class TritonBackend(GeneratorBackend):
             raise InferenceError(f"model {self._model!r} on Triton at {self._url}: {exc}") from exc
         tensors = {t.name: (t.datatype, list(t.shape)) for t in [*meta.inputs, *meta.outputs]}
         used = {name: tensors.get(name, ("", [])) for name in contract.dims(0)}
-        size = face_size_of(contract, {name: shape[1:] for name, (_, shape) in used.items()})
-        if size is None or any(dtype != "FP32" or shape[:1] != [-1] for dtype, shape in used.values()):
+        sizes = sizes_of(contract, {name: shape[1:] for name, (_, shape) in used.items()})
+        if sizes is None or any(dtype != "FP32" or shape[:1] != [-1] for dtype, shape in used.values()):
             raise InferenceUnavailable(
                 f"model {self._model!r} on Triton at {self._url} does not match the {contract.value} contract: "
                 f"inputs {[t.name for t in meta.inputs]}, outputs {[t.name for t in meta.outputs]}, "
@@ -279,10 +278,11 @@ class TritonBackend(GeneratorBackend):
         if config.max_batch_size > 0:
             limit = min(limit, config.max_batch_size)
         description = config.parameters["description"].string_value if "description" in config.parameters else ""
-        shape = f"S={size}" if contract is OutputContract.RGB_FACE else contract.value
+        shape = sizes_label(contract, sizes)
         return ModelSpec(
             name=self._model,
-            face_size=size,
+            face_size=sizes.face_size,
+            shape_columns=sizes.shape_columns,
             max_batch_size=limit,
             description=(
                 f"{self._model}: {description or 'generator'} "
@@ -305,7 +305,7 @@ class TritonBackend(GeneratorBackend):
         feeds = model_feeds(face, mel)
         contract = self._spec.contract
         out_name = contract.output
-        out_shape = (mel.shape[0], *contract.dims(self._spec.face_size)[out_name])
+        out_shape = (mel.shape[0], *self._spec.output_dims)
         inputs = [grpcclient.InferInput(name, list(array.shape), "FP32") for name, array in feeds.items()]
         output = grpcclient.InferRequestedOutput(out_name)
         try:

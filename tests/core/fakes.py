@@ -61,13 +61,20 @@ class EchoBackend(GeneratorBackend):
 
 
 class ShapeBackend(GeneratorBackend):
-    """A lip-shape backend whose opening follows the mel window's mean level; a test stand-in, not a model."""
+    """A lip-shape backend whose opening follows the mel window's mean level; a test stand-in, not a model.
 
-    def __init__(self, max_batch_size: int = 4, gain: float = 3.0) -> None:
+    With columns=5 the viseme columns follow the level too (closure falls, tuck and round rise with it), so every
+    row differs; `returned` keeps every row it answered.
+    """
+
+    def __init__(self, max_batch_size: int = 4, gain: float = 3.0, columns: int = 2) -> None:
         self._spec = ModelSpec(name="shape", face_size=0, max_batch_size=max_batch_size,
-                               description="shape test backend", contract=OutputContract.LIP_SHAPE)
+                               description="shape test backend", contract=OutputContract.LIP_SHAPE,
+                               shape_columns=columns)
         self.gain = gain
+        self.columns = columns
         self.batches: list[int] = []
+        self.returned: list[np.ndarray] = []
 
     @property
     def spec(self) -> ModelSpec:
@@ -78,4 +85,10 @@ class ShapeBackend(GeneratorBackend):
         self.batches.append(len(mel))
         level = (mel.mean(axis=(1, 2, 3)) + 2.0) / 2.0
         opening = np.clip(self.gain * level, -3.0, 3.0)
-        return np.stack([opening, np.zeros_like(opening)], axis=1).astype(np.float32)
+        rows = [opening, np.zeros_like(opening)]
+        if self.columns > 2:
+            p = 1.0 / (1.0 + np.exp(-level))
+            rows += [1.0 - p, 0.5 * p, 0.25 + 0.5 * p][: self.columns - 2]
+        out = np.stack(rows, axis=1).astype(np.float32)
+        self.returned.extend(out)
+        return out

@@ -10,6 +10,9 @@ import av
 import numpy as np
 import pytest
 
+from lipsync_service.core.faces import FaceDetector
+from lipsync_service.core.landmarks import OUTER_LIPS, FaceLandmarker
+from lipsync_service.core.lips import LipTracker
 from lipsync_service.core.neural import build_neural_processor
 from lipsync_service.job import EncodingMode, JobConfig, VideoEncodingSpec
 from lipsync_service.pipeline import JobResult, run_files
@@ -125,6 +128,53 @@ def test_the_previous_rule_re_draws_the_largest_face(tmp_path, monkeypatch):
     clip = footage.side_by_side([talker, listener], heights=[240, 340], size=(1024, 384), talker=0)
     result, _, _ = _run(tmp_path, clip, _clip("talking_2.mp4", 5.0).audio)
     assert result.redrawn and {r.why for r in result.redrawn} == {"largest face"}
+
+
+def _lip_boxes(clip: footage.Clip) -> list[tuple[int, int, int, int]]:
+    """Per frame, the outer lips' bounding box (x0, y0, x1, y1) as the service's own face and mesh models read it."""
+    detector, tracker = FaceDetector(), LipTracker(FaceLandmarker(), clip.fps)
+    boxes = []
+    for k, bgr in enumerate(clip.frames):
+        frame = av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p")
+        face = max(detector.detect_frame(frame), key=lambda f: f.area)
+        lips = tracker.read(frame, k, 0, face.box)
+        assert lips is not None
+        pts = lips.raw[list(OUTER_LIPS)]
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+        boxes.append((int(x0), int(y0), int(x1) + 1, int(y1) + 1))
+    return boxes
+
+
+def test_a_patch_over_the_mouth_keeps_every_pixel_and_the_edit_fades_around_it(tmp_path):
+    # The user's case: a flat skin-coloured patch (a hand, a microphone) over the mouth for one second of a talking
+    # head. The shipped occlusion model has to find it: no pixel of the patch may change, and the mouth is re-drawn
+    # before and after it.
+    clip = _clip("talking_1.mp4", 3.0, (384, 384))
+    speech = _clip("talking_2.mp4", 5.0).audio
+    lips = _lip_boxes(clip)
+    first, last = 25, 50
+    patches = {}
+    for k in range(first, last):
+        x0, y0, x1, y1 = lips[k]
+        pad = (x1 - x0) // 4
+        x0, y0, x1, y1 = x0 - pad, y0 - pad, x1 + pad, y1 + pad
+        cheek = clip.frames[k][y0 - 2 * pad : y0 - pad, x1 : x1 + pad].reshape(-1, 3).mean(0)
+        clip.frames[k][y0:y1, x0:x1] = cheek.astype(np.uint8)
+        patches[k] = (x0 & ~1, y0 & ~1, (x1 + 1) & ~1, (y1 + 1) & ~1)  # whole chroma samples
+    result, frames_in, frames_out = _run(tmp_path, clip, speech)
+
+    h = frames_in[0].shape[0] * 2 // 3
+    for k, (x0, y0, x1, y1) in patches.items():
+        a, b = frames_in[k], frames_out[k]
+        assert np.array_equal(a[y0:y1, x0:x1], b[y0:y1, x0:x1]), f"frame {k}: the patch's luma changed"
+        for plane in (h, h + h // 4):  # U then V (yuv420p rows of half width, two per plane row)
+            pa = a[plane : plane + h // 4].reshape(h // 2, -1)
+            pb = b[plane : plane + h // 4].reshape(h // 2, -1)
+            assert np.array_equal(pa[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2], pb[y0 // 2 : y1 // 2, x0 // 2 : x1 // 2])
+    assert result.frames_kept.get("mouth covered", 0) >= 0.8 * (last - first)
+    edited = {k for k, (a, b) in enumerate(zip(frames_in, frames_out)) if not np.array_equal(a, b)}
+    assert len(edited & set(range(0, first - 4))) >= 0.8 * (first - 4)
+    assert len(edited & set(range(last + 4, len(frames_in)))) >= 0.8 * (len(frames_in) - last - 4)
 
 
 @pytest.mark.parametrize("kind", ["random", "still", "no_face", "half_face"])

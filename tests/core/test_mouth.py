@@ -14,6 +14,10 @@ from lipsync_service import pipeline
 from lipsync_service.core.faces import FaceDetector
 from lipsync_service.core.landmarks import OUTER_LIPS, FaceLandmarker
 from lipsync_service.core.mouth import (
+    JAW_CHIN,
+    JAW_LINE,
+    JAW_RING,
+    JAW_SHARE,
     MARGIN_OF_WIDTH,
     FaceFrame,
     SpeakerStats,
@@ -87,7 +91,76 @@ def test_the_warp_writes_only_near_the_lips(mesh):
     far = [cv2.pointPolygonTest(hull.astype(np.float32), (float(x), float(y)), True) for x, y in pts[::7]]
     assert min(far) >= -margin - 1.5, "a weight beyond the dilated lip region"
     mouth_width = np.linalg.norm(points[61, :2] - points[291, :2])
-    assert margin == pytest.approx(max(4.0, MARGIN_OF_WIDTH * mouth_width))
+    chin_move = np.linalg.norm(target[JAW_LINE[JAW_CHIN]] - points[JAW_LINE[JAW_CHIN], :2])
+    assert margin == pytest.approx(max(4.0, MARGIN_OF_WIDTH * mouth_width, JAW_RING * chin_move))
+
+
+def _moved(points: np.ndarray, target: dict) -> np.ndarray:
+    out = points[:, :2].astype(np.float64).copy()
+    for i, xy in target.items():
+        out[i] = xy
+    return out
+
+
+def _lip_thickness(p: np.ndarray) -> tuple[float, float]:
+    """Upper and lower lip thickness at the middle (outer edge to inner line), pixels."""
+    return float(p[13, 1] - p[0, 1]), float(p[17, 1] - p[14, 1])
+
+
+def test_a_closure_shuts_and_presses_the_lips(mesh):
+    _, points = mesh
+    opening, width = lip_ratios(points)
+    moved = _moved(points, target_lips(points, opening + 0.04, width, closure=1.0))
+    assert lip_ratios(moved)[0] == pytest.approx(0.0, abs=0.002)
+    up, low = _lip_thickness(moved)
+    up0, low0 = _lip_thickness(points[:, :2])
+    assert up < up0 and low < low0  # pressed lips look thinner
+
+
+def test_a_tuck_lifts_and_rolls_in_the_lower_lip(mesh):
+    _, points = mesh
+    opening, width = lip_ratios(points)
+    plain = _moved(points, target_lips(points, opening + 0.03, width))
+    tucked = _moved(points, target_lips(points, opening + 0.03, width, tuck=1.0))
+    # The lower lip's outer edge rises towards the nose; the lower lip looks thinner.
+    assert tucked[17, 1] < plain[17, 1] - 1.0
+    assert _lip_thickness(tucked)[1] < _lip_thickness(plain)[1]
+    assert lip_ratios(tucked)[0] < lip_ratios(plain)[0]
+
+
+def test_rounding_narrows_the_mouth_and_rounds_its_opening(mesh):
+    _, points = mesh
+    opening, width = lip_ratios(points)
+    plain = _moved(points, target_lips(points, opening + 0.03, width))
+    rounded = _moved(points, target_lips(points, opening + 0.03, width, rounding=1.0))
+    assert lip_ratios(rounded)[1] < 0.9 * lip_ratios(plain)[1]
+    # Fuller towards the corners: the gap of the columns beside the middle is larger.
+    side = [(81, 178), (311, 402)]
+    assert all(rounded[lo, 1] - rounded[up, 1] > plain[lo, 1] - plain[up, 1] for up, lo in side)
+
+
+def test_the_jaw_drops_with_the_opening_and_stays_inside_its_region(mesh):
+    bgr, points = mesh
+    opening, width = lip_ratios(points)
+    target = target_lips(points, opening + 0.06, width)
+    lower_lip = float(target[14][1] - points[14, 1])
+    chin = float(target[152][1] - points[152, 1])
+    assert chin == pytest.approx(JAW_SHARE * lower_lip, rel=0.05)
+    # The jaw's angles stay where they are.
+    assert np.allclose(target[JAW_LINE[0]], points[JAW_LINE[0], :2]) and np.allclose(target[JAW_LINE[-1]],
+                                                                                     points[JAW_LINE[-1], :2])
+    edit = warp_mouth(bgr, (0, 0), points, target, (bgr.shape[1], bgr.shape[0]))
+    assert edit is not None
+    hull, margin = mouth_region(points, target)
+    yy, xx = np.nonzero(edit.alpha > 0)
+    far = [cv2.pointPolygonTest(hull.astype(np.float32), (float(x + edit.x), float(y + edit.y)), True)
+           for x, y in zip(xx[::5], yy[::5])]
+    assert min(far) >= -margin - 1.5
+    # The chin's pixels moved: the patch differs from the source just above the chin.
+    cx, cy = int(points[152, 0]) - edit.x, int(points[152, 1] - 0.1 * abs(chin) - 3) - edit.y
+    region = bgr[edit.y : edit.y + edit.patch.shape[0], edit.x : edit.x + edit.patch.shape[1]]
+    near_chin = (slice(cy - 3, cy + 3), slice(cx - 3, cx + 3))
+    assert np.abs(edit.patch[near_chin].astype(int) - region[near_chin]).mean() > 0
 
 
 @pytest.mark.parametrize("offset", [0.0, 600.0, 1234.5678])
@@ -171,8 +244,8 @@ def _lossless_job(tmp_path: Path, video: Path, audio: Path) -> tuple[list[np.nda
 
 
 def test_lossless_real_clip_changes_only_pixels_near_the_lips(media, tmp_path):
-    """Every changed luma sample lies within the dilated lip region of the input frame (measured here with
-    the landmark model on the input), and most frames are changed."""
+    """Every changed luma sample lies within the dilated mouth-and-jaw region of the input frame (the lips and the
+    jaw line, measured here with the landmark model on the input), and most frames are changed."""
     video = media("talking_2.mp4")
     inputs, outputs = _lossless_job(tmp_path, video, media("speech_en_1.wav"))
     assert len(outputs) == len(inputs)
@@ -187,12 +260,13 @@ def test_lossless_real_clip_changes_only_pixels_near_the_lips(media, tmp_path):
         bgr = cv2.cvtColor(inputs[k], cv2.COLOR_YUV2BGR_I420)
         face = detector.detect_frame(av.VideoFrame.from_ndarray(bgr, format="bgr24").reformat(format="yuv420p"))[0]
         points = marker.detect(bgr, face.box, face.landmarks[:2]).points
-        lips = points[list(OUTER_LIPS), :2].astype(np.float32)
+        lips = points[list(OUTER_LIPS) + list(JAW_LINE), :2].astype(np.float32)
         mouth_width = float(np.linalg.norm(points[61, :2] - points[291, :2]))
         face_h = FaceFrame.of(points).height
-        # Dilation: the edit's margin plus how far a 3-sigma opening moves the lower lip, plus the
-        # landmark model's own frame-to-frame spread (smoothing).
-        reach = MARGIN_OF_WIDTH * mouth_width + 0.12 * face_h + 0.05 * mouth_width
+        # Dilation: the edit's margin (at least the jaw's ring beyond a chin moved by a 3-sigma opening) plus how
+        # far that opening moves the lower lip, plus the landmark model's own frame-to-frame spread (smoothing).
+        reach = max(MARGIN_OF_WIDTH * mouth_width, JAW_RING * JAW_SHARE * 0.12 * face_h) + 0.12 * face_h \
+            + 0.05 * mouth_width
         ys, xs = np.nonzero(diff)
         dist = [-cv2.pointPolygonTest(cv2.convexHull(lips), (float(x), float(y)), True) for x, y in zip(xs, ys)]
         assert max(dist) <= reach, f"frame {k}: a pixel {max(dist):.1f} px from the lips changed (limit {reach:.1f})"
@@ -221,11 +295,14 @@ def test_unreadable_faces_pass_through_without_error():
 class _FaceEverywhere:
     """A detector that reports one face in every frame, where the picture holds none (test stand-in)."""
 
-    def detect_frame(self, frame, rois=None):
+    def detect_frame(self, frame, rois=None, small=False):
         from lipsync_service.core.faces import Face
 
         eyes_mouth = np.array([[130, 95], [190, 95], [160, 125], [135, 150], [185, 150]], np.float32)
         return [Face(box=(110.0, 60.0, 210.0, 180.0), score=0.99, landmarks=eyes_mouth)]
+
+    def smallest_face_px(self, width, height):
+        return 40.0
 
 
 def test_a_face_the_landmark_model_cannot_read_leaves_every_frame_as_it_was(tmp_path):

@@ -103,7 +103,7 @@ def test_pixels_outside_the_blend_mask_are_bit_identical(talking_frames):
     for job, planes in zip(out, originals):
         assert job.changed
         luma, chroma = write_support(job.frame.width, job.frame.height, job.meta["lipsync_pastes"])
-        assert 0.001 < luma.mean() < 0.05, "the mask covers the mouth, not the face"
+        assert 0.001 < luma.mean() < 0.08, "the mask covers the mouth and jaw, not the face"
         for k, (before, after) in enumerate(zip(planes, plane_arrays(job.frame))):
             support = luma if k == 0 else chroma
             assert np.array_equal(before[~support], after[~support]), f"frame {job.index} plane {k}"

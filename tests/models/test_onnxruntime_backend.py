@@ -111,23 +111,41 @@ def test_serving_path_does_not_import_torch() -> None:
 # The lip_shape contract: mel [B, 1, 80, 16] -> lip_shape [B, 2], on a tiny model built with onnx.helper.
 
 
-def test_lip_shape_model_is_detected_and_equals_onnxruntime(tmp_path) -> None:
+@pytest.mark.parametrize("columns", [2, 5])
+def test_lip_shape_model_is_detected_and_equals_onnxruntime(tmp_path, columns: int) -> None:
     from lipsync_service.inference.base import OutputContract
     from tests.triton.tiny_models import lip_shape_reference, mel_batch, ort_lip_shape, write_lip_shape_onnx
 
-    path = write_lip_shape_onnx(tmp_path / "shape" / "1" / "model.onnx")
+    path = write_lip_shape_onnx(tmp_path / "shape" / "1" / "model.onnx", columns=columns)
     backend = OnnxRuntimeBackend(path, max_batch_size=4, intra_op_threads=1)
     spec = backend.spec
-    assert (spec.name, spec.contract, spec.face_size, spec.max_batch_size) == ("shape", OutputContract.LIP_SHAPE, 0, 4)
-    assert spec.description == "shape: tiny lip shape (test) (onnxruntime, lip_shape)"
+    assert (spec.name, spec.contract, spec.face_size, spec.shape_columns, spec.max_batch_size) == (
+        "shape", OutputContract.LIP_SHAPE, 0, columns, 4)
+    assert spec.output_dims == (columns,)
+    assert spec.description == f"shape: tiny lip shape (test) (onnxruntime, lip_shape [B, {columns}])"
     mel = mel_batch(11, seed=2)  # 4 + 4 + 3
     got = backend.infer(None, mel)
-    assert got.dtype == np.float32 and got.shape == (11, 2)
+    assert got.dtype == np.float32 and got.shape == (11, columns)
     assert float(np.abs(got - ort_lip_shape(path, mel)).max()) <= 1e-6
     singles = np.concatenate([backend.infer(None, mel[i : i + 1]) for i in range(11)])
     assert float(np.abs(got - singles).max()) <= 1e-6  # split and joined in order
-    assert float(np.abs(got - lip_shape_reference(mel)).max()) <= 1e-4
+    assert float(np.abs(got - lip_shape_reference(mel, columns)).max()) <= 1e-4
     backend.close()
+
+
+@pytest.mark.parametrize("columns", [1, 3, 4, 6])
+def test_a_lip_shape_width_other_than_2_or_5_is_refused_at_load(tmp_path, columns: int) -> None:
+    from lipsync_service.errors import InvalidInput
+    from lipsync_service.inference.repository import Target, inspect_onnx, write_model
+    from tests.triton.tiny_models import write_lip_shape_onnx
+
+    path = write_lip_shape_onnx(tmp_path / "wide.onnx", columns=columns)
+    with pytest.raises(InferenceUnavailable, match=rf"lip_shape=\['B', {columns}\].*lip_shape \[B, 2 or 5\]"):
+        OnnxRuntimeBackend(path)
+    with pytest.raises(InvalidInput, match="do not match the contract lip_shape"):
+        inspect_onnx(path)
+    with pytest.raises(InvalidInput, match="do not match the contract lip_shape"):
+        write_model(Target.PYTHON_ONNX, path, tmp_path / "repo", "wide", gpu=False)
 
 
 def test_each_contract_refuses_the_other_contracts_inputs(tmp_path) -> None:
@@ -181,6 +199,28 @@ def test_repository_states_the_contract_and_tensor_names_decide_without_it(tmp_p
     (folder / CONFIG_FILE).write_text(text_format.MessageToString(config))
     with pytest.raises(InferenceError, match="states lipsync_contract 'rgb_face' but its tensors are those of"):
         OnnxRuntimeBackend.from_repository(tmp_path / "repo", "shape")
+
+
+def test_a_five_column_model_gets_a_five_column_config_and_a_mismatch_is_refused(tmp_path) -> None:
+    from google.protobuf import text_format
+
+    from lipsync_service.inference.repository import CONFIG_FILE, Target, config_sizes, read_model_config, write_model
+    from tests.triton.tiny_models import write_lip_shape_onnx
+
+    wide = write_lip_shape_onnx(tmp_path / "visemes.onnx", columns=5)
+    folder = write_model(Target.PYTHON_ONNX, wide, tmp_path / "repo", "visemes", max_batch=8, gpu=False)
+    config = read_model_config(folder)
+    assert [(t.name, list(t.dims)) for t in config.output] == [("lip_shape", [5])]
+    assert (config_sizes(config).face_size, config_sizes(config).shape_columns) == (0, 5)
+    assert OnnxRuntimeBackend.from_repository(tmp_path / "repo", "visemes").spec.shape_columns == 5
+    config.output[0].dims[:] = [2]  # the config promises 2 columns, the file returns 5
+    (folder / CONFIG_FILE).write_text(text_format.MessageToString(config))
+    with pytest.raises(InferenceError, match="declares 2 lip_shape columns but .* returns 5"):
+        OnnxRuntimeBackend.from_repository(tmp_path / "repo", "visemes")
+    config.output[0].dims[:] = [3]  # no lip_shape width at all
+    (folder / CONFIG_FILE).write_text(text_format.MessageToString(config))
+    with pytest.raises(InferenceError, match=r"config dims .*lip_shape=\[3\] break the lip_shape contract"):
+        OnnxRuntimeBackend.from_repository(tmp_path / "repo", "visemes")
 
 
 def test_rgb_models_keep_the_rgb_contract() -> None:

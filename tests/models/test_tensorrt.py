@@ -110,20 +110,22 @@ def test_engine_contract_comes_from_the_engines_tensor_names() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _gpu_available(), reason=NEEDS_GPU)
-def test_lip_shape_engine_is_detected_and_matches_onnxruntime(tmp_path) -> None:
+@pytest.mark.parametrize("columns", [2, 5])
+def test_lip_shape_engine_is_detected_and_matches_onnxruntime(tmp_path, columns: int) -> None:
     from lipsync_service.inference.base import OutputContract
     from lipsync_service.inference.tensorrt import TensorRTBackend, build_engine
     from tests.triton.tiny_models import mel_batch, ort_lip_shape, write_lip_shape_onnx
 
-    onnx_path = write_lip_shape_onnx(tmp_path / "shape.onnx")
+    onnx_path = write_lip_shape_onnx(tmp_path / "shape.onnx", columns=columns)
     backend = TensorRTBackend(build_engine(onnx_path, 4, fp16=False, cache_dir=tmp_path), name="shape")
     try:
         spec = backend.spec
-        assert (spec.contract, spec.face_size, spec.max_batch_size) == (OutputContract.LIP_SHAPE, 0, 4)
+        assert (spec.contract, spec.face_size, spec.shape_columns, spec.max_batch_size) == (
+            OutputContract.LIP_SHAPE, 0, columns, 4)
         for batch in (1, 4, 11):  # 11: split 4 + 4 + 3 and joined in order
             mel = mel_batch(batch, seed=batch)
             got = backend.infer(None, mel)
-            assert got.shape == (batch, 2)
+            assert got.shape == (batch, columns)
             assert float(np.abs(got - ort_lip_shape(onnx_path, mel)).max()) < 1e-3
     finally:
         backend.close()

@@ -96,6 +96,7 @@ def test_landmarks_measure_mouth_opening_on_real_footage(media) -> None:
         if pts is None:
             continue
         assert len(pts["lips"]) == 20 and len(pts["oval"]) == 36 and len(pts["nose"]) == len(pts["chin"]) == 2
+        assert len(pts["eyes"]) == 2 and pts["eyes"][0][0] < pts["bridge"][0] < pts["eyes"][1][0]  # the viseme unit
         assert pts["oval"][0][1] < pts["nose"][1] < pts["chin"][1]  # forehead above the nose tip above the chin
         assert all(round(v, 1) == v for xy in pts["lips"] + pts["oval"] for v in xy)
     # The video against itself: every fidelity measure at its identity value, on the real landmarks.
@@ -122,13 +123,14 @@ def _scores(lip: float | None, rest_psnr: float, r0: float, lag: int) -> dict:
 
 def test_format_table_shows_every_measure_with_its_target_and_verdict() -> None:
     table = ev.format_table(_scores(1.0, 40.0, 0.5, 0))
-    for text in ("lip sharpness", "0.7-1.3", "rest of lower face sharpness", ">= 0.9", "rest of lower face PSNR",
-                 ">= 35 dB", "lip motion in silence (12 frames < -42.0 dB)", "PSNR outside the lower face",
+    for text in ("lip sharpness", "0.7-1.3", "rest of lower face sharpness", ">= 0.9",
+                 "rest of lower face PSNR (the jaw moves with the mouth)", "40.00 dB",
+                 "lip motion in silence (12 frames < -42.0 dB)", "PSNR outside the lower face",
                  "r lag0 >= 0.35 [ok]", "best lag within -1..+1 [ok]", "inf dB"):
         assert text in table, text
     assert "MISS" not in table and "n/a" not in table
     bad = ev.format_table(_scores(0.4, 30.0, 0.2, 3))
-    assert bad.count("MISS") == 4  # lip sharpness, rest PSNR, r lag 0, best lag
+    assert bad.count("MISS") == 3  # lip sharpness, r lag 0, best lag (the rest's PSNR has no target: the jaw moves)
     assert "n/a" in ev.format_table(_scores(None, 40.0, 0.5, 0))  # no face: no lip measure
 
 
@@ -143,3 +145,48 @@ def test_format_table_shows_closures_with_their_lift() -> None:
     assert out.split()[-4:] == ["40", "0.60", "0.20", "3.00"]
     base = next(line for line in table.splitlines() if "baseline" in line and "0.25" in line)
     assert base.split()[-1] == "1.00"
+
+
+def test_format_table_shows_the_visemes_with_their_targets_and_what_was_not_measured() -> None:
+    from lipsync_service.evaluation.visemes import VisemeScores, unmeasured
+
+    scores = _scores(1.0, 40.0, 0.5, 0)
+    out = VisemeScores(0.52, 0.41, None, 0.74, 0.38, not_measured={"labiodental_contrast": "too few frames: 3 of f/v"})
+    scores["phones"] = {"speech": {"source": "recognised", "text": "hello", "words": 120, "phones": 410,
+                                   "words_fit": 0.8, "posterior": 0.55, "left_out": [], "problem": None},
+                        "reference_speech": {"source": "recognised", "text": "", "words": 0, "phones": 0,
+                                             "words_fit": None, "posterior": 0.27, "left_out": [],
+                                             "problem": "not recognised as English speech"}}
+    scores["visemes"] = {"model_output": asdict(out), "baseline": asdict(VisemeScores(0.5, 0.3, 0.5, 0.6, 0.2)),
+                         "reference": asdict(unmeasured("not recognised as English speech"))}
+    table = ev.format_table(scores)
+    assert "speech: recognised, then aligned, 120 words, 410 phones, 80% of words fit, posterior 0.55" in table
+    assert "own speech of the video: recognised, then aligned" in table and "-- not recognised as English" in table
+    row = next(line for line in table.splitlines() if line.strip().startswith("lip-synced output") and "0.52" in line)
+    assert row.split()[-5:] == ["0.52", "0.41", "n/a", "0.74", "0.38"]
+    target = next(line for line in table.splitlines() if line.strip().startswith("target (output)") and "0.65" in line)
+    assert "[bilabial MISS, closure MISS, rounding ok, jaw MISS]" in target
+    assert "not measured, lip-synced output, labiodental contrast: too few frames: 3 of f/v" in table
+    assert "not measured, reference (real footage, own speech): not recognised as English speech" in table
+
+
+def test_phone_scores_without_pocketsphinx_or_with_bad_speech_leave_every_measure_unmeasured(monkeypatch) -> None:
+    from lipsync_service.errors import Unavailable
+    from lipsync_service.evaluation import runner
+    from lipsync_service.evaluation.phones import PhoneAlignment
+    from lipsync_service.evaluation.visemes import MEASURES
+
+    def missing(speech, transcript=None):
+        raise Unavailable("pocketsphinx is not installed: pip install 'lipsync-service[eval]'")
+
+    monkeypatch.setattr(runner, "align", missing)
+    rows = {"model_output": {"opening": [0.1] * 50, "points": [None] * 50}, "baseline": {"opening": [], "points": []}}
+    alignment, scores = runner.phone_scores(np.zeros(16000, np.float32), None, rows, 25.0)
+    assert alignment is None and set(scores) == set(rows)
+    assert all(s.not_measured == dict.fromkeys(MEASURES, "pocketsphinx is not installed: pip install "
+                                               "'lipsync-service[eval]'") for s in scores.values())
+    monkeypatch.setattr(runner, "align", lambda speech, transcript=None: PhoneAlignment(
+        "transcript", "bin blue", problem="the transcript does not match the speech: 0 of 2 words fit"))
+    alignment, scores = runner.phone_scores(np.zeros(16000, np.float32), "bin blue", rows, 25.0)
+    assert alignment is not None and scores["baseline"].bilabial_contrast is None
+    assert scores["baseline"].not_measured["jaw_coupling"].startswith("the transcript does not match")

@@ -43,7 +43,9 @@ def test_onnx_matches_torch_and_keeps_the_contract(tmp_path: Path) -> None:
         with torch.no_grad():
             want = model(torch.from_numpy(face), torch.from_numpy(mel)).numpy()
         assert got.shape == (batch, 3, 96, 96)
-        assert np.abs(got - want).max() < 1e-4
+        # Float32 sums in another order (ONNX Runtime's conv kernels differ between CPUs: 0.6e-4 on one machine,
+        # 1.3e-4 on another): 5e-4 of the [0, 1] picture range is a tenth of a grey level.
+        assert np.abs(got - want).max() < 5e-4
         # The upper half is the target's own; only the lower half is drawn.
         assert np.array_equal(got[:, :, :48], face[:, :3, :48])
     # Different speech, different mouth.

@@ -12,10 +12,12 @@ from lipsync_service.errors import InferenceUnavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRITON_REPO = REPO_ROOT / "triton_repo"
-# Models of the lip_shape repository: the contract stated in config.pbtxt, not stated (tensor names decide), and
-# tensor names that fit no contract. LIP_SHAPE_MAX_BATCH is their config's max_batch_size.
+# Models of the lip_shape repository: the contract stated in config.pbtxt, not stated (tensor names decide), five
+# columns (the viseme probabilities too), and tensor names that fit no contract. LIP_SHAPE_MAX_BATCH is their
+# config's max_batch_size.
 LIP_SHAPE_MODEL = "lip_shape"
 LIP_SHAPE_UNSTATED = "lip_shape_unstated"
+LIP_SHAPE_VISEMES = "lip_shape_visemes"
 ODD_NAMES_MODEL = "odd_names"
 LIP_SHAPE_MAX_BATCH = 4
 
@@ -57,10 +59,10 @@ def own_triton_server() -> Iterator:
 
 
 def write_lip_shape_repository(repo: Path) -> Path:
-    """A python_onnx repository with the three lip_shape test models (see LIP_SHAPE_MODEL and below)."""
+    """A python_onnx repository with the four lip_shape test models (see LIP_SHAPE_MODEL and below)."""
     from google.protobuf import text_format
 
-    from lipsync_service.inference.base import CONTRACT_PARAMETER
+    from lipsync_service.inference.base import CONTRACT_PARAMETER, LIP_SHAPE_VISEME_SIZE
     from lipsync_service.inference.repository import (
         CONFIG_FILE,
         ONNX_FILE,
@@ -76,6 +78,9 @@ def write_lip_shape_repository(repo: Path) -> Path:
     onnx_path = write_lip_shape_onnx(repo.parent / f"{repo.name}-src" / "lip_shape.onnx")
     for name in (LIP_SHAPE_MODEL, LIP_SHAPE_UNSTATED):
         write_model(Target.PYTHON_ONNX, onnx_path, repo, name, max_batch=LIP_SHAPE_MAX_BATCH, gpu=False, ort_threads=1)
+    visemes = write_lip_shape_onnx(repo.parent / f"{repo.name}-src" / "visemes.onnx", columns=LIP_SHAPE_VISEME_SIZE)
+    write_model(Target.PYTHON_ONNX, visemes, repo, LIP_SHAPE_VISEMES, max_batch=LIP_SHAPE_MAX_BATCH, gpu=False,
+                ort_threads=1)
     unstated = read_model_config(repo / LIP_SHAPE_UNSTATED)
     del unstated.parameters[CONTRACT_PARAMETER]
     (repo / LIP_SHAPE_UNSTATED / CONFIG_FILE).write_text(text_format.MessageToString(unstated))

@@ -7,7 +7,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from lipsync_service.inference.base import CONTRACT_PARAMETER, MEL_BINS, MEL_STEPS, OutputContract, face_size_of
+from lipsync_service.inference.base import CONTRACT_PARAMETER, MEL_BINS, MEL_STEPS, OutputContract, sizes_of
 from lipsync_service.inference.onnxruntime import OnnxRuntimeBackend
 from lipsync_service.inference.repository import (
     ONNX_FILE,
@@ -53,8 +53,8 @@ def test_every_model_states_its_contract_agrees_with_its_onnx_and_loads_embedded
         assert CONTRACT_PARAMETER in config.parameters, f"{model_dir.name}: config.pbtxt states no contract"
         stated = OutputContract(config.parameters[CONTRACT_PARAMETER].string_value)
         assert config_contract(config) is stated
-        size = face_size_of(stated, {t.name: list(t.dims) for t in [*config.input, *config.output]})
-        assert size is not None, f"{model_dir.name}: config dims break {stated.signature()}"
+        sizes = sizes_of(stated, {t.name: list(t.dims) for t in [*config.input, *config.output]})
+        assert sizes is not None, f"{model_dir.name}: config dims break {stated.signature()}"
         assert [t.name for t in config.input] == list(stated.inputs)
         assert [t.name for t in config.output] == [stated.output]
         versions = sorted(p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
@@ -63,13 +63,15 @@ def test_every_model_states_its_contract_agrees_with_its_onnx_and_loads_embedded
             onnx_file = version / ONNX_FILE
             assert onnx_file.is_file(), f"{onnx_file} missing"
             found = inspect_onnx(onnx_file)  # names decide the contract; shapes checked with a dynamic batch axis
-            assert (found.contract, found.face_size) == (stated, size), version
+            assert (found.contract, found.face_size, found.shape_columns) == (
+                stated, sizes.face_size, sizes.shape_columns), version
             session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
             own = {t.name: t.shape for t in [*session.get_inputs(), *session.get_outputs()]}
             for tensor in [*config.input, *config.output]:
                 assert own[tensor.name][1:] == list(tensor.dims), tensor.name
             backend = OnnxRuntimeBackend.from_repository(TRITON_REPO, model_dir.name, version.name, intra_op_threads=1)
-            assert (backend.spec.contract, backend.spec.face_size) == (stated, size)
+            spec = backend.spec
+            assert (spec.contract, spec.face_size, spec.shape_columns) == (stated, sizes.face_size, sizes.shape_columns)
             backend.close()
         checked.append(model_dir.name)
     assert checked, f"no model folder found in {TRITON_REPO}"
@@ -90,12 +92,13 @@ def test_generated_configs_round_trip_through_the_schema(target: Target) -> None
         assert parsed.platform == "tensorrt_plan" and parsed.default_model_filename == "model.plan"
 
 
+@pytest.mark.parametrize("columns", [2, 5])
 @pytest.mark.parametrize("target", list(Target))
-def test_lip_shape_configs_have_the_lip_shape_tensors(target: Target) -> None:
-    config = make_model_config(target, "m", 0, 8, contract=OutputContract.LIP_SHAPE)
+def test_lip_shape_configs_have_the_lip_shape_tensors(target: Target, columns: int) -> None:
+    config = make_model_config(target, "m", 0, 8, contract=OutputContract.LIP_SHAPE, shape_columns=columns)
     parsed = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
     assert [(t.name, list(t.dims)) for t in parsed.input] == [("mel", [1, MEL_BINS, MEL_STEPS])]
-    assert [(t.name, list(t.dims)) for t in parsed.output] == [("lip_shape", [2])]
+    assert [(t.name, list(t.dims)) for t in parsed.output] == [("lip_shape", [columns])]
     assert parsed.parameters[CONTRACT_PARAMETER].string_value == "lip_shape"
     assert config_contract(parsed) is OutputContract.LIP_SHAPE
 

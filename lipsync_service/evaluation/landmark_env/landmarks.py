@@ -8,8 +8,9 @@ Per frame (null where no face is found):
   lower_face  the box of the lower face (the face oval below the nose bridge, landmark 6, down to the chin)
               [x0, y0, x1, y1] in pixels;
   points      {"lips": outer lip contour (20 [x, y], in contour order from the left corner 61 along the lower
-              lip), "nose": nose tip (1), "chin": chin (152), "oval": face oval (36 [x, y], in contour order
-              from the forehead, 10)}, pixels rounded to 0.1.
+              lip), "nose": nose tip (1), "chin": chin (152), "bridge": nose bridge (6), "eyes": the outer eye
+              corners (33, 263), "oval": face oval (36 [x, y], in contour order from the forehead, 10)}, pixels
+              rounded to 0.1.
 """
 
 import json
@@ -20,6 +21,8 @@ import mediapipe as mp
 import numpy as np
 
 UPPER_LIP, LOWER_LIP, FOREHEAD, CHIN, NOSE_BRIDGE, NOSE_TIP = 13, 14, 10, 152, 6, 1
+# Outer corners of the eyes: a span the mouth and jaw do not move, to measure lengths in.
+EYE_CORNERS = [33, 263]
 # The outer lip contour: left corner, lower lip to the right corner, upper lip back.
 OUTER_LIPS = [61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291, 409, 270, 269, 267, 0, 37, 39, 40, 185]
 
@@ -68,7 +71,8 @@ def main(video: str, out: str) -> None:
             xs = np.concatenate([below[:, 0], pts[[UPPER_LIP, LOWER_LIP, CHIN], 0]])
             boxes.append([round(v, 1) for v in (float(xs.min()), top, float(xs.max()), float(pts[CHIN, 1]))])
             points.append({"lips": [_xy(pts[i]) for i in OUTER_LIPS], "nose": _xy(pts[NOSE_TIP]),
-                           "chin": _xy(pts[CHIN]), "oval": [_xy(pts[i]) for i in oval]})
+                           "chin": _xy(pts[CHIN]), "bridge": _xy(pts[NOSE_BRIDGE]),
+                           "eyes": [_xy(pts[i]) for i in EYE_CORNERS], "oval": [_xy(pts[i]) for i in oval]})
     with open(out, "w") as f:
         json.dump({"opening": openings, "lower_face": boxes, "points": points}, f, separators=(",", ":"))
 

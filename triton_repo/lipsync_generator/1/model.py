@@ -2,7 +2,8 @@
 
 Copied as model.py into a version folder by `lipsync-service models build-repo --target python_onnx`.
 It runs inside Triton's Python stub, not in the service: only numpy, onnxruntime and Triton's utils.
-It serves either generator contract: the input and output names come from the model config.
+It serves either generator contract, a lip_shape model of either width (2 or 5 columns): the input and output
+names come from the model config, and the model file's tensor dims must be those the config declares.
 """
 
 import json
@@ -30,6 +31,14 @@ class TritonPythonModel:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = Path(__file__).resolve().parent / "model.onnx"
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # A file whose tensors differ from the config (a 5-column lip_shape model under a 2-column config) would
+        # answer with tensors of another size than the client reserved for them: refuse to load instead.
+        declared = {t["name"]: [int(d) for d in t["dims"]] for t in [*config["input"], *config["output"]]}
+        for tensor in [*self.session.get_inputs(), *self.session.get_outputs()]:
+            dims = list(tensor.shape[1:])
+            want = declared.get(tensor.name)
+            if want is not None and all(isinstance(d, int) for d in dims) and dims != want:
+                raise ValueError(f"model.onnx tensor {tensor.name!r} has dims {dims}, config.pbtxt declares {want}")
 
     def execute(self, requests: list[Any]) -> list[Any]:
         try:
