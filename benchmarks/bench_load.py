@@ -13,47 +13,24 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _media  # noqa: E402
 
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2  # noqa: E402
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc  # noqa: E402
+from tests.server_process import ServerProcess  # noqa: E402
 
 CHUNK = 64 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _frames_served(http_port: int) -> float:
-    """Output frames the server has written so far (its lipsync_frames_processed_total counter)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/metrics", timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith("lipsync_frames_processed_total "):
-                return float(line.split()[1])
-    return 0.0
+FRAMES_SERVED = "lipsync_frames_processed_total"
 
 
 def _requests(video: bytes, audio: bytes, pace_s: float):
@@ -99,34 +76,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         speech = _media.speech_wav(Path(tmp) / "speech.wav", seconds=8.0)
         video, audio = clip.read_bytes(), Path(speech).read_bytes()
-        grpc_port, http_port = _free_port(), _free_port()
-        env = dict(os.environ, NIM_HOST="127.0.0.1", NIM_GRPC_API_PORT=str(grpc_port),
-                   NIM_HTTP_API_PORT=str(http_port), NV_AI4M_LS_PROCESSOR=args.processor,
-                   NV_AI4M_MAX_CONCURRENCY_PER_GPU=str(args.slots), NV_AI4M_MAX_QUEUED_STREAMS=str(args.queue),
-                   NV_AI4M_ADMISSION_TIMEOUT_S="600", NIM_LOG_LEVEL="WARNING")
-        proc = subprocess.Popen([sys.executable, "-m", "lipsync_service", "serve"], env=env)
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v1/health/ready", timeout=1):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("the server did not become ready") from None
-                    time.sleep(0.2)
-            base_rss = _peak_rss_mib(proc.pid)
-            frames_before = _frames_served(http_port)
+        env = {"NV_AI4M_LS_PROCESSOR": args.processor, "NV_AI4M_MAX_CONCURRENCY_PER_GPU": str(args.slots),
+               "NV_AI4M_MAX_QUEUED_STREAMS": str(args.queue), "NV_AI4M_ADMISSION_TIMEOUT_S": "600",
+               "NIM_LOG_LEVEL": "WARNING"}
+        with ServerProcess(env) as server:
+            base_rss = server.peak_rss_mib()
+            frames_before = server.metric(FRAMES_SERVED)
             t0 = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-                results = list(pool.map(lambda _: _client(f"127.0.0.1:{grpc_port}", video, audio, args.pace),
-                                        range(clients)))
+                results = list(pool.map(lambda _: _client(server.target, video, audio, args.pace), range(clients)))
             wall = time.monotonic() - t0
-            peak = _peak_rss_mib(proc.pid)
-            frames = _frames_served(http_port) - frames_before
-        finally:
-            proc.terminate()
-            proc.wait(60)
+            peak = server.peak_rss_mib()
+            frames = server.metric(FRAMES_SERVED) - frames_before
 
     ok = [r for r in results if r["outcome"] == "OK"]
     refused = [r for r in results if r["outcome"] == "RESOURCE_EXHAUSTED"]

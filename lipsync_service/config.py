@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import wrappers_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from lipsync_service._proto.nvidia.ai4m.audio.v1 import audio_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
@@ -58,16 +58,30 @@ def _unpack_any(key: str, value: Any) -> Any:
     for wrapper in _WRAPPERS:
         if value.Is(wrapper.DESCRIPTOR):
             msg = wrapper()
-            value.Unpack(msg)
+            try:
+                value.Unpack(msg)
+            except DecodeError as exc:
+                raise InvalidInput(
+                    f"output_video_encoding.custom_encoding[{_quoted(key)}]: the value's bytes are not a valid "
+                    f"{wrapper.DESCRIPTOR.name}; pack the value with Any.Pack"
+                ) from exc
             return msg.value
     raise InvalidInput(
-        f"output_video_encoding.custom_encoding[{key!r}]: value type {value.type_url!r} is not supported; "
+        f"output_video_encoding.custom_encoding[{_quoted(key)}]: value type {_quoted(value.type_url)} is not "
+        "supported; "
         "use a protobuf wrapper (BoolValue, Int32Value, Int64Value, UInt32Value, UInt64Value, FloatValue, "
         "DoubleValue, StringValue)"
     )
 
 
 _CUSTOM = "output_video_encoding.custom_encoding"
+# A client's value or key quoted in a message: enough to recognise it, not the whole of a 10,000-character string.
+_QUOTE_CHARS = 60
+
+
+def _quoted(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else f"{text[:_QUOTE_CHARS]}... ({len(text)} characters)"
 # Our key and NVIDIA's property for the same setting: a client gives one of them.
 _SAME_SETTING = (("bitrate_mbps", "bitrate"), ("max_bitrate_mbps", "maxbitrate"), ("idr_interval", "idrinterval"))
 _RATE_KEYS = ("bitrate_mbps", "bitrate", "max_bitrate_mbps", "maxbitrate")
@@ -79,18 +93,19 @@ def _checked_value(key: str, spec: EncodingKey, value: Any) -> Any:
     A bool is never a number. A float where only an int is accepted (NVIDIA's client packs a JSON 30.0 as a
     FloatValue) is taken when it is a whole number, as that int; any other fraction is refused.
     """
-    where = f"{_CUSTOM}[{key!r}]"
+    where = f"{_CUSTOM}[{_quoted(key)}]"
     if isinstance(value, float) and int in spec.types and float not in spec.types:
         if not value.is_integer():
-            raise InvalidInput(f"{where}: expected {spec.type_name}, got {value!r} (not a whole number)")
+            raise InvalidInput(f"{where}: expected {spec.type_name}, got {_quoted(value)} (not a whole number)")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, spec.types):
-        raise InvalidInput(f"{where}: expected {spec.type_name}, got {value!r}")
+        raise InvalidInput(f"{where}: expected {spec.type_name}, got {_quoted(value)}")
     if spec.choices:
         names = [c.lower() for c in spec.choices if isinstance(c, str)]
         accepted = value.lower() in names if isinstance(value, str) else value in spec.choices
         if not accepted:
-            raise InvalidInput(f"{where}: {value!r} is not one of {', '.join(sorted(str(c) for c in spec.choices))}")
+            raise InvalidInput(f"{where}: {_quoted(value)} is not one of "
+                               f"{', '.join(sorted(str(c) for c in spec.choices))}")
     if spec.low is not None and spec.high is not None and isinstance(value, (int, float)):
         above_low = value > spec.low if spec.low_exclusive else value >= spec.low
         if not (above_low and value <= spec.high):
@@ -118,7 +133,7 @@ def validate_custom_encoding(options: Mapping[str, Any]) -> CustomEncoding:
         spec = CUSTOM_ENCODING_KEYS.get(key)
         if spec is None:
             raise InvalidInput(
-                f"{_CUSTOM}: unknown key {key!r}; supported keys: {', '.join(sorted(CUSTOM_ENCODING_KEYS))}"
+                f"{_CUSTOM}: unknown key {_quoted(key)}; supported keys: {', '.join(sorted(CUSTOM_ENCODING_KEYS))}"
             )
         out[CUSTOM_ENCODING_FIELDS[key]] = _checked_value(key, spec, value)
     custom = CustomEncoding(**out)

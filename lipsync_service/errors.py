@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from typing import ClassVar
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,26 @@ def without_paths(text: str) -> str:
     text = _QUOTED_PATH.sub(lambda m: f"{m['q']}{SERVER_PATH}{m['q']}", text)
     text = _UNIX_TARGET.sub(f"unix:{SERVER_PATH}", text)
     return _PATH.sub(SERVER_PATH, text)
+
+
+def release_frames(exc: BaseException | None) -> None:
+    """Drop the local variables of every finished frame in `exc`'s traceback, its cause's and its context's.
+
+    An exception kept past its handler (handed from a worker thread to the event loop, stored to be raised again)
+    keeps every frame it passed through alive, and with them every local: the job, its decoder's and encoder's
+    threads and buffers, its processor's networks, the call's speaker data. Those frames usually reach the object
+    that keeps the exception, a cycle only Python's garbage collector breaks, and it runs rarely. The traceback
+    still prints (file, line, function); only the locals go. Frames still running are left as they are, and a
+    cleared frame still holds the function it ran: code that may fail while a server call's data is at hand runs
+    in methods, not closures over that data.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        if exc.__cause__ is not None and id(exc.__cause__) not in seen:
+            release_frames(exc.__cause__)
+        exc = exc.__context__
 
 
 class LipsyncError(Exception):

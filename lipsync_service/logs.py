@@ -8,6 +8,12 @@ import sys
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
+# Every line of a call, from whichever server module, logs under the session's name: one logger level or filter
+# covers the whole call, as it did when the session was one module. It lives here, below every server module,
+# so none of them imports another just for the logger.
+CALL_LOGGER = "lipsync_service.server.session"
+call_log = logging.getLogger(CALL_LOGGER)
+
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:

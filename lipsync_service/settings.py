@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     max_frame_pixels: int = Field(
         4096 * 2160, ge=256, validation_alias=_env("NV_AI4M_MAX_FRAME_PIXELS", "max_frame_pixels")
     )
+    # Memory one call may hold on its client's behalf: upload buffered ahead of the job (all inputs), speaker
+    # data, decoded audio, output not yet read (server/budget.py). More is refused with RESOURCE_EXHAUSTED.
+    max_stream_memory_bytes: int = Field(
+        256 * 1024 * 1024, ge=32 * 1024 * 1024,
+        validation_alias=_env("NV_AI4M_MAX_STREAM_MEMORY_BYTES", "max_stream_memory_bytes"),
+    )
     # Bytes of upload buffered in memory per input before the reader applies backpressure.
     stream_buffer_bytes: int = Field(
         4 * 1024 * 1024, ge=65536, validation_alias=_env("NV_AI4M_STREAM_BUFFER_BYTES", "stream_buffer_bytes")
@@ -109,6 +115,21 @@ class Settings(BaseSettings):
     output_chunk_bytes: int = Field(
         256 * 1024, ge=1024, validation_alias=_env("NV_AI4M_OUTPUT_CHUNK_BYTES", "output_chunk_bytes")
     )
+
+    # Seconds between returns of the C heap's free memory to the system while calls keep running (it is always
+    # returned when the server goes idle); 0 turns it off. See server/heap.py.
+    heap_trim_interval_s: float = Field(
+        10.0, ge=0, validation_alias=_env("NV_AI4M_HEAP_TRIM_INTERVAL_S", "heap_trim_interval_s")
+    )
+    # glibc malloc arenas (0: glibc's default, 8 per core): fewer arenas strand less freed memory (server/heap.py).
+    malloc_arena_max: int = Field(2, ge=0, validation_alias=_env("NV_AI4M_MALLOC_ARENA_MAX", "malloc_arena_max"))
+    # Where `serve` has Python allocate its objects: "malloc" (the C library's, trimmed with the rest of the heap) or
+    # "pymalloc" (Python's default, whose 1 MiB arenas a few surviving objects keep; server/heap.py).
+    python_allocator: Literal["malloc", "pymalloc"] = Field(
+        "malloc", validation_alias=_env("NV_AI4M_PYTHON_ALLOCATOR", "python_allocator")
+    )
+    # The interpreter's own allocator variable, as this process was started with it (read, never set, here).
+    pythonmalloc: str = Field("", validation_alias=_env("PYTHONMALLOC", "pythonmalloc"))
 
     # Behaviour.
     debug_mode: bool = Field(False, validation_alias=_env("NV_AI4M_LS_DEBUG_MODE", "debug_mode"))

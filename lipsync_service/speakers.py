@@ -15,7 +15,7 @@ from lipsync_service.errors import InputTimeout, InvalidInput
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SpeakerBox:
     """A face in one frame: box (pixels, top-left + size), stable id, speaking flag."""
 
@@ -32,7 +32,7 @@ class SpeakerBox:
         return self.x == 0 and self.y == 0 and self.width == 0 and self.height == 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FrameSpeakers:
     """Speaker data of one frame. An empty list means: detect faces yourself."""
 
@@ -43,6 +43,17 @@ class FrameSpeakers:
     @property
     def needs_detection(self) -> bool:
         return not self.speakers or any(s.is_empty for s in self.speakers)
+
+
+# What one frame's data costs in memory once stored (object, its tuple, its index entry), and each speaker box
+# on top: measured with tracemalloc on CPython 3.11 (140 bytes, +112 to +150 per box), rounded up.
+FRAME_BYTES = 150
+SPEAKER_BYTES = 150
+
+
+def estimated_bytes(frames: Iterable[FrameSpeakers]) -> int:
+    """Memory the frames will take once stored in a SpeakerData (for the call's memory budget)."""
+    return sum(FRAME_BYTES + SPEAKER_BYTES * len(f.speakers) for f in frames)
 
 
 def _out_of_range(frame_id: int, frame_count: int) -> str:
@@ -89,6 +100,8 @@ class SpeakerData:
         self._absent: set[int] = set()
         self._warned_late = False
         self._cond = threading.Condition()
+        #: Memory the stored frames take, estimated (estimated_bytes).
+        self.held_bytes = 0
 
     def close(self) -> None:
         """No more data will come: waiters return what there is."""
@@ -198,6 +211,7 @@ class SpeakerData:
             late = sorted(ids & self._absent)
             for frame in batch:
                 self._frames[frame.frame_id] = frame
+            self.held_bytes += estimated_bytes(batch)
             self._highest = max(self._highest, highest)
             self._cond.notify_all()
             warn = bool(late) and not self._warned_late

@@ -9,9 +9,17 @@ import threading
 import av
 import numpy as np
 
-from lipsync_service.errors import Cancelled, InputTimeout, InternalError, InvalidInput, LipsyncError, ResourceExhausted
+from lipsync_service.errors import (
+    Cancelled,
+    InputTimeout,
+    InternalError,
+    InvalidInput,
+    LipsyncError,
+    ResourceExhausted,
+    release_frames,
+)
 from lipsync_service.job import AudioCodec
-from lipsync_service.media.av_errors import PYAV_ERRORS, reason
+from lipsync_service.media.av_errors import PYAV_ERRORS, GuardedSource, reason
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.types import MODEL_SAMPLE_RATE, Readable
 
@@ -150,11 +158,14 @@ class AudioTrack:
     once decoded, each rate holds exactly round(duration * rate) samples, starting at the first input sample.
 
     Reads are expected to move forward, as the pipeline does: samples more than `keep_behind_s` before the
-    start of the latest read are released so that a long track does not stay in memory.
+    start of the latest read are released so that a long track does not stay in memory, and the decoder pauses
+    once it is `max_ahead_s` past the furthest point anyone waited for or read, so a client that sends its
+    speech far ahead of its video leaves it compressed (8 to 60 times smaller than decoded, and counted in the
+    call's memory budget) instead of decoded.
     """
 
     def __init__(self, source: Readable, codec: AudioCodec, *, name: str = "speech",
-                 max_duration_s: float = 3600.0, keep_behind_s: float = 30.0) -> None:
+                 max_duration_s: float = 3600.0, keep_behind_s: float = 30.0, max_ahead_s: float = 20.0) -> None:
         """Prepare (but do not start) decoding.
 
         Args:
@@ -164,6 +175,7 @@ class AudioTrack:
             name: which input this is ("speech" or "background"), used in error messages.
             max_duration_s: longer inputs fail with ResourceExhausted.
             keep_behind_s: seconds kept before the latest read position (see class docstring).
+            max_ahead_s: seconds decoded beyond the furthest point waited for or read (see class docstring).
 
         Raises:
             InvalidInput: the codec is not an input audio codec.
@@ -175,6 +187,8 @@ class AudioTrack:
         self._codec = codec
         self._max_duration_s = max_duration_s
         self._keep_behind_s = keep_behind_s
+        self._max_ahead_s = max_ahead_s
+        self._wanted_s = 0.0  # the furthest point waited for or read
         self._model = _Samples(MODEL_SAMPLE_RATE)
         self._output = _Samples(OUTPUT_SAMPLE_RATE)
         self._cond = threading.Condition()
@@ -213,8 +227,18 @@ class AudioTrack:
                 self._thread.join(timeout=30)
                 if self._thread.is_alive():
                     log.warning("%s audio decoder did not stop within 30 s", self.name)
+                    return
+            # The decoder's frames (its container and resamplers) that a kept error still holds.
+            release_frames(self._error)
         except Exception:  # close must never raise: it runs in cleanup paths
             log.exception("closing %s audio failed", self.name)
+
+    def release(self) -> None:
+        """Let the decoded samples go now that nothing will read them (a server call's end): the call's objects
+        may wait for the garbage collector, the samples need not."""
+        with self._cond:
+            for samples in (self._model, self._output):
+                samples.release_before(samples.total)
 
     # Consumer side -----------------------------------------------------------------------------
 
@@ -242,6 +266,7 @@ class AudioTrack:
                     or (self._model.total >= need_model and self._output.total >= need_output))
 
         with self._cond:
+            self._want(end_s)
             if not self._cond.wait_for(ready, timeout):
                 raise InputTimeout(
                     f"{self.name} audio: no audio up to {end_s:.2f} s after waiting {timeout:g} s; "
@@ -258,6 +283,7 @@ class AudioTrack:
         The caller waits (`wait_for`) first; samples not decoded yet read as zeros.
         """
         with self._cond:
+            self._want((start + count) / OUTPUT_SAMPLE_RATE)
             self._release(self._output, start)
             return self._output.read(start, count)
 
@@ -266,6 +292,7 @@ class AudioTrack:
         start = int(round(start_s * MODEL_SAMPLE_RATE))
         count = int(round(end_s * MODEL_SAMPLE_RATE)) - start
         with self._cond:
+            self._want(end_s)
             self._release(self._model, start)
             return self._model.read(start, count)
 
@@ -292,6 +319,18 @@ class AudioTrack:
         """True once the whole input is decoded (successfully)."""
         with self._cond:
             return self._done
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory the decoded samples kept now take (both rates)."""
+        with self._cond:
+            return sum(4 * (samples.total - samples.released) for samples in (self._model, self._output))
+
+    def _want(self, end_s: float) -> None:
+        # Called with the lock held: someone needs the audio up to end_s; the decoder may go on to end_s + ahead.
+        if end_s > self._wanted_s:
+            self._wanted_s = end_s
+            self._cond.notify_all()
 
     def _release(self, samples: _Samples, start: int) -> None:
         samples.release_before(start - int(self._keep_behind_s * samples.rate))
@@ -335,7 +374,7 @@ class AudioTrack:
     def _decode(self) -> None:
         what = f"{self.name} audio"
         fmt = "wav" if self._codec is AudioCodec.WAV else "mp3"
-        reader = self._sniff()
+        reader = GuardedSource(self._sniff())
         try:
             # Tags (ID3, RIFF INFO) are free text: undecodable bytes there must not fail the audio.
             container = av.open(reader, mode="r", format=fmt, container_options=_OPEN_OPTIONS,
@@ -343,8 +382,10 @@ class AudioTrack:
         except LipsyncError:
             raise
         except PYAV_ERRORS as exc:
+            reader.raise_error()
             raise InvalidInput(f"{what}: cannot read the {fmt.upper()} data ({reason(exc)})") from exc
         try:
+            reader.raise_error()
             if not container.streams.audio:
                 raise InvalidInput(f"{what}: no audio stream in the {fmt.upper()} data")
             stream = container.streams.audio[0]
@@ -369,13 +410,17 @@ class AudioTrack:
                                            f"{frame.sample_rate} Hz x{len(frame.layout.channels)})")
                     self._push(resamplers, targets, frame)
                     self._source_samples += frame.samples
+                    self._wait_for_demand()
                     if max_samples is not None and self._source_samples > max_samples:
                         raise ResourceExhausted(f"{what} is longer than the limit of {self._max_duration_s:g} s")
+                # The decoder stops at what looks like the end of the input; it may be our reader's error.
+                reader.raise_error()
                 if resamplers:
                     self._push(resamplers, targets, None)
             except LipsyncError:
                 raise
             except PYAV_ERRORS as exc:
+                reader.raise_error()
                 at = self._source_samples / self._source_rate if self._source_rate else 0.0
                 raise InvalidInput(f"{what}: the {fmt.upper()} data is corrupt or truncated after {at:.2f} s "
                                    f"({reason(exc)})") from exc
@@ -389,6 +434,12 @@ class AudioTrack:
                 samples.trim_end(int(round(self._source_samples * rate / self._source_rate)))
             self._done = True
             self._cond.notify_all()
+
+    def _wait_for_demand(self) -> None:
+        """Pause while the decoded audio reaches max_ahead_s past what anyone waited for or read."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._stop
+                                or self._model.total < (self._wanted_s + self._max_ahead_s) * MODEL_SAMPLE_RATE)
 
     def _push(self, resamplers: dict[int, av.AudioResampler], targets: dict[int, _Samples],
               frame: av.AudioFrame | None) -> None:
@@ -455,7 +506,7 @@ def load_speech_file(path: str, *, max_duration_s: float = 24 * 3600.0) -> np.nd
     if codec is not None:
         with open(name, "rb") as f:
             track = AudioTrack(f, codec, name=f"audio of {name}", max_duration_s=max_duration_s,
-                               keep_behind_s=max_duration_s)
+                               keep_behind_s=max_duration_s, max_ahead_s=max_duration_s)
             track.start()
             try:
                 track.wait_for(1e9)

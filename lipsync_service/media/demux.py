@@ -16,7 +16,7 @@ import av.error
 import numpy as np
 
 from lipsync_service.errors import InvalidInput, LipsyncError, ResourceExhausted
-from lipsync_service.media.av_errors import PYAV_ERRORS, reason
+from lipsync_service.media.av_errors import PYAV_ERRORS, GuardedSource, reason
 from lipsync_service.media.probe import EBML_MAGIC, refuse_matroska
 from lipsync_service.media.soundtrack import Soundtrack
 from lipsync_service.media.timeline import EXTENSION_TAIL_S, first_slot, tail_length
@@ -194,6 +194,7 @@ class VideoSource:
         self._first_error: BaseException | None = None
         self._coded_size: tuple[int, int] = (0, 0)
         self._turns = 0  # quarter turns counter-clockwise that make a decoded picture upright
+        self._guard: GuardedSource | None = None  # a file-like source, as PyAV reads it
 
     # Open and validate ------------------------------------------------------------------------
 
@@ -210,9 +211,12 @@ class VideoSource:
         """
         if self._info is not None:
             return self._info
-        src = str(self._source) if isinstance(self._source, (Path, str)) else _FullReader(self._source)
-        if isinstance(src, str):
+        src: str | GuardedSource
+        if isinstance(self._source, (Path, str)):
+            src = str(self._source)
             _refuse_matroska_file(src)
+        else:
+            src = self._guard = GuardedSource(_FullReader(self._source))
         try:
             # Forcing the MP4 demuxer: probing could take garbage for some other format. Metadata
             # is free text: undecodable bytes there must not fail the video.
@@ -220,22 +224,31 @@ class VideoSource:
         except LipsyncError:
             raise
         except EOFError as exc:
+            self._source_error()
             raise InvalidInput(
                 "video: the MP4 ended before its header (moov) was complete: the file is truncated"
             ) from exc
         except PYAV_ERRORS as exc:
+            self._source_error()
             raise InvalidInput(
                 f"video: the data is not a readable MP4 file or its header is corrupt ({reason(exc)})"
             ) from exc
         try:
+            self._source_error()
             info = self._inspect(self._container)
         except LipsyncError:
             raise
         except PYAV_ERRORS as exc:
+            self._source_error()
             raise InvalidInput(f"video: the MP4 header is corrupt ({reason(exc)})") from exc
         self._open_soundtrack(self._container, info)
         self._info = self._upright(info, self._peek())
         return self._info
+
+    def _source_error(self) -> None:
+        """Raise what the upload's reader raised under PyAV (Cancelled, a Matroska upload), if anything."""
+        if self._guard is not None:
+            self._guard.raise_error()
 
     @property
     def soundtrack(self) -> Soundtrack | None:
@@ -265,7 +278,7 @@ class VideoSource:
         try:
             self._first = next(self._decoded, None)
         except (LipsyncError, EOFError, *PYAV_ERRORS) as exc:
-            self._first_error = exc
+            self._first_error = self._guard.error if self._guard is not None and self._guard.error else exc
             return 0
         if self._first is None:
             return 0
@@ -300,13 +313,16 @@ class VideoSource:
                 self._soundtrack_packet(packet)
                 continue
             if packet.is_corrupt:
-                # The demuxer flags a sample cut short by the end of the input.
+                # The demuxer flags a sample cut short by the end of the input (or by our reader's error).
+                self._source_error()
                 raise self._truncated()
             if packet.size and self._keep_tail:
                 self._remember(packet)
             for frame in packet.decode():
                 if isinstance(frame, av.VideoFrame):
                     yield frame
+        # The demuxer stops at what looks like the end of the input; it may be our reader's error.
+        self._source_error()
         if self._audio_stream is not None and self._soundtrack is not None and not self._soundtrack.ended:
             self._soundtrack.finish()
 
@@ -476,9 +492,8 @@ class VideoSource:
                 held = (source, picture)
         except LipsyncError:
             raise
-        except EOFError as exc:
-            raise self._truncated() from exc
-        except PYAV_ERRORS as exc:
+        except (EOFError, *PYAV_ERRORS) as exc:
+            self._source_error()
             raise self._truncated() from exc
         if info.frame_count is not None and self._count < info.frame_count:
             raise self._truncated()
@@ -688,6 +703,12 @@ class VideoSource:
             except Exception:  # noqa: BLE001 - closing must never raise
                 log.debug("closing the input container failed", exc_info=True)
             self._container = None
+        # A stream owns its decoder (frame threads and frame pool), which a closed container does not free;
+        # a failed job's traceback may keep this object alive until the garbage collector finds the cycle.
+        self._stream = None
+        self._audio_stream = None
+        self._first_error = None
+        self._guard = None
 
     def __enter__(self) -> VideoSource:
         return self

@@ -273,6 +273,8 @@ class OutputWriter:
         """
         if index != self._frames:
             raise InternalError(f"output: frame {index} written when frame {self._frames} was expected")
+        if self._closed:
+            raise InternalError("output: write after close")
         ctx = self._video.codec_context
         if frame.width != ctx.width or frame.height != ctx.height:
             raise InternalError(
@@ -374,6 +376,7 @@ class OutputWriter:
             self.abort()
             raise
         self._closed = True
+        self._release()
 
     def abort(self) -> None:
         """Release encoders and muxer without finishing the file; nothing more reaches the sink. Never raises."""
@@ -386,6 +389,13 @@ class OutputWriter:
             container.close()
         except Exception:  # the output is being thrown away; a failing trailer is expected here
             log.debug("output: closing an aborted MP4 raised", exc_info=True)
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the streams: each owns its encoder (x264's threads and look-ahead frames), which a closed container
+        does not free, and a failed job's traceback may keep this writer alive until the garbage collector runs."""
+        for name in ("_video", "_audio", "_container"):
+            self.__dict__.pop(name, None)
 
     @property
     def frames_written(self) -> int:

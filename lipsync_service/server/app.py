@@ -19,6 +19,7 @@ from lipsync_service.errors import Unavailable
 from lipsync_service.inference.describe import describe_model
 from lipsync_service.inference.repository import ModelSelectionError
 from lipsync_service.server.admission import Admission
+from lipsync_service.server.heap import limit_arenas, use_malloc_for_python
 from lipsync_service.server.http import HttpServer
 from lipsync_service.server.metrics import Metrics, default_metrics
 from lipsync_service.server.servicer import LipSyncServicer
@@ -310,4 +311,7 @@ async def serve_async(settings: Settings, stop: asyncio.Event | None = None) -> 
 
 def serve(settings: Settings) -> int:
     """Blocking entry point of `lipsync-service serve`."""
+    use_malloc_for_python(settings.python_allocator, settings.pythonmalloc)
+    # Before any thread of the server allocates: each would otherwise get an arena of its own.
+    limit_arenas(settings.malloc_arena_max)
     return asyncio.run(serve_async(settings))

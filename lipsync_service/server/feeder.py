@@ -1,4 +1,5 @@
-"""Backpressured writes of upload chunks into a ByteStream, without blocking the event loop."""
+"""Backpressured writes of upload chunks into a ByteStream, without blocking the event loop, within the call's memory
+budget."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from lipsync_service.errors import ResourceExhausted
+from lipsync_service.logs import call_log as log
 from lipsync_service.media.pipe import ByteStream
-from lipsync_service.server.request_log import log
+from lipsync_service.server.budget import StreamBudget
 
 # Seconds a full input buffer may see no reads before we conclude its reader waits on another input
-# (e.g. all video sent before any audio) and let it grow beyond capacity rather than deadlock.
+# (e.g. all video sent before any audio) and let it grow beyond capacity, within the call's memory budget,
+# rather than deadlock.
 OVERFLOW_GRACE_S = 1.0
-# How far beyond capacity such an out-of-order upload may run, as a multiple of the buffer size.
-OVERFLOW_FACTOR = 64
+BUFFERED = "upload buffered ahead of the job"
+_INTERLEAVE = "interleave the video and audio chunks (send both as time advances)"
 # Longest poll interval while waiting for buffer space.
 _MAX_POLL_S = 0.02
 
@@ -22,9 +24,14 @@ _MAX_POLL_S = 0.02
 class Feeder:
     """Writes upload chunks into a ByteStream with backpressure that never blocks the event loop."""
 
-    def __init__(self, stream: ByteStream) -> None:
+    def __init__(self, stream: ByteStream, budget: StreamBudget) -> None:
+        """Args:
+            stream: the job's input.
+            budget: the call's memory budget; what the stream buffers counts against it.
+        """
         self.stream = stream
-        self._limit = stream.capacity * OVERFLOW_FACTOR
+        self._budget = budget
+        budget.hold(BUFFERED, lambda: stream.buffered)
         self._overflow_mark: int | None = None
         self._warned = False
 
@@ -43,10 +50,9 @@ class Feeder:
                 await self._wait_space()
             finally:
                 on_wait(False)
-        if self._overflow_mark is not None and stream.buffered + len(data) > self._limit:
-            raise ResourceExhausted(
-                f"{stream.name}: the upload runs more than {self._limit // 2**20} MiB ahead of what the job can "
-                "use; interleave the video and audio chunks (send both as time advances)")
+        if self._overflow_mark is not None:
+            self._budget.check(f"{stream.name}: the upload runs ahead of what the job can use", len(data),
+                               _INTERLEAVE)
         if not stream.closed:
             stream.write(data)
 
@@ -66,7 +72,7 @@ class Feeder:
                 self._overflow_mark = consumed
                 if not self._warned:
                     self._warned = True
-                    log.warning("%s input buffer full and not being read for %.1f s: buffering beyond %d bytes "
-                                "(the client sends inputs out of step)", stream.name, OVERFLOW_GRACE_S,
-                                stream.capacity)
+                    log.info("%s input buffer full and not being read for %.1f s: buffering beyond %d bytes "
+                             "within the call's memory budget (the client sends inputs out of step)", stream.name,
+                             OVERFLOW_GRACE_S, stream.capacity)
                 return

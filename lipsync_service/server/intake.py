@@ -9,27 +9,31 @@ from pathlib import Path
 from lipsync_service import config as job_config
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service.errors import Cancelled, InvalidInput, ResourceExhausted
+from lipsync_service.logs import call_log as log
 from lipsync_service.media.audio import AudioTrack
 from lipsync_service.media.pipe import ByteStream
+from lipsync_service.server.budget import StreamBudget
 from lipsync_service.server.feeder import Feeder
-from lipsync_service.server.request_log import log
 from lipsync_service.server.video_intake import VideoIntake
 from lipsync_service.settings import Settings
-from lipsync_service.speakers import SpeakerData, frames_from_proto
+from lipsync_service.speakers import SpeakerData, estimated_bytes, frames_from_proto
 
 
 class Intake:
     """Reads one call's requests and checks them; the inputs it builds are what the job runs on."""
 
     def __init__(self, settings: Settings, post: Callable[[lipsync_pb2.LipsyncResponse], None],
-                 start_job: Callable[[ByteStream | Path], None]) -> None:
+                 start_job: Callable[[ByteStream | Path], None], budget: StreamBudget) -> None:
         self._settings = settings
+        self._budget = budget
         self._post = post  # queues a response (the config echo) on the call's response stream
         self.cfg: job_config.JobConfig | None = None
         self.speech: AudioTrack | None = None
         self.background: AudioTrack | None = None
         self.speakers: SpeakerData | None = None
-        self.video = VideoIntake(settings, start_job, self._set_waiting)
+        self.video = VideoIntake(settings, start_job, self._set_waiting, budget)
+        budget.hold("speaker data", lambda: self.speakers.held_bytes if self.speakers is not None else 0)
+        budget.hold("decoded audio", lambda: sum(track.held_bytes for track in self.tracks()))
         self.speech_bytes = 0
         self.background_bytes = 0
         self.last_input = time.monotonic()  # when the client last sent something (input stall timeout)
@@ -69,6 +73,13 @@ class Intake:
         if self.speakers is not None:
             self.speakers.close()
 
+    def release(self) -> None:
+        """The job has ended: let the speaker data and the decoded audio go now. The call's own objects reference
+        each other and wait for the garbage collector; what a client sent need not wait with them."""
+        for track in self.tracks():
+            track.release()
+        self.speakers = self.speech = self.background = None
+
     def tracks(self) -> list[AudioTrack]:
         """The audio decoders started so far (closing them blocks: do it off the event loop)."""
         return [t for t in (self.speech, self.background) if t is not None]
@@ -79,19 +90,19 @@ class Intake:
         self._post(lipsync_pb2.LipsyncResponse(config=job_config.to_proto(cfg)))
         s = self._settings
         speech_stream = ByteStream(s.stream_buffer_bytes, name="speech audio")
-        self._speech_feed = Feeder(speech_stream)
+        self._speech_feed = Feeder(speech_stream, self._budget)
         # Started at once so a transactional job's audio is consumed while the video is spooled.
         self.speech = AudioTrack(speech_stream, cfg.input_audio_codec, name="speech", max_duration_s=s.max_duration_s)
         self.speech.start()
         if cfg.background is not None:
             bg_stream = ByteStream(s.stream_buffer_bytes, name="background audio")
-            self._background_feed = Feeder(bg_stream)
+            self._background_feed = Feeder(bg_stream, self._budget)
             self.background = AudioTrack(bg_stream, cfg.background.codec, name="background",
                                          max_duration_s=s.max_duration_s)
             self.background.start()
         if cfg.speaker_info_provided:
             self.speakers = SpeakerData()
-        log.info("config: %s", cfg)
+        log.debug("config: %s", cfg)
 
     def _set_waiting(self, waiting: bool) -> None:
         self.waiting_for_space = waiting
@@ -124,11 +135,14 @@ class Intake:
                                    "set it to true to send per-frame speaker info")
             # Checked as a whole on arrival: values, duplicates, and frames past the video's frame count
             # once its header has stated it (the job sets it), so a bad batch fails the call at once.
-            self.speakers.add_all(frames_from_proto(data.per_frame_speaker_infos))
+            frames = frames_from_proto(data.per_frame_speaker_infos)
+            self._budget.check("speaker data", estimated_bytes(frames),
+                               "send speaker data only for the video's frames, in batches along with the video")
+            self.speakers.add_all(frames)
 
     def _end_of_input(self) -> None:
         assert self.cfg is not None
-        log.info("input complete: video %d bytes, speech %d bytes, background %d bytes",
+        log.debug("input complete: video %d bytes, speech %d bytes, background %d bytes",
                  self.video.bytes, self.speech_bytes, self.background_bytes)
         for feed in (self._speech_feed, self._background_feed, self.video.feed):
             if feed is not None:

@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lipsync_service.core.factory import ProcessorFactory
+from lipsync_service.logs import call_log as log
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.server.intake import Intake
 from lipsync_service.server.metrics import Metrics
-from lipsync_service.server.request_log import log
 from lipsync_service.server.threads import start_thread
 from lipsync_service.settings import Settings
 
 if TYPE_CHECKING:
-    from lipsync_service.pipeline import JobResult
+    from lipsync_service.job import JobConfig
+    from lipsync_service.pipeline import JobInputs, JobResult
 
 # Seconds a worker thread gets to stop after cancellation before we give up waiting (it is a daemon).
 _JOIN_TIMEOUT_S = 30.0
@@ -38,22 +39,29 @@ class JobThread:
         self.done: asyncio.Future[JobResult] | None = None  # None until started
         self.frames_reported = 0  # output frames already counted in frames_processed
         self._thread: threading.Thread | None = None
+        self._inputs: JobInputs | None = None  # until the thread takes them
+        self._cfg: JobConfig | None = None
 
     def start(self, video: ByteStream | Path, intake: Intake) -> None:
         from lipsync_service import pipeline
 
         assert intake.cfg is not None and intake.speech is not None
-        inputs = pipeline.JobInputs(video=video, speech=intake.speech, background=intake.background,
-                                    speakers=intake.speakers)
-        cfg, settings = intake.cfg, self._settings
-
-        def work() -> pipeline.JobResult:
-            processor = self._processors.create()
-            job = pipeline.Job(cfg, settings, processor, self._sink, self.cancel, progress=self._progress)
-            return job.run(inputs)
-
-        self._thread, self.done = start_thread(work, self._name)
+        self._inputs = pipeline.JobInputs(video=video, speech=intake.speech, background=intake.background,
+                                          speakers=intake.speakers)
+        self._cfg = intake.cfg
+        self._thread, self.done = start_thread(self._work, self._name)
         self.done.add_done_callback(lambda _: self._on_done())
+
+    def _work(self) -> JobResult:
+        # A method, not a closure: a failed job's traceback keeps the functions it ran alive (clearing a frame
+        # keeps its function), and a closure would keep what it captured, the client's inputs among them.
+        from lipsync_service import pipeline
+
+        inputs, self._inputs = self._inputs, None
+        assert inputs is not None and self._cfg is not None
+        processor = self._processors.create()
+        job = pipeline.Job(self._cfg, self._settings, processor, self._sink, self.cancel, progress=self._progress)
+        return job.run(inputs)
 
     def join(self) -> None:
         """Wait for the thread to end once `cancel` is set; blocks, so call it off the event loop."""

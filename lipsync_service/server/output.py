@@ -11,7 +11,7 @@ from collections.abc import Callable
 import grpc
 
 from lipsync_service.errors import Cancelled, OutputStalled
-from lipsync_service.server.request_log import log
+from lipsync_service.logs import call_log as log
 from lipsync_service.server.status import status_for
 from lipsync_service.settings import Settings
 
@@ -121,7 +121,7 @@ class OutputWatchdog:
             self.stall = OutputStalled(
                 f"the client has not read the responses for {limit:g} s; the call is ended to free its slot "
                 "(read the response stream while sending; limit set by NV_AI4M_OUTPUT_STALL_TIMEOUT_S)")
-            log.warning("%s", self.stall)
+            log.debug("%s", self.stall)  # the call's request_finished line says it
             if self._context is not None:
                 # Queue the final status first, so the client gets our code and message once it reads again;
                 # the write ahead of it is stuck, so do not wait for it to go out.

@@ -1,36 +1,33 @@
-"""The call's logger, and the structured `request_finished` line that ends each call, with its metrics."""
+"""The structured `request_finished` line that ends each call, with its metrics."""
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from lipsync_service.logs import call_log as log
 from lipsync_service.server.metrics import Metrics
 
 if TYPE_CHECKING:
     from lipsync_service.pipeline import JobResult
-    from lipsync_service.server.video_intake import VideoMode
-
-# Every line of a call, from whichever server module, logs under the session's name: one logger level or
-# filter covers the whole call, as it did when the session was one module.
-log = logging.getLogger("lipsync_service.server.session")
 
 
 def log_request_finished(metrics: Metrics, *, request_id: str, client_session_id: str, outcome: grpc.StatusCode,
                          message: str, started: float, admitted_at: float | None,
-                         first_chunk_at: float | None, video_mode: VideoMode | None, input_bytes: dict[str, int],
+                         first_chunk_at: float | None, video_mode: str | None, input_bytes: dict[str, int],
                          output_bytes: int, frames_reported: int, result: JobResult | None,
-                         ignored_encoder_hints: dict[str, Any] | None = None) -> None:
+                         ignored_encoder_hints: dict[str, Any] | None = None, memory_peak_bytes: int = 0) -> None:
     """Record the call's metrics and log its one `request_finished` JSON line.
 
     `started`, `admitted_at` and `first_chunk_at` are time.monotonic() readings (None: the call never got
-    that far); `frames_reported` is what progress reports already added to frames_processed; `result` is
+    that far); `video_mode` is how the video reached the job (VideoMode's value, None before the layout was told);
+    `frames_reported` is what progress reports already added to frames_processed; `result` is
     None unless the job finished; `ignored_encoder_hints` are the custom encoding keys the config accepted that
-    mean nothing to x264 (NVIDIA's NVENC-only hints), key -> value.
+    mean nothing to x264 (NVIDIA's NVENC-only hints), key -> value; `memory_peak_bytes` is the most the call held
+    on its client's behalf (server/budget.py) when it was last checked.
     """
     elapsed = time.monotonic() - started
     metrics.streams_total.labels(code=outcome.name).inc()
@@ -55,13 +52,14 @@ def log_request_finished(metrics: Metrics, *, request_id: str, client_session_id
         "duration_s": round(elapsed, 3),
         "queued_s": None if admitted_at is None else round(admitted_at - started, 3),
         "time_to_first_chunk_s": None if first_chunk_at is None else round(first_chunk_at - started, 3),
-        "video_mode": None if video_mode is None else video_mode.value,
+        "video_mode": video_mode,
         "input_bytes": input_bytes,
         "output_bytes": output_bytes,
         "frames": frames,
         "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
         **_outcome_fields(result),
         "ignored_encoder_hints": dict(ignored_encoder_hints or {}),
+        "memory_peak_bytes": memory_peak_bytes,
     }
     log.info("%s", json.dumps(record, sort_keys=True))
 

@@ -27,8 +27,10 @@ StreamHandler = Callable[..., AsyncIterator[lipsync_pb2.LipsyncResponse]]
 def stream_errors(handler: StreamHandler) -> StreamHandler:
     """Turn our exceptions into gRPC statuses for a response-streaming handler.
 
-    LipsyncError subclasses get the code from server/status.py and their message verbatim; anything else
-    is a bug: logged with its traceback, reported as INTERNAL with the request id to quote.
+    LipsyncError subclasses get the code from server/status.py and their message verbatim, with no traceback in
+    the log when the client caused them (the call's request_finished line says what happened); those that map to
+    INTERNAL (an encoder or backend failure) are ours and are logged with their traceback. Anything else is a bug:
+    logged with its traceback, reported as INTERNAL with the request id to quote.
     """
 
     @functools.wraps(handler)
@@ -38,7 +40,10 @@ def stream_errors(handler: StreamHandler) -> StreamHandler:
             async for response in handler(self, request_iterator, context):
                 yield response
         except LipsyncError as exc:
-            await context.abort(status_for(exc), str(exc))
+            code = status_for(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.error("internal error: %s", exc.detail or exc, exc_info=exc)
+            await context.abort(code, str(exc))
         except (asyncio.CancelledError, GeneratorExit):
             raise
         except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections import deque
@@ -17,14 +18,17 @@ from lipsync_service._proto.nvidia.ai4m.common.v1 import common_pb2
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service.client.stream import CallSummary
 from lipsync_service.core.factory import ProcessorFactory
-from lipsync_service.errors import InputTimeout
+from lipsync_service.errors import InputTimeout, release_frames
+from lipsync_service.logs import call_log as log
 from lipsync_service.logs import request_id_var
 from lipsync_service.server.admission import Admission, Slot
+from lipsync_service.server.budget import StreamBudget
+from lipsync_service.server.heap import HEAP
 from lipsync_service.server.intake import Intake
 from lipsync_service.server.job_thread import JobThread
 from lipsync_service.server.metrics import Metrics
 from lipsync_service.server.output import OutputBuffer, OutputWatchdog
-from lipsync_service.server.request_log import log, log_request_finished
+from lipsync_service.server.request_log import log_request_finished
 from lipsync_service.server.status import status_for
 from lipsync_service.server.threads import start_thread
 from lipsync_service.settings import Settings
@@ -35,6 +39,32 @@ if TYPE_CHECKING:
 
 def _response(**kw: Any) -> lipsync_pb2.LipsyncResponse:
     return lipsync_pb2.LipsyncResponse(**kw)
+
+
+# gRPC clients refuse trailers over 8 KiB by default (the whole call then fails with RESOURCE_EXHAUSTED, its
+# output already received): ours stay within half of that, status and message included. Each entry costs its
+# key, its value and 32 bytes (HPACK's accounting).
+TRAILER_BYTES = 4096
+_ENTRY_OVERHEAD = 32
+
+
+def fit_trailers(summary: CallSummary) -> list[tuple[str, str]]:
+    """The summary's trailing metadata within TRAILER_BYTES: the last re-drawn runs, then the last notices, give
+    way first, and one line says how many were left out (the request_finished log line keeps the first 20 runs)."""
+    def size(pairs: list[tuple[str, str]]) -> int:
+        return sum(len(k) + len(v) + _ENTRY_OVERHEAD for k, v in pairs)
+
+    pairs = summary.to_metadata()
+    dropped = 0
+    while size(pairs) > TRAILER_BYTES - 512 and (summary.redrawn or summary.notices):
+        (summary.redrawn or summary.notices).pop()
+        dropped += 1
+        pairs = summary.to_metadata()
+    if dropped:
+        summary.notices.append(f"{dropped} more notes left out of this reply's trailers (the server's log has the "
+                               "first 20 re-drawn runs)")
+        pairs = summary.to_metadata()
+    return pairs
 
 
 class Session:
@@ -62,7 +92,9 @@ class Session:
                                     self._notify_threadsafe)
         self._job = JobThread(settings, processors, metrics, self._output.put, self._wake.set,
                               f"lipsync-job-{self.request_id[:8]}")
-        self._intake = Intake(settings, self._post, lambda video: self._job.start(video, self._intake))
+        self._budget = StreamBudget(settings.max_stream_memory_bytes)
+        self._budget.hold("output not yet read by the client", lambda: self._output.pending)
+        self._intake = Intake(settings, self._post, lambda video: self._job.start(video, self._intake), self._budget)
         self._watchdog: OutputWatchdog | None = None
 
         self._reader: asyncio.Task[None] | None = None
@@ -105,7 +137,7 @@ class Session:
         # the threads it starts, which copy the context). Never reset: the generator may be closed from
         # another task's context.
         request_id_var.set(self.request_id)
-        log.info("stream opened (client session %r)", self.client_session_id)
+        log.debug("stream opened (client session %r)", self.client_session_id)
         watchdog = self._watchdog = OutputWatchdog(self.settings, self.context, asyncio.current_task())
         watchdog.start(f"lipsync-stall-{self.request_id}")
         try:
@@ -136,6 +168,7 @@ class Session:
             try:
                 await self._cleanup()
             finally:
+                self._recheck_cancelled()
                 self._finish_log()
 
     async def _respond(self) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
@@ -201,7 +234,7 @@ class Session:
             speech_cut_s=cut.seconds if cut is not None and cut.track == "speech" else None,
             video_cut_s=cut.seconds if cut is not None and cut.track == "video" else None,
             notices=result.notices(), shots=result.shots, redrawn=[r.describe() for r in result.redrawn])
-        self.context.set_trailing_metadata(tuple(summary.to_metadata()))
+        self.context.set_trailing_metadata(tuple(fit_trailers(summary)))
 
     def _record_failure(self, exc: BaseException) -> None:
         stall = self._watchdog.stall if self._watchdog is not None else None
@@ -216,6 +249,16 @@ class Session:
         else:
             self.outcome = status_for(exc)
             self.error_message = str(exc)
+
+    def _recheck_cancelled(self) -> None:
+        """After cleanup (which waited for the job's thread): a failure that followed the client's cancel, and was
+        raised before gRPC reported the cancel, is the cancel. The failure's status has not gone out yet (it is
+        sent once this generator ends), and a call that ended on its own is not reported cancelled."""
+        failed = self.outcome not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)
+        stalled = self._watchdog is not None and self._watchdog.stall is not None
+        if failed and not stalled and self._client_cancelled():
+            self.outcome = grpc.StatusCode.CANCELLED
+            self.error_message = "the client cancelled the call or went away"
 
     def _client_cancelled(self) -> bool:
         return self.context is not None and self.context.cancelled()
@@ -235,7 +278,7 @@ class Session:
                 except BaseException:  # noqa: BLE001 - its outcome was already reported or is moot
                     pass
             elif self._reader is not None and not self._reader.cancelled():
-                self._reader.exception()  # mark retrieved
+                release_frames(self._reader.exception())  # mark retrieved; its frames hold what the client sent
             # Joining blocks, so it happens in a short-lived thread of its own.
             tracks = self._intake.tracks()
 
@@ -243,16 +286,27 @@ class Session:
                 for track in tracks:
                     track.close()
                 self._job.join()
+                self._intake.release()
 
             joiner, joined = start_thread(join, f"lipsync-cleanup-{self.request_id[:8]}")
             await asyncio.shield(joined)
             joiner.join()
             done = self._job.done
             if done is not None and done.done() and not done.cancelled():
-                done.exception()  # mark retrieved; a failure was already raised if it mattered
+                # Mark it retrieved (a failure was already raised if it mattered), and let the job's thread's last
+                # frame go: it holds the job's inputs, and this session keeps the exception.
+                release_frames(done.exception())
         finally:
             self._intake.video.remove_spool()
             await self._release_admission()
+            self._release_memory()
+
+    def _release_memory(self) -> None:
+        """Give what the call freed back to the system, after its slot is free (server/heap.py)."""
+        idle = self.admission.active == 0
+        if HEAP.due(idle=idle, interval_s=self.settings.heap_trim_interval_s):
+            # Nothing waits for it: a plain thread, not one that reports to the event loop.
+            threading.Thread(target=HEAP.trim, kwargs={"idle": idle}, name="lipsync-heap-trim", daemon=True).start()
 
     async def _release_admission(self) -> None:
         acquire = self._acquire
@@ -270,11 +324,14 @@ class Session:
 
     def _finish_log(self) -> None:
         intake = self._intake
+        mode = intake.video.mode
         log_request_finished(
             self.metrics, request_id=self.request_id, client_session_id=self.client_session_id,
             outcome=self.outcome, message=self.error_message, started=self._started,
-            admitted_at=self._admitted_at, first_chunk_at=self._first_chunk_at, video_mode=intake.video.mode,
+            admitted_at=self._admitted_at, first_chunk_at=self._first_chunk_at,
+            video_mode=mode.value if mode is not None else None,
             input_bytes={"video": intake.video.bytes, "speech": intake.speech_bytes,
                          "background": intake.background_bytes},
             output_bytes=self._output.total, frames_reported=self._job.frames_reported, result=self._result,
-            ignored_encoder_hints=intake.cfg.video_encoding.custom.ignored_hints() if intake.cfg is not None else {})
+            ignored_encoder_hints=intake.cfg.video_encoding.custom.ignored_hints() if intake.cfg is not None else {},
+            memory_peak_bytes=self._budget.peak)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from lipsync_service.errors import ResourceExhausted
-from lipsync_service.server.request_log import log
+from lipsync_service.logs import call_log as log
 from lipsync_service.settings import Settings
 
 

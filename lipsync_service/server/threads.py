@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from lipsync_service.errors import release_frames
+
 T = TypeVar("T")
 
 
@@ -33,6 +35,8 @@ def start_thread(fn: Callable[[], T], name: str) -> tuple[threading.Thread, asyn
         try:
             result = ctx.run(fn)
         except BaseException as exc:  # noqa: BLE001 - handed to the event loop, which decides
+            # The frames it passed through (the job, its decoder, encoder and processor) are done with.
+            release_frames(exc)
             loop.call_soon_threadsafe(_settle, fut, None, exc)
         else:
             loop.call_soon_threadsafe(_settle, fut, result)

@@ -6,10 +6,11 @@ import enum
 from collections.abc import Callable
 from pathlib import Path
 
+from lipsync_service.logs import call_log as log
 from lipsync_service.media.pipe import ByteStream
 from lipsync_service.media.probe import classify_mp4
+from lipsync_service.server.budget import StreamBudget
 from lipsync_service.server.feeder import Feeder
-from lipsync_service.server.request_log import log
 from lipsync_service.server.spool import Spool
 from lipsync_service.settings import Settings
 
@@ -25,8 +26,9 @@ class VideoIntake:
     """Routes video chunks: held until the layout is known, then fed to a running job or spooled."""
 
     def __init__(self, settings: Settings, start_job: Callable[[ByteStream | Path], None],
-                 on_wait: Callable[[bool], None]) -> None:
+                 on_wait: Callable[[bool], None], budget: StreamBudget) -> None:
         self._settings = settings
+        self._budget = budget
         self._start_job = start_job
         self._on_wait = on_wait  # told when a write waits on the job's full buffer, and when it stops
         self.mode: VideoMode | None = None  # None until classified
@@ -34,6 +36,7 @@ class VideoIntake:
         self.feed: Feeder | None = None  # streaming: the running job's input
         self._head = bytearray()  # the first bytes, while they do not decide the layout
         self._spool: Spool | None = None
+        budget.hold("video header held until its layout is known", lambda: len(self._head))
 
     async def take(self, data: bytes) -> None:
         s = self._settings
@@ -56,14 +59,14 @@ class VideoIntake:
         head, self._head = bytes(self._head), bytearray()
         if layout == "streamable":
             self.mode = VideoMode.STREAMING
-            log.info("video is streamable: processing while it uploads")
+            log.debug("video is streamable: processing while it uploads")
             stream = ByteStream(s.stream_buffer_bytes, name="video")
-            self.feed = Feeder(stream)
+            self.feed = Feeder(stream, self._budget)
             stream.write(head)
             self._start_job(stream)
         else:
             self.mode = VideoMode.TRANSACTIONAL
-            log.info("video is not streamable (index at the end): spooling it until the upload completes")
+            log.debug("video is not streamable (index at the end): spooling it until the upload completes")
             self._spool_head(head)
 
     def finish(self) -> None:

@@ -13,15 +13,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2
 from lipsync_service.errors import InferenceUnavailable
-from tests import synth
-from tests.functional.helpers import ServerThread, config, requests, run_call, server_settings, speaker_msg, wait_until
+from tests import faults, synth
+from tests.functional.helpers import ServerThread, run_call, server_settings, wait_until
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
-TRITON_REPO = Path(__file__).resolve().parents[2] / "triton_repo"
-SECONDS, FPS, SIZE = 2.0, 25, (160, 120)
-FRAMES = int(SECONDS * FPS)
-BOX = (50.0, 20.0, 60.0, 70.0)  # x, y, w, h of the "face" every frame announces (the generator redraws it)
+FRAMES, SIZE = faults.TRITON_FRAMES, faults.TRITON_SIZE
+BOX = faults.BOX  # x, y, w, h of the "face" every frame announces (the generator redraws it)
 
 
 @pytest.fixture
@@ -31,7 +29,7 @@ def triton() -> Iterator:
     from lipsync_service.inference.local_triton import LocalTriton
 
     try:
-        server = LocalTriton(TRITON_REPO)
+        server = LocalTriton(faults.TRITON_REPO)
         server.start(timeout_s=120)
     except InferenceUnavailable as exc:
         pytest.skip(f"tritonserver cannot run here: {exc}")
@@ -43,27 +41,11 @@ def triton() -> Iterator:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    d = tmp_path_factory.mktemp("triton_faults")
-    return {"video": synth.make_video(d / "v.mp4", seconds=SECONDS, fps=FPS, size=SIZE, still=True).read_bytes(),
-            "audio": synth.make_wav(d / "a.wav", seconds=SECONDS).read_bytes()}
-
-
-def _speakers() -> lipsync_pb2.LipsyncRequest:
-    """A speaking face in every frame, so every frame needs the generator (no detector involved)."""
-    frames = []
-    for i in range(FRAMES):
-        msg = lipsync_pb2.SpeakerInfoPerFrame(frame_id=i)
-        info = msg.speaker_infos.add()
-        info.speaker_bbox.x, info.speaker_bbox.y, info.speaker_bbox.width, info.speaker_bbox.height = BOX
-        info.speaker_id, info.is_speaking = 1, True
-        frames.append(msg)
-    return speaker_msg(frames)
+    return faults.triton_clip(tmp_path_factory.mktemp("triton_faults"))
 
 
 def _reqs(clip: dict[str, bytes], delay_s: float = 0.0) -> Iterator[lipsync_pb2.LipsyncRequest]:
-    yield config(is_speaker_info_provided=True)
-    yield _speakers()
-    yield from requests(clip["video"], clip["audio"], chunk=2048, delay_s=delay_s)
+    return faults.triton_requests(clip, delay_s)
 
 
 def _check_output(tmp_path: Path, video: bytes, name: str) -> None:
@@ -95,8 +77,8 @@ def test_triton_killed_mid_stream_then_back(triton, clip, tmp_path, monkeypatch)
     # The RGB model: its crop is pasted (through the fallback ellipse) even on the synthetic face, which the
     # landmark model cannot read, so every frame reaches the generator.
     settings = server_settings(processor="neural", backend="triton", triton_url=triton.url,
-                               model_repository=TRITON_REPO, model_name="opening_warp_rgb96", triton_timeout_s=10,
-                               max_concurrency_per_gpu=2, input_queue_timeout_s=30)
+                               model_repository=faults.TRITON_REPO, model_name="opening_warp_rgb96",
+                               triton_timeout_s=10, max_concurrency_per_gpu=2, input_queue_timeout_s=30)
     srv = ServerThread(settings).start()
     try:
         assert srv.server.ready and _health(srv) == health_pb2.HealthCheckResponse.SERVING

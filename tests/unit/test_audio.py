@@ -249,6 +249,31 @@ def test_consumed_audio_is_released_and_rereading_it_is_an_error(tmp_path):
     assert np.any(track.read_output(int(1.6 * 48000), 480) != 0)
 
 
+def test_the_decoder_pauses_ahead_of_the_reader_and_the_rest_stays_compressed(tmp_path):
+    """Speech sent far ahead of the video is not all decoded at once: decoded float samples at two rates take
+    8 times the room of 16 kHz WAV (and the call's memory budget counts what stays compressed)."""
+    data = synth.make_wav(tmp_path / "a.wav", seconds=20.0).read_bytes()
+    stream = ByteStream(len(data) + 1, name="speech audio")
+    stream.write(data)
+    stream.close()
+    track = AudioTrack(stream, AudioCodec.WAV, max_ahead_s=2.0, keep_behind_s=1.0)
+    track.start()
+    try:
+        track.wait_for(1.0, timeout=10)
+        time.sleep(0.3)  # the decoder had time to run far ahead, if it would
+        held = track.held_bytes
+        assert held <= 4 * (16000 + OUTPUT_SAMPLE_RATE) * 3.5, held  # about 3 s decoded, not 20
+        assert stream.buffered > len(data) // 2  # the rest waits in its compressed form
+        track.wait_for(15.0, timeout=10)  # reading on lets it go on
+        assert track.read_model(14.0, 15.0).size == 16000
+        assert track.read_output(14 * OUTPUT_SAMPLE_RATE, OUTPUT_SAMPLE_RATE).size == OUTPUT_SAMPLE_RATE
+        assert track.held_bytes <= 4 * (16000 + OUTPUT_SAMPLE_RATE) * 4.5  # 1 s behind, 1 read, 2 ahead
+        track.wait_for(1e9, timeout=10)
+        assert track.duration_s == pytest.approx(20.0)
+    finally:
+        track.close()
+
+
 def test_mix_adds_background_at_volume_and_clips():
     speech = np.full(100, 0.5, np.float32)
     background = np.full(80, 0.8, np.float32)

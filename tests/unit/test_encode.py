@@ -239,6 +239,29 @@ def test_config_validation_refuses_bad_custom_encodings_before_the_echo(options,
         config.from_proto(wire_custom(**options))
 
 
+def test_a_wrapper_type_url_over_bytes_that_do_not_parse_is_invalid_input():
+    # Found by the fuzzer (an Any naming Int32Value whose bytes are no Int32Value): was INTERNAL (DecodeError).
+    from google.protobuf import any_pb2
+
+    msg = wire_custom()
+    msg.output_video_encoding.custom_encoding.custom["bitrate"].CopyFrom(
+        any_pb2.Any(type_url="type.googleapis.com/google.protobuf.Int32Value", value=b"\xff"))
+    with pytest.raises(InvalidInput, match=r"^output_video_encoding.custom_encoding\['bitrate'\]: the value's bytes "
+                                           r"are not a valid Int32Value; pack the value with Any.Pack$"):
+        config.from_proto(msg)
+
+
+def test_a_huge_value_or_key_is_quoted_short():
+    # Found by the fuzzer (seed 19, case 1632): a 10,000-character string was echoed whole in the message.
+    with pytest.raises(InvalidInput) as info:
+        config.from_proto(wire_custom(bframes="x" * 10000))
+    assert str(info.value) == (f"output_video_encoding.custom_encoding['bframes']: expected int, got "
+                               f"'{'x' * 59}... (10002 characters)")
+    with pytest.raises(InvalidInput, match=r"^output_video_encoding.custom_encoding: unknown key 'yyy.*\(302 "
+                                           r"characters\); supported keys: bframes"):
+        config.from_proto(wire_custom(**{"y" * 300: 1}))
+
+
 @pytest.mark.parametrize("options", [{"qp": 0}, {"qp": 0, "profile": "high444"}, {"crf": 0},
                                      {"crf": 0.5, "profile": "high444"}, {"crf": 1, "profile": "baseline"}])
 def test_lossless_rate_control_the_config_accepts_is_what_x264_accepts(options):

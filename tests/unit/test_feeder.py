@@ -10,6 +10,7 @@ import pytest
 
 from lipsync_service.errors import ResourceExhausted
 from lipsync_service.media.pipe import ByteStream
+from lipsync_service.server.budget import StreamBudget
 from lipsync_service.server.feeder import Feeder
 
 # Upload backpressure ------------------------------------------------------------------------------
@@ -17,7 +18,7 @@ from lipsync_service.server.feeder import Feeder
 def test_feeder_waits_for_a_reader_without_blocking_the_loop():
     async def main():
         stream = ByteStream(capacity=65536, name="video")
-        feeder = Feeder(stream)
+        feeder = Feeder(stream, StreamBudget(2**30))
         waits = []
         ticks = 0
 
@@ -57,17 +58,23 @@ def test_feeder_overflows_when_the_reader_waits_on_another_input(monkeypatch):
     import lipsync_service.server.feeder as feeder_module
 
     monkeypatch.setattr(feeder_module, "OVERFLOW_GRACE_S", 0.05)
-    monkeypatch.setattr(feeder_module, "OVERFLOW_FACTOR", 4)
 
     async def main():
         stream = ByteStream(capacity=65536, name="video")
-        feeder = Feeder(stream)
+        # The call's budget: 256 KiB (the limit's floor is for settings; the budget itself takes any).
+        budget = StreamBudget(4 * 65536)
+        feeder = Feeder(stream, budget)
         t0 = time.monotonic()
         for _ in range(12):  # 192 KiB with nobody reading: no deadlock
             await feeder.write(b"\0" * 16384, lambda _: None)
         assert time.monotonic() - t0 < 1.0
         assert stream.buffered == 12 * 16384
-        with pytest.raises(ResourceExhausted, match="interleave the video and audio chunks"):
+        with pytest.raises(ResourceExhausted, match="interleave the video and audio chunks") as info:
             for _ in range(20):
                 await feeder.write(b"\0" * 16384, lambda _: None)
+        assert stream.buffered == 16 * 16384  # up to the budget, not a byte more
+        assert str(info.value).startswith("video: the upload runs ahead of what the job can use: this call would hold "
+                                          "more than its 256 KiB of server memory (NV_AI4M_MAX_STREAM_MEMORY_BYTES; "
+                                          "held now: upload buffered ahead of the job 256 KiB, 16 KiB more asked); "
+                                          "interleave the video and audio chunks (send both as time advances)")
     asyncio.run(main())

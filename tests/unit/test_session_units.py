@@ -130,3 +130,23 @@ def test_tls_needs_readable_files(tmp_path):
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
     with pytest.raises(StartupError, match="NIM_SSL_MODE=mtls needs NIM_SSL_CA_PATH"):
         server_credentials(Settings(ssl_mode="mtls", ssl_cert_path=cert, ssl_key_path=key))
+
+
+# Trailing metadata ---------------------------------------------------------------------------------
+
+def test_trailers_stay_within_what_grpc_clients_accept():
+    """Found by the fuzzer: 40 speakers in every frame gave 16 KB of re-drawn notes, and the client refused the
+    whole finished call with RESOURCE_EXHAUSTED (its metadata limit is 8 KiB)."""
+    from lipsync_service.client.stream import CallSummary
+    from lipsync_service.server.session import TRAILER_BYTES, fit_trailers
+
+    many = [f"face {k} re-drawn in frames 0-24: it speaks (speaker data, speaker {k})" for k in range(200)]
+    summary = CallSummary(frames=25, notices=["no face found in 3 of 25 frames: they are unchanged"], redrawn=many)
+    pairs = fit_trailers(summary)
+    assert sum(len(k) + len(v) + 32 for k, v in pairs) <= TRAILER_BYTES
+    back = CallSummary.from_metadata(pairs)
+    assert back.frames == 25 and back.redrawn == many[:len(back.redrawn)] and len(back.redrawn) > 10
+    assert back.notices[0].startswith("no face found")
+    assert back.notices[-1].startswith(f"{200 - len(back.redrawn)} more notes left out of this reply's trailers")
+    small = CallSummary(frames=25, redrawn=many[:2])
+    assert fit_trailers(small) == CallSummary(frames=25, redrawn=many[:2]).to_metadata()
