@@ -50,6 +50,10 @@ MOUTH_IN_BOX_SLACK = 0.15
 # How far a model that re-draws the whole crop (RGB contract) may open the mouth beyond the source's, as a
 # fraction of the face height; its paste region reaches that far.
 RGB_OPEN_REACH = 0.10
+# A closure probability maps to a drawn closure between these (closure_strength); tuned on a training identity with
+# speech outside the evaluation set (README, "The default model").
+CLOSURE_FROM = 0.0
+CLOSURE_FULL = 1.0
 # Warn about faces whose landmarks cannot be read at most once per this many frames per track.
 WARN_EVERY_FRAMES = 250
 
@@ -124,6 +128,16 @@ def mouth_box(raw: np.ndarray) -> tuple[int, int, int, int]:
     ys = np.concatenate([lips[:, 1], raw[[CHIN, NOSE_TIP], 1]])
     return (int(math.floor(xs.min() - MOUTH_BOX_SIDE * width)), int(math.floor(ys.min() - MOUTH_BOX_TOP * width)),
             int(math.ceil(xs.max() + MOUTH_BOX_SIDE * width)), int(math.ceil(ys.max() + MOUTH_BOX_BOTTOM * width)))
+
+
+def closure_strength(probability: float) -> float:
+    """How far a closure is drawn for the model's probability of a bilabial.
+
+    The model's probabilities are calibrated to how often a frame is inside a p, b or m, and a closure lasts one to
+    three frames, so even a certain one rarely reads above 0.5: a probability of CLOSURE_FROM draws nothing and one
+    of CLOSURE_FULL or more shuts the lips completely.
+    """
+    return min(max((probability - CLOSURE_FROM) / (CLOSURE_FULL - CLOSURE_FROM), 0.0), 1.0)
 
 
 class LipTracker:
@@ -215,6 +229,7 @@ class LipTracker:
         state = lips.state
         opening, width = state.stats.shape_for(float(shape_z[0]), float(shape_z[1]))
         closure, tuck, rounding = (float(v) for v in (list(shape_z[2:5]) + [0.0, 0.0, 0.0])[:3])
+        closure = closure_strength(closure)
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width, closure=closure, tuck=tuck, rounding=rounding)
         edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size, seal=closure)
