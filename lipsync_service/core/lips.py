@@ -52,8 +52,8 @@ MOUTH_IN_BOX_SLACK = 0.15
 RGB_OPEN_REACH = 0.10
 # A closure probability maps to a drawn closure between these (closure_strength); tuned on a training identity with
 # speech outside the evaluation set (README, "The default model").
-CLOSURE_FROM = 0.0
-CLOSURE_FULL = 1.0
+CLOSURE_FROM = 0.08
+CLOSURE_FULL = 0.3
 # Warn about faces whose landmarks cannot be read at most once per this many frames per track.
 WARN_EVERY_FRAMES = 250
 

@@ -54,6 +54,8 @@ TRIANGULATION_GAP = 0.12
 # edge rises this share of its thickness) and lifts the upper lip's edge a little; rounding narrows the mouth,
 # rounds its opening (a smaller profile power is fuller towards the corners) and pushes the lips out.
 CLOSURE_PRESS = 0.2
+# A closure weaker than this draws no seam (it would change no pixel by more than a grey level or two).
+MIN_SEAL = 0.02
 # Pressed lips meet in a line this much darker than the lips and this wide (share of the mouth width) (_seal).
 SEAM_DARKEN = 0.35
 SEAM_WIDTH = 0.012
@@ -451,7 +453,7 @@ def warp_mouth(bgr: np.ndarray, origin: tuple[int, int], source: np.ndarray, tar
     map_y -= oy
     patch = cv2.remap(bgr, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     _antialias_closing(patch, bgr, map_x, map_y, source, target, (x0, y0))
-    if seal > 0:
+    if seal >= MIN_SEAL:
         _seal(patch, bgr, map_x, map_y, source, target, origin, (x0, y0), seal)
     alpha = region_alpha(hull, margin, x0, y0, x1 - x0, y1 - y0)
     return MouthEdit(x=x0, y=y0, patch=patch, alpha=alpha, target=target)
@@ -502,7 +504,14 @@ def _seal(patch: np.ndarray, bgr: np.ndarray, map_x: np.ndarray, map_y: np.ndarr
     band = (from_inside > 0.1).astype(np.uint8)
     if not band.any():
         return
-    filled = cv2.inpaint(patch, band, 3, cv2.INPAINT_TELEA)
+    # Only around the band: inpainting the whole (jaw-sized) patch cost several times more for the same pixels.
+    ys, xs = np.nonzero(band)
+    pad = 5
+    y0, y1 = max(0, int(ys.min()) - pad), min(band.shape[0], int(ys.max()) + pad + 1)
+    x0, x1 = max(0, int(xs.min()) - pad), min(band.shape[1], int(xs.max()) + pad + 1)
+    filled = patch.copy()
+    filled[y0:y1, x0:x1] = cv2.inpaint(np.ascontiguousarray(patch[y0:y1, x0:x1]),
+                                       np.ascontiguousarray(band[y0:y1, x0:x1]), 3, cv2.INPAINT_TELEA)
     weight = strength * np.clip(2.0 * cv2.GaussianBlur(from_inside, (0, 0), 0.7), 0.0, 1.0)[..., None]
     mixed = patch + weight * (filled.astype(np.float32) - patch)
     # The line where the lips meet, along the target's inner lip line, in the lips' own colour darkened.
