@@ -131,11 +131,11 @@ def mouth_box(raw: np.ndarray) -> tuple[int, int, int, int]:
 
 
 def closure_strength(probability: float) -> float:
-    """How far a closure is drawn for the model's probability of a bilabial.
+    """How far a closure (or rounding) is drawn for the model's probability of a bilabial (or rounded sound).
 
-    The model's probabilities are calibrated to how often a frame is inside a p, b or m, and a closure lasts one to
-    three frames, so even a certain one rarely reads above 0.5: a probability of CLOSURE_FROM draws nothing and one
-    of CLOSURE_FULL or more shuts the lips completely.
+    The model's probabilities are calibrated to how often a frame is inside a p, b or m (a rounded sound), a few
+    per cent of speech, and such a sound lasts one to three frames, so even a certain one rarely reads above 0.5:
+    a probability of CLOSURE_FROM draws nothing and one of CLOSURE_FULL or more draws the whole articulation.
     """
     return min(max((probability - CLOSURE_FROM) / (CLOSURE_FULL - CLOSURE_FROM), 0.0), 1.0)
 
@@ -229,7 +229,7 @@ class LipTracker:
         state = lips.state
         opening, width = state.stats.shape_for(float(shape_z[0]), float(shape_z[1]))
         closure, tuck, rounding = (float(v) for v in (list(shape_z[2:5]) + [0.0, 0.0, 0.0])[:3])
-        closure = closure_strength(closure)
+        closure, rounding = closure_strength(closure), closure_strength(rounding)
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width, closure=closure, tuck=tuck, rounding=rounding)
         edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size, seal=closure)

@@ -35,6 +35,9 @@ LOWER_SHARE = 0.85
 # Smallest spread (std of the opening over face height) a speaker's mouth is re-shaped with: below it the
 # source's mouth is nearly still and its own spread would leave the new mouth nearly still too.
 MIN_OPENING_SPREAD = 0.012
+# The same for the width (the same share of the prior's spread): a mouth that never changes its width in the source
+# still narrows and widens with the speech.
+MIN_WIDTH_SPREAD = 0.007
 # Shape of the opening along the mouth: gap = target * cos(u * pi / 2) ** power, u from -1 (corner) to 1.
 GAP_PROFILE_POWER = 0.7
 # Mouth corners follow an opening change this much (they drop slightly with the jaw).
@@ -116,7 +119,7 @@ class SpeakerStats:
         frames were seen; the width is mean + z * std.
         """
         mean, std = self.mean_std()
-        width = float(mean[1] + z_width * std[1])
+        width = float(mean[1] + z_width * max(float(std[1]), MIN_WIDTH_SPREAD))
         if self.count >= self.QUANTILE_FRAMES and std[0] >= MIN_OPENING_SPREAD:
             q = 0.5 * (1.0 + math.erf(z_opening / math.sqrt(2.0)))
             return float(np.quantile(np.fromiter(self._openings, np.float64), q)), width

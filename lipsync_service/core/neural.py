@@ -70,6 +70,12 @@ MAX_SPEAKER_CANDIDATES = 4
 # A mouth covered over at least this share of its lips is not edited at all (a smaller cover keeps its own pixels
 # while the rest of the mouth is re-shaped).
 OCCLUDED_LIP_SHARE = 0.15
+# Once covered, a mouth stays covered while at least this share of its lips is: a hand's fingers make the landmark
+# model misplace the lips in some frames, and the share measured there drops for a frame or two.
+RELEASE_LIP_SHARE = 0.02
+# A frame between two frames of the same face that must not be edited, this close on both sides, is not edited
+# either (no edit flickering in and out while the cover stays).
+BRIDGE_FRAMES = 6
 # Occluder pixels are protected with this margin (pixels, plus a share of the mouth width).
 OCCLUDER_GROW_PX = 3.0
 OCCLUDER_GROW_OF_WIDTH = 0.04
@@ -217,6 +223,8 @@ class NeuralProcessor(FrameProcessor):
         self._done: list[FrameJob] = []
         # Per track: frame index -> safety (1 editable .. 0 not), for the fades.
         self._safety: dict[int, dict[int, float]] = {}
+        # Tracks whose mouth is covered now (hysteresis: see RELEASE_LIP_SHARE).
+        self._covered: set[int] = set()
         self._since_detect = 10**9
         self._last_full = -(10**9)
         self._full_every = max(1, round(fps * FULL_DETECT_S))
@@ -354,6 +362,7 @@ class NeuralProcessor(FrameProcessor):
             pending.faces = self._tracker.faces_at(job.index)
         if pending.faces:
             self._lips.retain({f.track_id for f in pending.faces})
+            self._covered &= {f.track_id for f in pending.faces}
         for face in self._candidates(pending):
             pending.reads[face.track_id] = self._read_face(pending, face)
         if self._active and not _has_client_faces(job) and len(pending.faces) > 1:
@@ -396,8 +405,13 @@ class NeuralProcessor(FrameProcessor):
                 t0 = time.perf_counter()
                 read.occlusion = self._occlusion.measure(lips.image, lips.origin, lips.raw)
                 self._timed("occlusion", t0)
-                if read.occlusion.lip_share >= OCCLUDED_LIP_SHARE:
+                share = read.occlusion.lip_share
+                limit = RELEASE_LIP_SHARE if face.track_id in self._covered else OCCLUDED_LIP_SHARE
+                if share >= limit:
                     read.safety, read.problem = 0.0, "mouth covered"
+                    self._covered.add(face.track_id)
+                else:
+                    self._covered.discard(face.track_id)
         self._safety.setdefault(face.track_id, {})[job.index] = read.safety
         return read
 
@@ -465,6 +479,9 @@ class NeuralProcessor(FrameProcessor):
         edited so the edit fades out before them and back in after them (the look-ahead holds the later ones)."""
         known = self._safety.get(track_id, {})
         weight = known.get(index, 1.0)
+        before = any(known.get(index - k, 1.0) <= 0.0 for k in range(1, BRIDGE_FRAMES + 1))
+        if before and any(known.get(index + k, 1.0) <= 0.0 for k in range(1, BRIDGE_FRAMES + 1)):
+            return 0.0
         for k in range(1, FADE_FRAMES + 1):
             ramp = k / (FADE_FRAMES + 1)
             for j in (index - k, index + k):
@@ -474,7 +491,7 @@ class NeuralProcessor(FrameProcessor):
         return max(0.0, min(1.0, weight))
 
     def _forget_safety(self, index: int) -> None:
-        oldest = index - FADE_FRAMES
+        oldest = index - max(FADE_FRAMES, BRIDGE_FRAMES)
         for track_id in list(self._safety):
             known = self._safety[track_id]
             for j in [j for j in known if j < oldest]:
