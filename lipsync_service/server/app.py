@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 import threading
@@ -314,4 +315,7 @@ def serve(settings: Settings) -> int:
     use_malloc_for_python(settings.python_allocator, settings.pythonmalloc)
     # Before any thread of the server allocates: each would otherwise get an arena of its own.
     limit_arenas(settings.malloc_arena_max)
+    # A crash inside a native library (FFmpeg, ONNX Runtime, gRPC) prints every thread's Python stack to stderr
+    # before the process dies, so the log says where it happened.
+    faulthandler.enable()
     return asyncio.run(serve_async(settings))
