@@ -46,6 +46,17 @@ def _looks_like_mp3(head: bytes) -> bool:
     return head[:3] == b"ID3" or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
 
 
+
+def channel_mean(frame: av.AudioFrame) -> np.ndarray:
+    """The mean of a packed float32 frame's channels, as float32 [samples].
+
+    Packed ("flt"), not planar: a packed frame is one buffer whatever its channel count, while PyAV reads the planes
+    of a planar frame with 8 or more channels past the frame's plane table and crashes the process (a WAV header
+    claiming 8 channels did, in the fuzz campaign).
+    """
+    channels = max(1, len(frame.layout.channels))
+    return frame.to_ndarray().reshape(-1, channels).mean(axis=1, dtype=np.float32)
+
 class _PrefixedReader:
     """A non-seekable reader that replays bytes already read from the source (for sniffing)."""
 
@@ -402,7 +413,7 @@ class AudioTrack:
                         max_samples = int(self._max_duration_s * frame.sample_rate)
                         # Keep the input's channels through resampling and average them ourselves:
                         # swresample's default stereo->mono matrix adds 3 dB.
-                        resamplers = {rate: av.AudioResampler(format="fltp", layout=frame.layout, rate=rate)
+                        resamplers = {rate: av.AudioResampler(format="flt", layout=frame.layout, rate=rate)
                                       for rate in targets}
                     elif frame.sample_rate != self._source_rate or len(frame.layout.channels) != self._source_channels:
                         raise InvalidInput(f"{what}: the sample rate or channel count changes mid-stream "
@@ -445,7 +456,7 @@ class AudioTrack:
               frame: av.AudioFrame | None) -> None:
         converted: dict[int, list[np.ndarray]] = {}
         for rate, resampler in resamplers.items():
-            converted[rate] = [out.to_ndarray().mean(axis=0, dtype=np.float32) for out in resampler.resample(frame)]
+            converted[rate] = [channel_mean(out) for out in resampler.resample(frame)]
         with self._cond:
             for rate, arrays in converted.items():
                 for array in arrays:
@@ -526,13 +537,13 @@ def load_speech_file(path: str, *, max_duration_s: float = 24 * 3600.0) -> np.nd
                 if resampler is None:
                     source_rate = frame.sample_rate
                     # As AudioTrack._decode: keep the channels through resampling, average them here.
-                    resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=MODEL_SAMPLE_RATE)
-                chunks += [o.to_ndarray().mean(axis=0, dtype=np.float32) for o in resampler.resample(frame)]
+                    resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=MODEL_SAMPLE_RATE)
+                chunks += [channel_mean(o) for o in resampler.resample(frame)]
                 source_samples += frame.samples
                 if source_samples > max_duration_s * source_rate:
                     raise ResourceExhausted(f"{what} is longer than the limit of {max_duration_s:g} s")
             if resampler is not None:
-                chunks += [o.to_ndarray().mean(axis=0, dtype=np.float32) for o in resampler.resample(None)]
+                chunks += [channel_mean(o) for o in resampler.resample(None)]
     except LipsyncError:
         raise
     except PYAV_ERRORS as exc:

@@ -86,6 +86,7 @@ REGRESSIONS: tuple[tuple[int, int, str], ...] = (
     (19, 85, "40 speakers per frame: 16 KB of trailing metadata, refused by the client (RESOURCE_EXHAUSTED)"),
     (19, 100, "speaker data for one frame, the face's box: INTERNAL (KeyError in core/lips.py reshape)"),
     (19, 1632, "a 10,000-character custom encoding value echoed whole in the INVALID_ARGUMENT message"),
+    (19, 5172, "a WAV header claiming 8 channels: the server died (segmentation fault in PyAV's planar to_ndarray)"),
 )
 
 

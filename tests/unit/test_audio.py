@@ -365,3 +365,20 @@ def test_load_speech_file_rejects_files_without_audio(tmp_path):
         load_speech_file(str(synth.make_video(tmp_path / "v.mp4", seconds=0.5)))
     with pytest.raises(InvalidInput):
         load_speech_file(str(tmp_path / "missing.wav"))
+
+
+@pytest.mark.parametrize("channels", [8, 9, 16])
+def test_a_wav_claiming_many_channels_is_read_not_a_crash(tmp_path, channels) -> None:
+    # PyAV reads the planes of a planar frame with 8 or more channels out of bounds; a fuzzed WAV header claiming
+    # 8 channels killed the server. The decoder resamples to packed samples instead.
+    import struct
+
+    from lipsync_service.media.audio import load_speech_file
+    from tests import synth
+
+    data = bytearray(synth.make_wav(tmp_path / "a.wav", seconds=1.0, kind="tone").read_bytes())
+    struct.pack_into("<H", data, data.index(b"fmt ") + 10, channels)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(bytes(data))
+    samples = load_speech_file(str(bad))
+    assert samples.dtype == np.float32 and samples.ndim == 1 and samples.size > 0 and np.isfinite(samples).all()
