@@ -27,11 +27,23 @@ def test_default_settings_give_the_committed_lip_shape_model() -> None:
     assert spec.description  # the ONNX metadata text (trained weights: models/MODEL_CARD.md)
     _, mel = _inputs(3)
     out = backend.infer(None, mel)
-    assert out.dtype == np.float32 and out.shape == (3, 2)
-    assert float(np.abs(out).max()) <= 3.0
+    # Round 5: opening and width z, then the probabilities of a closure, a tuck and rounding.
+    assert spec.shape_columns == 5
+    assert out.dtype == np.float32 and out.shape == (3, 5)
+    assert float(np.abs(out[:, :2]).max()) <= 3.0
+    assert float(out[:, 2:].min()) >= 0.0 and float(out[:, 2:].max()) <= 1.0
     # Silence and speech ask for different mouths.
     silence = np.full((1, 1, 80, 16), -4.0, np.float32)
     assert float(backend.infer(None, silence)[0, 0]) < float(backend.infer(None, mel[:1] * 0 + 1.0)[0, 0])
+    backend.close()
+
+
+def test_the_previous_lip_shape_model_still_serves_two_columns() -> None:
+    backend = build_backend(Settings(ort_intra_op_threads=1, model_name="lip_shape_round4"))
+    assert (backend.spec.contract, backend.spec.shape_columns) == (OutputContract.LIP_SHAPE, 2)
+    _, mel = _inputs(2)
+    out = backend.infer(None, mel)
+    assert out.dtype == np.float32 and out.shape == (2, 2) and float(np.abs(out).max()) <= 3.0
     backend.close()
 
 
