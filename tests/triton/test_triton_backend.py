@@ -36,7 +36,7 @@ def test_triton_serves_the_default_lip_shape_model_as_onnxruntime_does(triton_se
         assert remote.spec.contract is local.spec.contract is OutputContract.LIP_SHAPE
         _, mel = _batch(batch, seed=batch)
         got, expected = remote.infer(None, mel), local.infer(None, mel)
-        assert got.shape == (batch, 2)
+        assert got.shape == (batch, 5)  # round 5: opening, width, closure, tuck, round
         assert float(np.abs(got - expected).max()) <= 1e-5
     finally:
         remote.close()
