@@ -70,10 +70,6 @@ MAX_SPEAKER_CANDIDATES = 4
 # A mouth covered over at least this share of its lips is not edited at all (a smaller cover keeps its own pixels
 # while the rest of the mouth is re-shaped).
 OCCLUDED_LIP_SHARE = 0.15
-# Once covered, a mouth stays covered while at least this share of its lips is. A lower value would hold a hand
-# whose fingers make the landmark model misplace the lips, but 0.02 kept a clean face (face_static_720p) covered on
-# 171 of 357 frames, from the model's false flags; the bridge below holds short drops instead.
-RELEASE_LIP_SHARE = 0.15
 # A frame between two frames of the same face that must not be edited, this close on both sides, is not edited
 # either (no edit flickering in and out while the cover stays).
 BRIDGE_FRAMES = 6
@@ -224,8 +220,7 @@ class NeuralProcessor(FrameProcessor):
         self._done: list[FrameJob] = []
         # Per track: frame index -> safety (1 editable .. 0 not), for the fades.
         self._safety: dict[int, dict[int, float]] = {}
-        # Tracks whose mouth is covered now (hysteresis: see RELEASE_LIP_SHARE).
-        self._covered: set[int] = set()
+
         self._since_detect = 10**9
         self._last_full = -(10**9)
         self._full_every = max(1, round(fps * FULL_DETECT_S))
@@ -363,7 +358,6 @@ class NeuralProcessor(FrameProcessor):
             pending.faces = self._tracker.faces_at(job.index)
         if pending.faces:
             self._lips.retain({f.track_id for f in pending.faces})
-            self._covered &= {f.track_id for f in pending.faces}
         for face in self._candidates(pending):
             pending.reads[face.track_id] = self._read_face(pending, face)
         if self._active and not _has_client_faces(job) and len(pending.faces) > 1:
@@ -406,13 +400,8 @@ class NeuralProcessor(FrameProcessor):
                 t0 = time.perf_counter()
                 read.occlusion = self._occlusion.measure(lips.image, lips.origin, lips.raw)
                 self._timed("occlusion", t0)
-                share = read.occlusion.lip_share
-                limit = RELEASE_LIP_SHARE if face.track_id in self._covered else OCCLUDED_LIP_SHARE
-                if share >= limit:
+                if read.occlusion.lip_share >= OCCLUDED_LIP_SHARE:
                     read.safety, read.problem = 0.0, "mouth covered"
-                    self._covered.add(face.track_id)
-                else:
-                    self._covered.discard(face.track_id)
         self._safety.setdefault(face.track_id, {})[job.index] = read.safety
         return read
 
