@@ -187,6 +187,7 @@ class NeuralProcessor(FrameProcessor):
         self._debug = debug
         self._speed = 0  # head_movement_speed of the job: set by configure()
         self._batch = max(1, min(batch_frames, self._spec.max_batch_size))
+        self.release_burst = self._batch  # frames come back a generator batch at a time
         self._detector = detector_factory()
         self._landmarker = landmarker_factory()
         self._occlusion = occlusion_factory() if occlusion_factory is not None else None

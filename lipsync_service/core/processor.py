@@ -22,6 +22,9 @@ class FrameProcessor(ABC):
 
     #: Seconds of speech past a frame's time that must be decoded before that frame is pushed.
     audio_lookahead_s: float = 0.0
+    #: Most frames one `push` hands back at once (a generator batch). The pipeline's encoder queue holds two such
+    #: bursts, so the job thread goes on with the next frames while the encoder works through the last ones.
+    release_burst: int = 1
 
     @property
     def wants_soundtrack(self) -> bool:

@@ -418,3 +418,54 @@ def test_real_clip_with_real_speech(tmp_path, media):
     assert info["frame_count"] == result.frames
     assert result.frames >= 125  # the speech is at least as long as the 5 s clip
     assert abs(info["audio_duration"] - result.frames / 25) <= 1 / 25
+
+
+class BurstProcessor(FrameProcessor):
+    """Holds frames and hands them back eight at a time, as the neural processor's generator batches do."""
+
+    release_burst = 8
+
+    def __init__(self) -> None:
+        self.held: list[FrameJob] = []
+
+    def start(self, video, audio, soundtrack=None) -> None:
+        return None
+
+    def push(self, job: FrameJob) -> list[FrameJob]:
+        self.held.append(job)
+        if len(self.held) < self.release_burst:
+            return []
+        out, self.held = self.held, []
+        return out
+
+    def flush(self) -> list[FrameJob]:
+        out, self.held = self.held, []
+        return out
+
+
+def test_the_encoder_queue_takes_two_bursts_of_the_processor(tmp_path, clip, monkeypatch):
+    import lipsync_service.pipeline as pipeline
+
+    depths: list[int] = []
+    real = pipeline.EncodeThread
+
+    def recording(*args, depth: int = 4, **kw):
+        depths.append(depth)
+        return real(*args, depth=depth, **kw)
+
+    monkeypatch.setattr(pipeline, "EncodeThread", recording)
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=2.0)
+    out = tmp_path / "out.mp4"
+    run_files(cfg(video_encoding=LOSSLESS), SETTINGS, BurstProcessor(), clip, speech, out)
+    assert depths == [16]
+    assert frame_numbers(out) == list(range(50))
+
+
+def test_encoder_queue_depth_is_bounded_in_bytes():
+    from lipsync_service.pipeline import ENCODE_QUEUE_BYTES, encode_queue_depth
+
+    assert encode_queue_depth(1, 1280, 720) == 4  # a processor that returns frames one by one
+    assert encode_queue_depth(8, 1280, 720) == 16
+    # A 4K frame is 12 MiB: the queue stops at what ENCODE_QUEUE_BYTES holds, never below 4.
+    assert encode_queue_depth(8, 3840, 2160) == ENCODE_QUEUE_BYTES // (3840 * 2160 * 3 // 2) == 8
+    assert encode_queue_depth(8, 7680, 4320) == 4
