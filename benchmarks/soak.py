@@ -39,6 +39,7 @@ MEDIA_DIR = (ROOT.parent / "shared" / "media").resolve()
 STOP = threading.Event()  # set by SIGTERM
 WARM_UP_CALLS = 12
 EDGE_S = 600  # the first and last 10 minutes, compared for drift
+THREADS_BACK_S = 60
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -46,6 +47,17 @@ def _pct(values: list[float], q: float) -> float | None:
         return None
     values = sorted(values)
     return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
+
+def _threads_back(server, baseline: int, names: collections.Counter) -> dict:
+    """Give the thread count up to THREADS_BACK_S to return to the baseline (gRPC's event-engine pool shrinks by
+    itself, some seconds after the load ends); the seconds it took and the names of any threads left over."""
+    start = time.monotonic()
+    while server.threads() > baseline and time.monotonic() - start < THREADS_BACK_S:
+        time.sleep(1)
+    extra = server.thread_names() - names
+    return {"threads": server.threads(), "threads_back_s": round(time.monotonic() - start, 1),
+            "extra_threads": dict(extra)}
 
 
 def main() -> int:  # noqa: C901 - one linear run
@@ -76,6 +88,7 @@ def main() -> int:  # noqa: C901 - one linear run
                 with channel_for(server.target) as channel:
                     run_case(channel, warm_up_case(corpus, i))
             baseline = quiet_sample(server)
+            baseline_names = server.thread_names()
             print(f"warm baseline: {baseline}; {clients} clients for {args.minutes:g} min", flush=True)
             sampler = Sampler(server)
             t0 = sampler.t0
@@ -111,6 +124,8 @@ def main() -> int:  # noqa: C901 - one linear run
             sampler.stopped.set()
             alive = server.alive
             after = quiet_sample(server) if alive else {}
+            if alive:
+                after.update(_threads_back(server, baseline["threads"], baseline_names))
             peak = server.peak_rss_mib() if alive else float("nan")
         finally:
             status = server.stop()

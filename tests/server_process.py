@@ -111,6 +111,16 @@ class ServerProcess:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def thread_names(self) -> collections.Counter[str]:
+        """The server's threads by name (gRPC's own pools, e.g. event_engine, grow and shrink by themselves)."""
+        names: collections.Counter[str] = collections.Counter()
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            try:
+                names[Path(f"/proc/{self.pid}/task/{task}/comm").read_text().strip()] += 1
+            except OSError:  # the thread ended while being listed
+                continue
+        return names
+
     def metrics(self) -> dict[str, float]:
         """Every sample of /v1/metrics, by its name with labels as printed."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v1/metrics", timeout=5) as r:
