@@ -24,6 +24,7 @@ CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHA
                  grpc.StatusCode.DEADLINE_EXCEEDED}
 # What gRPC's own client says when the call's deadline passes (the server never answered in time).
 _CLIENT_DEADLINE = "Deadline Exceeded"
+SESSION_ID_KEY = "client-session-id"  # the server's default NV_AI4M_SESSION_ID_METADATA_KEY
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
 
 
@@ -104,7 +105,10 @@ def run_case(channel: grpc.Channel, case: Case) -> Outcome:
     stub = lipsync_pb2_grpc.LipSyncServiceStub(channel)
     sent, gone = threading.Event(), threading.Event()
     start = time.monotonic()
-    call = stub.Lipsync(_paced(case, sent, gone), timeout=case.deadline_s)
+    # The case's family and index go in the session id the server logs with the call, so a log line (a slow call,
+    # a memory spike) leads back to the case that made it.
+    call = stub.Lipsync(_paced(case, sent, gone), timeout=case.deadline_s,
+                        metadata=((SESSION_ID_KEY, f"{case.family}-{case.index}"),))
     video = bytearray()
     code, message = grpc.StatusCode.OK, ""
     try:
