@@ -49,7 +49,7 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 3)
 
 
-def _threads_back(server, baseline: int, names: collections.Counter) -> dict:
+def _threads_back(server: ServerProcess, baseline: int, names: collections.Counter) -> dict:
     """Give the thread count up to THREADS_BACK_S to return to the baseline (gRPC's event-engine pool shrinks by
     itself, some seconds after the load ends); the seconds it took and the names of any threads left over."""
     start = time.monotonic()

@@ -221,7 +221,6 @@ class NeuralProcessor(FrameProcessor):
         self._done: list[FrameJob] = []
         # Per track: frame index -> safety (1 editable .. 0 not), for the fades.
         self._safety: dict[int, dict[int, float]] = {}
-
         self._since_detect = 10**9
         self._last_full = -(10**9)
         self._full_every = max(1, round(fps * FULL_DETECT_S))

@@ -18,13 +18,15 @@ import av
 import grpc
 
 from lipsync_service._proto.nvidia.ai4m.lipsync.v1 import lipsync_pb2, lipsync_pb2_grpc
+from lipsync_service.settings import Settings
 from tests.fuzzing.cases import CANCEL_DOWNLOAD, CANCEL_UPLOAD, NEVER_READ, PAUSE_READ, Case
 
 CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
                  grpc.StatusCode.DEADLINE_EXCEEDED}
 # What gRPC's own client says when the call's deadline passes (the server never answered in time).
 _CLIENT_DEADLINE = "Deadline Exceeded"
-SESSION_ID_KEY = "client-session-id"  # the server's default NV_AI4M_SESSION_ID_METADATA_KEY
+# The metadata key the server reads the session id from (its default NV_AI4M_SESSION_ID_METADATA_KEY).
+SESSION_ID_KEY: str = Settings.model_fields["session_id_metadata_key"].default
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 2**20), ("grpc.max_send_message_length", 64 * 2**20)]
 
 
