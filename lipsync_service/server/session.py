@@ -37,6 +37,11 @@ if TYPE_CHECKING:
     from lipsync_service.pipeline import JobResult
 
 
+# How long a call that failed after its upload ended waits for gRPC to report a client's cancel (see
+# Session._recheck_cancelled) before its own status goes out.
+CANCEL_SETTLE_S = 0.2
+
+
 def _response(**kw: Any) -> lipsync_pb2.LipsyncResponse:
     return lipsync_pb2.LipsyncResponse(**kw)
 
@@ -168,7 +173,7 @@ class Session:
             try:
                 await self._cleanup()
             finally:
-                self._recheck_cancelled()
+                await self._recheck_cancelled()
                 self._finish_log()
 
     async def _respond(self) -> AsyncIterator[lipsync_pb2.LipsyncResponse]:
@@ -250,13 +255,22 @@ class Session:
             self.outcome = status_for(exc)
             self.error_message = str(exc)
 
-    def _recheck_cancelled(self) -> None:
+    async def _recheck_cancelled(self) -> None:
         """After cleanup (which waited for the job's thread): a failure that followed the client's cancel, and was
         raised before gRPC reported the cancel, is the cancel. The failure's status has not gone out yet (it is
         sent once this generator ends), and a call that ended on its own is not reported cancelled."""
         failed = self.outcome not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)
         stalled = self._watchdog is not None and self._watchdog.stall is not None
-        if failed and not stalled and self._client_cancelled():
+        if not failed or stalled:
+            return
+        if self._intake.done and not self._client_cancelled():
+            # gRPC ends the request stream of a cancelled call as it ends a half-closed one, and reports the cancel
+            # itself separately, sometimes after cleanup (seen on a loaded machine): a failure that followed the
+            # end of the upload waits a moment for it. The slot is already free; only this status waits.
+            deadline = time.monotonic() + CANCEL_SETTLE_S
+            while not self._client_cancelled() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        if self._client_cancelled():
             self.outcome = grpc.StatusCode.CANCELLED
             self.error_message = "the client cancelled the call or went away"
 

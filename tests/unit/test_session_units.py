@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,45 @@ def test_trailers_stay_within_what_grpc_clients_accept():
     assert back.notices[-1].startswith(f"{200 - len(back.redrawn)} more notes left out of this reply's trailers")
     small = CallSummary(frames=25, redrawn=many[:2])
     assert fit_trailers(small) == CallSummary(frames=25, redrawn=many[:2]).to_metadata()
+
+
+class _LateCancelContext:
+    """A call context whose client cancel is reported a moment after the request stream ended, as gRPC may."""
+
+    def __init__(self, after_s: float) -> None:
+        self._at = time.monotonic() + after_s
+
+    def cancelled(self) -> bool:
+        return time.monotonic() >= self._at
+
+
+@pytest.mark.parametrize(("after_s", "upload_ended", "expected"), [
+    (0.05, True, "CANCELLED"),  # the cancel arrives after the failure: it is still the cause
+    (5.0, True, "INVALID_ARGUMENT"),  # a real bad upload: the cancel never comes within the wait
+    (0.05, False, "INVALID_ARGUMENT"),  # failed before the upload ended: not a cancel in disguise
+])
+def test_a_cancel_reported_after_the_failure_is_the_cause(after_s, upload_ended, expected):
+    """Found in CI: a client cancelling mid-upload was counted as INVALID_ARGUMENT (a truncated MP4), because gRPC
+    ended the request stream before it reported the cancel."""
+    import asyncio
+
+    import grpc
+
+    from lipsync_service.server.admission import Admission
+    from lipsync_service.server.metrics import Metrics
+    from lipsync_service.server.session import Session
+
+    settings = Settings(processor="passthrough")
+    factory = processors.ProcessorFactory(settings, processors.build_processor)
+
+    async def run() -> str:
+        session = Session(settings, factory, Admission(1, 1, 1.0), Metrics(),
+                          context=_LateCancelContext(after_s))  # type: ignore[arg-type]
+        session.outcome, session.error_message = grpc.StatusCode.INVALID_ARGUMENT, "truncated MP4"
+        session._intake.done = upload_ended
+        started = time.monotonic()
+        await session._recheck_cancelled()
+        assert time.monotonic() - started < 1.0, "a bad upload's status must not wait long"
+        return session.outcome.name
+
+    assert asyncio.run(run()) == expected
