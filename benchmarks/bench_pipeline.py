@@ -55,12 +55,12 @@ def lipsync_run(video: Path, audio: Path, out: Path, speed: int) -> dict:
         "speaker choice": core["speaker"],
         "features": core["features"],
         "generator": core["generator"],
-        "blend": core["blend"] + core["overlay"],
         "encode_wait": job.get("encode_wait", 0.0),
     }
     # What the job thread spent outside these stages (tracking, queueing, copies).
     stages["other"] = max(0.0, wall - sum(stages.values()))
-    # The encode thread's busy time overlaps the stages above, so it is reported beside them, not summed.
+    # The finishing and encode threads' busy times overlap the stages above: reported beside them, not summed.
+    stages["blend (own thread)"] = core["blend"] + core["overlay"]
     stages["encode (own thread)"] = job.get("encode", 0.0)
     return {"frames": result.frames, "wall_s": wall, "build_s": build_s, "stages_s": stages,
             "model_info": processor.model_info}

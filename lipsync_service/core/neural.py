@@ -13,6 +13,7 @@ A frame passes four stages, each holding a few frames back (docs/behaviour.md#ha
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
@@ -188,6 +189,7 @@ class NeuralProcessor(FrameProcessor):
         self._speed = 0  # head_movement_speed of the job: set by configure()
         self._batch = max(1, min(batch_frames, self._spec.max_batch_size))
         self.release_burst = self._batch  # frames come back a generator batch at a time
+        self.defers_finish = True  # each re-drawn frame's blend (see _run)
         self._detector = detector_factory()
         self._landmarker = landmarker_factory()
         self._occlusion = occlusion_factory() if occlusion_factory is not None else None
@@ -546,7 +548,8 @@ class NeuralProcessor(FrameProcessor):
         return (alpha * (1.0 - cover)).astype(np.float32)
 
     def _run(self) -> None:
-        """Run the generator on every waiting face, blend, and move all waiting frames to the output."""
+        """Run the generator on every waiting face and move all waiting frames to the output, each with its blend
+        left to do (FrameJob.finish): the pipeline runs it on another thread, beside this one's next frames."""
         items = [item for p in self._waiting for item in p.items]
         generated = self._generate(items) if items else []
         k = 0
@@ -554,22 +557,28 @@ class NeuralProcessor(FrameProcessor):
             pending = self._waiting.popleft()
             job = pending.job
             if pending.items:
-                t0 = time.perf_counter()
-                frame = copy_frame(job.frame)
-                pastes = []
-                for item in pending.items:
-                    paste = self._apply(frame, item, generated[k])
-                    k += 1
-                    if paste is not None:
-                        pastes.append(paste)
-                job.frame = frame
+                rows = generated[k:k + len(pending.items)]
+                k += len(pending.items)
                 job.changed = True
-                # Exactly where the frame may differ from its input (for checks and debugging).
-                job.meta["lipsync_pastes"] = pastes
                 job.meta["lipsync_regions"] = [item.face.crop.pixel_region() for item in pending.items]
-                self._timed("blend", t0)
+                job.finish = functools.partial(self._blend, job, pending.items, rows)
             self._finish(pending)
         self._waiting_items = 0
+
+    def _blend(self, job: FrameJob, items: list[_Item], rows: list[np.ndarray]) -> None:
+        """Paste the frame's edits into a copy of its picture (on the pipeline's finishing thread: it reads only
+        this frame's own items and never the processor's running state)."""
+        t0 = time.perf_counter()
+        frame = copy_frame(job.frame)
+        pastes = []
+        for item, row in zip(items, rows, strict=True):
+            paste = self._apply(frame, item, row)
+            if paste is not None:
+                pastes.append(paste)
+        job.frame = frame
+        # Exactly where the frame may differ from its input (for checks and debugging).
+        job.meta["lipsync_pastes"] = pastes
+        self._timed("blend", t0)
 
     def _release_head(self) -> None:
         """Frames at the head of the queue with nothing to generate go out without waiting for a batch."""
@@ -588,9 +597,16 @@ class NeuralProcessor(FrameProcessor):
             job.meta["shot"] = pending.shot
             job.meta["transition"] = pending.transition
         if self._debug:
-            t0 = time.perf_counter()
-            overlay.annotate(job, pending.faces, pending.targets)
-            self._timed("overlay", t0)
+            faces, targets = pending.faces, pending.targets
+
+            def annotate(blend: Callable[[], None] | None = job.finish) -> None:
+                if blend is not None:
+                    blend()  # the overlay draws on the blended picture and reads where it was pasted
+                t0 = time.perf_counter()
+                overlay.annotate(job, faces, targets)
+                self._timed("overlay", t0)
+
+            job.finish = annotate
         self._done.append(job)
 
     def close(self) -> None:

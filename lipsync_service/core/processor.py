@@ -25,6 +25,9 @@ class FrameProcessor(ABC):
     #: Most frames one `push` hands back at once (a generator batch). The pipeline's encoder queue holds two such
     #: bursts, so the job thread goes on with the next frames while the encoder works through the last ones.
     release_burst: int = 1
+    #: Whether returned frames may carry deferred work (FrameJob.finish): the pipeline then runs it on a thread of
+    #: its own between this processor and the encoder, in order, so it overlaps with the next frames' work.
+    defers_finish: bool = False
 
     @property
     def wants_soundtrack(self) -> bool:
@@ -74,9 +77,9 @@ class PassThroughProcessor(FrameProcessor):
 
 
 def drain(processor: FrameProcessor, jobs: Iterable[FrameJob]) -> list[FrameJob]:
-    """Run jobs through a processor and return all output frames (for tests and offline use)."""
+    """Run jobs through a processor and return all output frames, finished (for tests and offline use)."""
     out: list[FrameJob] = []
     for job in jobs:
         out.extend(processor.push(job))
     out.extend(processor.flush())
-    return out
+    return [job.complete() for job in out]

@@ -5,6 +5,9 @@ re-shaping the faces of frame n+1 on another core (measured on a 2-core machine 
 of encode plus face work took 4.84 s one after the other and 3.53 s side by side). Everything that touches the
 output container (video frames, the audio written after each frame, progress) goes through this one thread,
 so the container sees exactly the calls, in exactly the order, the job would have made itself.
+
+The same class runs the job's finishing thread (the processor's deferred blends, which hand each frame on to the
+encode thread): any ordered worker with a bounded queue and errors handed back.
 """
 
 from __future__ import annotations

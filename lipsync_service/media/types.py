@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Protocol
@@ -60,6 +61,9 @@ class FrameJob:
         speakers: per-frame speaker data from the client, or None when not provided.
         bypass: the client asked for this frame to be copied unchanged.
         changed: set by the processor when it altered any pixel.
+        meta: what the processor found and did in this frame (counted by the job, drawn by the debug overlay).
+        finish: work the processor left to do on this frame before it is encoded (blending its edit into a copy of
+            the picture), run by `complete` on another thread than the processor's; None once done.
     """
 
     index: int
@@ -69,6 +73,14 @@ class FrameJob:
     bypass: bool = False
     changed: bool = False
     meta: dict = field(default_factory=dict)
+    finish: Callable[[], None] | None = None
+
+    def complete(self) -> FrameJob:
+        """Run the processor's deferred work on this frame, once; then `frame` and `meta` are final."""
+        finish, self.finish = self.finish, None
+        if finish is not None:
+            finish()
+        return self
 
 
 class Readable(Protocol):

@@ -469,3 +469,53 @@ def test_encoder_queue_depth_is_bounded_in_bytes():
     # A 4K frame is 12 MiB: the queue stops at what ENCODE_QUEUE_BYTES holds, never below 4.
     assert encode_queue_depth(8, 3840, 2160) == ENCODE_QUEUE_BYTES // (3840 * 2160 * 3 // 2) == 8
     assert encode_queue_depth(8, 7680, 4320) == 4
+
+
+class DeferringProcessor(BurstProcessor):
+    """Leaves the pixel change of every other frame as deferred work (FrameJob.finish), as the neural processor
+    leaves its blends; records the thread each piece of work ran on."""
+
+    defers_finish = True
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.threads: set[str] = set()
+        self.job_thread = ""
+
+    def push(self, job: FrameJob) -> list[FrameJob]:
+        self.job_thread = threading.current_thread().name
+        if job.index % 2 == 0:
+            def invert(job: FrameJob = job) -> None:
+                self.threads.add(threading.current_thread().name)
+                if job.index == self.fail_at:
+                    raise InvalidInput("the blend failed")
+                time.sleep(0.002)  # so frames wait in the finisher's queue while later ones are pushed
+                job.frame = av.VideoFrame.from_ndarray(255 - job.frame.to_ndarray(), format="yuv420p")
+
+            job.changed, job.finish = True, invert
+        return super().push(job)
+
+
+def test_deferred_work_runs_off_the_job_thread_before_encoding_in_order(tmp_path, clip):
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=2.0)
+    out = tmp_path / "out.mp4"
+    threads = threading.active_count()
+    processor = DeferringProcessor()
+    run_files(cfg(video_encoding=LOSSLESS), SETTINGS, processor, clip, speech, out)
+    assert len(processor.threads) == 1 and processor.job_thread not in processor.threads
+    source = [f.to_ndarray() for f in synth.decode_frames(clip)]
+    output = [f.to_ndarray() for f in synth.decode_frames(out)]
+    assert len(output) == 50
+    for index, planes in enumerate(output):
+        assert np.array_equal(planes, 255 - source[index] if index % 2 == 0 else source[index]), index
+    assert threading.active_count() == threads, threading.enumerate()
+
+
+def test_deferred_work_failing_fails_the_job_and_stops_its_threads(tmp_path, clip):
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=2.0)
+    threads = threading.active_count()
+    with pytest.raises(InvalidInput, match="the blend failed"):
+        run_files(cfg(), SETTINGS, DeferringProcessor(fail_at=20), clip, speech, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+    assert threading.active_count() == threads, threading.enumerate()
