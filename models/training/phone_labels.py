@@ -41,6 +41,9 @@ UNKNOWN = -1
 #: The viseme heads, in served column order, and the phones that make each one positive.
 VISEME_HEADS = ("closure", "tuck", "round")
 VISEME_PHONES = {"closure": ("P", "B", "M"), "tuck": ("F", "V"), "round": ("UW", "UH", "OW", "W", "OY")}
+#: Per head, the negatives a viewer must tell apart from its positives (reported as a separate AUC): for a closure
+#: the tongue-tip consonants, as loud as p/b/m, with the lips apart (the eval's bilabial contrast).
+HARD_NEGATIVES = {"closure": ("T", "D", "N", "S", "Z", "L", "TH", "DH"), "tuck": (), "round": ()}
 #: Mel frames per second of the front end (core/mel.py: 16 kHz, hop 200).
 MEL_RATE = 80
 #: Where a window's label is read, after its first mel frame (see the module docstring).

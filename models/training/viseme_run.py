@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lipsync_models.training.phone_labels import PHONE_INDEX, VISEME_HEADS, VISEME_PHONES
+from lipsync_models.training.phone_labels import HARD_NEGATIVES, PHONE_INDEX, VISEME_HEADS, VISEME_PHONES
 
 HELD_OUT_PREFIXES = ("en_fleurs", "en_jfk")
 # Phone groups whose mean probabilities the report gives per head (what the renderer can expect).
@@ -119,6 +119,9 @@ def viseme_report(name: str, pred: np.ndarray, ids: np.ndarray) -> dict:
         positive = np.isin(ids, [PHONE_INDEX[x] for x in VISEME_PHONES[head]])
         pos, neg = p[known & positive], p[known & ~positive]
         row[f"auc_{head}"] = auc(pos, neg) if len(pos) and len(neg) else None
+        hard = p[known & np.isin(ids, [PHONE_INDEX[x] for x in HARD_NEGATIVES[head]])]
+        # Against the hard negatives only (for a closure: p/b/m against t/d/n/s/z/l/th/dh, the eval's contrast).
+        row[f"auc_{head}_hard"] = auc(pos, hard) if len(pos) and len(hard) else None
         row[f"positives_{head}"] = int(len(pos))
         row[f"mean_{head}"] = float(p.mean()) if len(p) else None
         row[f"called_{head}"] = float(np.mean(p > 0.5)) if len(p) else None
@@ -128,7 +131,9 @@ def viseme_report(name: str, pred: np.ndarray, ids: np.ndarray) -> dict:
             row[f"{head} at {group}"] = float(p[inside].mean()) if inside.any() else None
     aucs = " ".join(f"{h} {row[f'auc_{h}']:.3f}" if row[f"auc_{h}"] is not None else f"{h} -" for h in VISEME_HEADS)
     means = " ".join(f"{h} {row[f'mean_{h}']:.3f}" for h in VISEME_HEADS if row[f"mean_{h}"] is not None)
-    print(f"visemes {name}: {row['frames']} labelled frames; AUC {aucs}; mean p {means}")
+    hard = row["auc_closure_hard"]
+    print(f"visemes {name}: {row['frames']} labelled frames; AUC {aucs}; closure against t/d/n... "
+          f"{'-' if hard is None else f'{hard:.3f}'}; mean p {means}")
     return row
 
 

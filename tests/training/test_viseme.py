@@ -194,6 +194,10 @@ def test_report_gives_auc_and_mean_probabilities_per_phone_group(capsys) -> None
     assert row["auc_closure"] == 1.0 and row["positives_closure"] == 2 and row["frames"] == 8
     assert row["closure at p b m"] == pytest.approx(0.85) and row["closure at t d n"] == pytest.approx(0.2)
     assert row["auc_tuck"] == 0.5  # a constant head is at chance
+    # Against t and n alone (0.1, 0.3): p and m (0.9, 0.8) are above both; F at 0.2 is not a hard negative.
+    assert row["auc_closure_hard"] == 1.0 and row["auc_tuck_hard"] is None
+    pred[7, 2] = 0.85  # an n above the m
+    assert viseme_report("x", pred, ids)["auc_closure_hard"] == pytest.approx(0.75)
     assert "visemes x: 8 labelled frames; AUC closure 1.000" in capsys.readouterr().out
 
 
