@@ -233,6 +233,8 @@ class _Recording(FrameProcessor):
     def __init__(self, inner: FrameProcessor) -> None:
         self.inner = inner
         self.audio_lookahead_s = inner.audio_lookahead_s
+        self.release_burst = inner.release_burst
+        self.defers_finish = inner.defers_finish
         self.decided: dict[int, list] = {}
 
     @property

@@ -545,6 +545,8 @@ class Job:
         """Encode one output frame and the audio up to its end (on the encode thread)."""
         writer = self._writer
         assert writer is not None
+        # Normally done on the finishing thread; here for a processor that left work without saying so.
+        job.complete()
         with self._encode_timer("encode"):
             writer.write_frame(job.frame, index)
         self._tally.add(job, index)

@@ -519,3 +519,18 @@ def test_deferred_work_failing_fails_the_job_and_stops_its_threads(tmp_path, cli
         run_files(cfg(), SETTINGS, DeferringProcessor(fail_at=20), clip, speech, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
     assert threading.active_count() == threads, threading.enumerate()
+
+
+def test_deferred_work_of_a_processor_that_does_not_declare_it_still_runs(tmp_path, clip):
+    """A wrapper that forgets `defers_finish` must not lose the blends: the encode thread finishes the frames."""
+    class Undeclared(DeferringProcessor):
+        defers_finish = False
+
+    speech = synth.make_wav(tmp_path / "s.wav", seconds=2.0)
+    out = tmp_path / "out.mp4"
+    processor = Undeclared()
+    run_files(cfg(video_encoding=LOSSLESS), SETTINGS, processor, clip, speech, out)
+    source = [f.to_ndarray() for f in synth.decode_frames(clip)]
+    output = [f.to_ndarray() for f in synth.decode_frames(out)]
+    assert all(np.array_equal(planes, 255 - source[i] if i % 2 == 0 else source[i]) for i, planes in enumerate(output))
+    assert len(processor.threads) == 1 and processor.job_thread not in processor.threads
