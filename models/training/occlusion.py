@@ -19,6 +19,7 @@ import numpy as np
 
 from lipsync_models.training import occlusion_synth as synth
 from lipsync_models.training.occlusion_data import MARGIN, STORE_SCALE
+from lipsync_service.core.occlusion import COVER_CONFIDENCE
 
 DEFAULT_CACHE = Path.home() / ".cache" / "lipsync-data" / "occlusion" / "mouths.npz"
 DEFAULT_MEDIA = (Path("../shared/media/train"), Path("../shared/media"))
@@ -263,8 +264,9 @@ def validation_set(val: dict, seed: int, per_kind: int) -> list[tuple[str, np.nd
 
 
 def evaluate(predict, samples: list) -> dict[str, dict[str, float]]:
-    """Per kind: share flagged (lip share >= FLAG_SHARE; occluded crops counted only when >= 30 % of the lips are
-    covered), pooled IoU of mask >= 0.5 vs the label, and how many crops were counted."""
+    """Per kind: share flagged (share of the lips at COVER_CONFIDENCE or more >= FLAG_SHARE; occluded crops counted
+    only when >= 30 % of the lips are covered), pooled IoU of mask >= 0.5 vs the label, and how many crops were
+    counted."""
     crops = np.stack([s[1] for s in samples])
     probs = predict(crops)
     rows: dict[str, dict[str, float]] = {}
@@ -281,7 +283,8 @@ def evaluate(predict, samples: list) -> dict[str, dict[str, float]]:
             if kind != "clean" and covered < 0.3:
                 continue
             counted += 1
-            flagged.append(float(pred[lips].mean()) >= FLAG_SHARE if lips.any() else False)
+            sure = probs[k] >= COVER_CONFIDENCE  # the service's rule for a covered mouth
+            flagged.append(float(sure[lips].mean()) >= FLAG_SHARE if lips.any() else False)
         rows[kind] = {"flagged": float(np.mean(flagged)) if flagged else float("nan"), "n": counted,
                       "iou": inter / union if union else float("nan")}
     return rows
