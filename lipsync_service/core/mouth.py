@@ -378,13 +378,17 @@ def piecewise_affine_map(src: np.ndarray, dst: np.ndarray, triangles: np.ndarray
                                         shift_xy[flipped, 0], np.zeros(int(flipped.sum())),
                                         np.ones(int(flipped.sum())), shift_xy[flipped, 1]], axis=1)
         corners = np.round(d * (1 << shift)).astype(np.int32)
-        for t in np.nonzero(live)[0]:
+        # A triangle whose corners do not move maps its pixels to themselves, as the background does: it is left
+        # out (most of the ring around the mouth; each fill is a Python-level call).
+        moved = np.abs(s_ - d).max(axis=(1, 2)) > 0
+        for t in np.nonzero(live & moved)[0]:
             cv2.fillConvexPoly(ids, corners[t], (int(t) + 1,), lineType=cv2.LINE_8, shift=shift)
-    table = coeffs.astype(np.float32)
+    # One gather of the six coefficients per pixel (half the time of six separate ones).
+    per_pixel = np.take(coeffs.astype(np.float32), ids, axis=0)
     lx = np.arange(w, dtype=np.float32)[None, :]
     ly = np.arange(h, dtype=np.float32)[:, None]
-    map_x = table[ids, 0] * lx + table[ids, 1] * ly + (table[ids, 2] + np.float32(x0))
-    map_y = table[ids, 3] * lx + table[ids, 4] * ly + (table[ids, 5] + np.float32(y0))
+    map_x = per_pixel[..., 0] * lx + per_pixel[..., 1] * ly + (per_pixel[..., 2] + np.float32(x0))
+    map_y = per_pixel[..., 3] * lx + per_pixel[..., 4] * ly + (per_pixel[..., 5] + np.float32(y0))
     return map_x, map_y
 
 
