@@ -120,24 +120,12 @@ class SpeakerStats:
         """
         mean, std = self.mean_std()
         width = float(mean[1] + z_width * max(float(std[1]), MIN_WIDTH_SPREAD))
-        spread = float(std[0])
-        if self.count >= self.QUANTILE_FRAMES:
-            # Enough frames to judge the mouth by itself: the prior's spread no longer hides a still one.
-            n = float(self.count)
-            spread = math.sqrt(max(float(self._sq[0]) / n - (float(self._sum[0]) / n) ** 2, 0.0))
-            if spread >= MIN_OPENING_SPREAD:
-                q = 0.5 * (1.0 + math.erf(z_opening / math.sqrt(2.0)))
-                return float(np.quantile(np.fromiter(self._openings, np.float64), q)), width
-        if spread >= MIN_OPENING_SPREAD:
-            return float(mean[0] + z_opening * spread), width
-        # A mouth that barely moves in the source (a silent or still face) has no spread of its own to borrow, and
-        # its mean is where it rests (mostly shut), not the middle of speech: it articulates from there as a typical
-        # talking mouth does from its closed lips (PRIOR_OPENING: mean 1.4 spreads above shut), the more so the
-        # stiller it is. With the spread alone it stayed shut half of the time, so t, d, n and s looked like p, b, m.
-        still = 1.0 - spread / MIN_OPENING_SPREAD
-        centre = mean[0] + still * self.PRIOR_OPENING[0]
-        talking = MIN_OPENING_SPREAD + still * (self.PRIOR_OPENING[1] - MIN_OPENING_SPREAD)
-        return float(centre + z_opening * talking), width
+        if self.count >= self.QUANTILE_FRAMES and std[0] >= MIN_OPENING_SPREAD:
+            q = 0.5 * (1.0 + math.erf(z_opening / math.sqrt(2.0)))
+            return float(np.quantile(np.fromiter(self._openings, np.float64), q)), width
+        # A mouth that barely moves in the source (a silent or still face) has no spread of its own to borrow:
+        # it articulates with a typical talking spread instead.
+        return float(mean[0] + z_opening * max(float(std[0]), MIN_OPENING_SPREAD)), width
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
         """(mean, std) of (opening, width), each blended with its prior by the number of frames seen."""

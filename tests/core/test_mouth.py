@@ -3,7 +3,6 @@ written (lossless, real and synthetic clips), the source's own pixels are moved,
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import av
@@ -199,27 +198,6 @@ def test_speaker_stats_start_at_the_prior_and_learn_the_speaker():
     mean, std = stats.mean_std()
     assert mean[0] == pytest.approx(0.05, abs=0.003) and std[0] == pytest.approx(0.01, abs=0.003)
     assert std[1] == pytest.approx(0.02, abs=0.004)
-
-
-def test_a_still_mouth_articulates_from_where_it_rests():
-    """A source mouth that barely moves (shut at about 0.005 of the face height) opens for speech as a talking
-    mouth does from its closed lips: mid-speech (z 0) clearly open, only the bottom of the range back at rest.
-    A moving mouth keeps its own distribution."""
-    rng = np.random.default_rng(1)
-    still, moving = SpeakerStats(), SpeakerStats()
-    for _ in range(400):
-        still.observe(0.005 + 0.001 * rng.standard_normal(), 0.40)
-        moving.observe(abs(0.03 + 0.02 * rng.standard_normal()), 0.40)
-    rest = 0.005
-    middle, _ = still.shape_for(0.0, 0.0)
-    low, _ = still.shape_for(-1.5, 0.0)
-    high, _ = still.shape_for(2.0, 0.0)
-    assert middle > rest + 0.025, middle  # about PRIOR_OPENING's mean above rest, not at rest
-    assert low < rest + 0.01 < high - 0.05, (low, high)  # the talking spread: near rest low, wide open high
-    openings = np.array(moving._openings)
-    for z in (-1.0, 0.0, 1.5):  # quantiles of its own openings
-        q = 0.5 * (1 + math.erf(z / math.sqrt(2)))
-        assert moving.shape_for(z, 0.0)[0] == pytest.approx(float(np.quantile(openings, q)))
 
 
 def test_bank_paints_an_open_interior_from_an_earlier_frame(media):
