@@ -656,7 +656,8 @@ def encode_queue_depth(burst: int, width: int, height: int) -> int:
 
     With a shorter queue the job thread waits while the encoder works through a burst instead of preparing the
     next one; on the 720p benchmark clip 16 frames instead of 4 raised the throughput by about an eighth
-    (README "Measured").
+    (README "Measured"). The finishing thread's queue (a processor that defers its blends) has the same depth, so
+    such a job holds at most twice this many frames between its threads, each queue within ENCODE_QUEUE_BYTES.
     """
     frame_bytes = max(1, width * height * 3 // 2)  # one 4:2:0 frame
     return max(4, min(2 * max(1, burst), ENCODE_QUEUE_BYTES // frame_bytes))
