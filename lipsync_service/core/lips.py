@@ -134,17 +134,14 @@ def mouth_box(raw: np.ndarray) -> tuple[int, int, int, int]:
             int(math.ceil(xs.max() + MOUTH_BOX_SIDE * width)), int(math.ceil(ys.max() + MOUTH_BOX_BOTTOM * width)))
 
 
-def closure_strength(probability: float, start: float | None = None, full: float | None = None) -> float:
-    """How far a closure (or, with ROUND_FROM and ROUND_FULL, a rounding) is drawn for the model's probability of a
-    bilabial (or rounded sound).
+def closure_strength(probability: float, start: float, full: float) -> float:
+    """How far a closure (CLOSURE_FROM, CLOSURE_FULL) or a rounding (ROUND_FROM, ROUND_FULL) is drawn for the
+    model's probability of a bilabial (or rounded sound).
 
     The model's probabilities are calibrated to how often a frame is inside a p, b or m (a rounded sound), a few
     per cent of speech, and such a sound lasts one to three frames, so even a certain one rarely reads above 0.5:
-    a probability of `start` (default CLOSURE_FROM) draws nothing and one of `full` (CLOSURE_FULL) or more draws the
-    whole articulation.
+    a probability of `start` draws nothing and one of `full` or more draws the whole articulation.
     """
-    start = CLOSURE_FROM if start is None else start
-    full = CLOSURE_FULL if full is None else full
     return min(max((probability - start) / (full - start), 0.0), 1.0)
 
 
@@ -237,7 +234,8 @@ class LipTracker:
         state = lips.state
         opening, width = state.stats.shape_for(float(shape_z[0]), float(shape_z[1]))
         closure, tuck, rounding = (float(v) for v in (list(shape_z[2:5]) + [0.0, 0.0, 0.0])[:3])
-        closure, rounding = closure_strength(closure), closure_strength(rounding, ROUND_FROM, ROUND_FULL)
+        closure = closure_strength(closure, CLOSURE_FROM, CLOSURE_FULL)
+        rounding = closure_strength(rounding, ROUND_FROM, ROUND_FULL)
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width, closure=closure, tuck=tuck, rounding=rounding)
         edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size, seal=closure)
