@@ -95,6 +95,34 @@ def build_networks():
     return {"pnet": PNet(), "rnet": RNet(), "onet": ONet()}
 
 
+def depthwise_prelu(net) -> None:
+    """Swap each PReLU that follows a convolution for the same function as two 1x1 depthwise convolutions.
+
+    prelu(x) = x + (1 - a) * relu(-x). ONNX Runtime's CPU PRelu kernel is slow and keeps the graph out of its
+    blocked layout; as convolutions (relu and add fused) P-Net runs in about two thirds of the time. The
+    PReLUs after the dense layers act on [N, C] rows and stay as they are.
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class DepthwisePReLU(nn.Module):
+        def __init__(self, prelu: nn.PReLU) -> None:
+            super().__init__()
+            self.channels = prelu.num_parameters
+            self.register_buffer("minus_one", torch.full((self.channels, 1, 1, 1), -1.0))
+            self.register_buffer("slope", (1.0 - prelu.weight.detach()).reshape(self.channels, 1, 1, 1))
+
+        def forward(self, x):
+            neg = F.relu(F.conv2d(x, self.minus_one, groups=self.channels))
+            return x + F.conv2d(neg, self.slope, groups=self.channels)
+
+    for name, module in list(net.named_children()):
+        # The conv PReLUs are the ones numbered like a conv layer (prelu1 after conv1, ...).
+        if isinstance(module, nn.PReLU) and hasattr(net, name.replace("prelu", "conv")):
+            setattr(net, name, DepthwisePReLU(module))
+
+
 def export(weights_dir: Path, out_dir: Path) -> None:
     """Load each stage's weights and write <out_dir>/{pnet,rnet,onet}.onnx (opset 17, dynamic batch)."""
     import torch
@@ -106,6 +134,7 @@ def export(weights_dir: Path, out_dir: Path) -> None:
         state = torch.load(weights_dir / f"{name}.pt", map_location="cpu", weights_only=True)
         net.load_state_dict(state, strict=True)
         net.eval()
+        depthwise_prelu(net)
         size = sizes[name]
         dummy = torch.rand(2, 3, size if name != "pnet" else 64, size if name != "pnet" else 80)
         outputs = ["prob", "reg"] + (["landmarks"] if name == "onet" else [])
