@@ -266,7 +266,9 @@ class FaceLandmarker:
         for row, k in enumerate(usable):
             # BGR -> RGB and [0, 255] -> [0, 1]: MediaPipe feeds this model RGB in [0, 1] (checked against
             # its output: [-1, 1] input moves the points by pixels, [0, 1] matches to a fraction of one).
-            np.multiply(crop_for_model(bgr, rois[k])[..., ::-1], np.float32(1.0 / 255.0), out=batch[row])
+            # (cvtColor, not a reversed view: numpy's multiply over a negative-stride view took 0.5 ms of it.)
+            rgb = cv2.cvtColor(crop_for_model(bgr, rois[k]), cv2.COLOR_BGR2RGB)
+            np.multiply(rgb, np.float32(1.0 / 255.0), out=batch[row])
         try:
             raw, flag = self._session.run(None, {"image": batch})
         except Exception as exc:  # ORT's own exception types; a failure here is ours, not the client's
