@@ -109,7 +109,7 @@ class Recipe:
         seed: first member's seed (member i: seed + i).
     """
 
-    members: int = 4
+    members: int = 12
     arch: str = "conv"
     hidden: int = 128
     dropout: float = 0.3
