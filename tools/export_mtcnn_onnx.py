@@ -99,8 +99,9 @@ def depthwise_prelu(net) -> None:
     """Swap each PReLU that follows a convolution for the same function as two 1x1 depthwise convolutions.
 
     prelu(x) = x + (1 - a) * relu(-x). ONNX Runtime's CPU PRelu kernel is slow and keeps the graph out of its
-    blocked layout; as convolutions (relu and add fused) P-Net runs in about two thirds of the time. The
-    PReLUs after the dense layers act on [N, C] rows and stay as they are.
+    blocked layout; as convolutions (relu and add fused), on one core, R-Net and O-Net run in about 70 % of the
+    time and P-Net on a 320x180 image in 87 %. The PReLUs after the dense layers act on [N, C] rows and stay as
+    they are.
     """
     import torch
     from torch import nn
