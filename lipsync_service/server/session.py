@@ -266,7 +266,9 @@ class Session:
         if self._intake.done and not self._client_cancelled():
             # gRPC ends the request stream of a cancelled call as it ends a half-closed one, and reports the cancel
             # itself separately, sometimes after cleanup (seen on a loaded machine): a failure that followed the
-            # end of the upload waits a moment for it. The slot is already free; only this status waits.
+            # end of the upload waits a moment for it. The slot is already free; only this status waits. (Now and
+            # then gRPC never reports such a cancel, even 3 s later: that call cannot be told from a half-closed,
+            # truncated upload, and is answered and counted as one.)
             deadline = time.monotonic() + CANCEL_SETTLE_S
             while not self._client_cancelled() and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)

@@ -340,7 +340,12 @@ def test_client_disconnect_frees_everything(media, tmp_path, layout):
         assert wait_until(lambda: open_fds() <= fds, timeout=5)
         finished = {s.labels["code"]: s.value for m in srv.metrics.registry.collect() if m.name == "lipsync_streams"
                     for s in m.samples if s.name == "lipsync_streams_total"}
-        assert finished.get("CANCELLED") == 1, finished
+        # The call is counted once, as the client's cancel. Except that gRPC at times ends the request stream of a
+        # cancelled call as it ends a half-closed one and never reports the cancel (seen 1 in 8 runs on a loaded
+        # machine, with the server waiting 3 s for it): the server then sees a half-closed, truncated upload and
+        # can only answer INVALID_ARGUMENT. Never INTERNAL or UNKNOWN.
+        assert finished.get("OK") == 1 and sum(finished.values()) == 2, finished
+        assert finished.get("CANCELLED", 0) + finished.get("INVALID_ARGUMENT", 0) == 1, finished
 
 
 # NVIDIA's encoder properties ------------------------------------------------------------------------
