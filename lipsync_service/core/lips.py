@@ -50,7 +50,7 @@ MOUTH_IN_BOX_SLACK = 0.15
 # How far a model that re-draws the whole crop (RGB contract) may open the mouth beyond the source's, as a
 # fraction of the face height; its paste region reaches that far.
 RGB_OPEN_REACH = 0.10
-# A closure probability maps to a drawn closure between these (closure_strength). Chosen with tools/closure_ramp.py
+# A closure probability maps to a drawn closure between these (articulation_strength). Chosen with tools/closure_ramp.py
 # on the viseme model's held-out English speech, never on an evaluation clip: the drawn gap's bilabial contrast
 # there is 0.731 with 0.08-0.3 (the previous ramp), 0.767 with this one, 0.771 with 0.04-0.15, 0.749 with 0.03-0.1.
 CLOSURE_FROM = 0.05
@@ -134,7 +134,7 @@ def mouth_box(raw: np.ndarray) -> tuple[int, int, int, int]:
             int(math.ceil(xs.max() + MOUTH_BOX_SIDE * width)), int(math.ceil(ys.max() + MOUTH_BOX_BOTTOM * width)))
 
 
-def closure_strength(probability: float, start: float, full: float) -> float:
+def articulation_strength(probability: float, start: float, full: float) -> float:
     """How far a closure (CLOSURE_FROM, CLOSURE_FULL) or a rounding (ROUND_FROM, ROUND_FULL) is drawn for the
     model's probability of a bilabial (or rounded sound).
 
@@ -234,8 +234,8 @@ class LipTracker:
         state = lips.state
         opening, width = state.stats.shape_for(float(shape_z[0]), float(shape_z[1]))
         closure, tuck, rounding = (float(v) for v in (list(shape_z[2:5]) + [0.0, 0.0, 0.0])[:3])
-        closure = closure_strength(closure, CLOSURE_FROM, CLOSURE_FULL)
-        rounding = closure_strength(rounding, ROUND_FROM, ROUND_FULL)
+        closure = articulation_strength(closure, CLOSURE_FROM, CLOSURE_FULL)
+        rounding = articulation_strength(rounding, ROUND_FROM, ROUND_FULL)
         # Drawn on the smoothed mesh (steady lips), sampled from this frame's own mesh (where the pixels are).
         target = target_lips(lips.points, opening, width, closure=closure, tuck=tuck, rounding=rounding)
         edit = warp_mouth(lips.image, lips.origin, lips.raw, target, frame_size, seal=closure)
